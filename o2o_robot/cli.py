@@ -1,0 +1,219 @@
+"""`o2o-robot` command: a table of contents; each subcommand imports what it needs lazily.
+
+Exit codes: 0 success, 1 the checked thing is bad (inconsistent store, unusable policy),
+2 bad input (arguments, config file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from o2o_robot.config import ConfigError, load_config, resolve_config_path
+
+DEFAULT_CONFIG = "sim_reach.yaml"
+
+
+class CliError(Exception):
+    """Bad input on the command line; printed without a traceback, exit 2."""
+
+
+def _config(path: str | None):
+    return load_config(resolve_config_path(path or DEFAULT_CONFIG))
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# ------------------------------------------------------------------------------------ config
+def cmd_config_validate(args) -> int:
+    cfg = load_config(args.file)
+    print(f"{args.file}: ok (obs_dim {cfg.robot.obs_dim}, act_dim {cfg.robot.act_dim}, "
+          f"algorithm {cfg.algorithm.name})")
+    return 0
+
+
+def cmd_config_show(args) -> int:
+    import yaml
+
+    cfg = load_config(args.file)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- data
+def _open_store(path: str):
+    from o2o_robot.data.store import StoreError, TransitionStore
+
+    if not Path(path).exists():
+        raise CliError(f"{path}: no such store")
+    try:
+        return TransitionStore.open(path, "r")
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_data_info(args) -> int:
+    info = _open_store(args.store).info()
+    if args.json:
+        _print_json(info)
+        return 0
+    print(f"store {info['path']} (schema v{info['schema_version']}): obs_dim {info['obs_dim']}, "
+          f"act_dim {info['act_dim']}")
+    print(f"  {info['rows']} transitions, {info['episodes']} episodes")
+    for source, counts in sorted(info.get("per_source", {}).items()):
+        returns = info.get("returns", {}).get(source) or {}
+        ret = (f", return mean {returns['mean']:.3f} [{returns['min']:.3f}, {returns['max']:.3f}]"
+               if returns else "")
+        print(f"  {source:12s} {counts['transitions']:8d} transitions {counts['episodes']:6d} "
+              f"episodes{ret}")
+    return 0
+
+
+def cmd_data_validate(args) -> int:
+    problems = _open_store(args.store).validate()
+    if problems:
+        for problem in problems:
+            print(f"{args.store}: {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.store}: consistent")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- demos
+def cmd_demos_generate(args) -> int:
+    from o2o_robot.data.store import TransitionStore
+    from o2o_robot.sim.demos import generate_demos
+    from o2o_robot.sim.envs import env_spec, make_env
+
+    cfg = _config(args.config)
+    sim_cfg = cfg.sim.model_copy(update={"task": args.task} if args.task else {})
+    noise = cfg.teleop.expert_noise if args.noise is None else args.noise
+    if args.episodes < 1:
+        raise CliError(f"--episodes: must be >= 1, got {args.episodes}")
+    if noise < 0:
+        raise CliError(f"--noise: must be >= 0, got {noise}")
+    spec = env_spec(make_env(sim_cfg))
+    store = TransitionStore.open_or_create(args.store, spec["obs_dim"], spec["act_dim"],
+                                           flush_every=cfg.store.flush_every, spec=spec)
+    with store:
+        summary = generate_demos(store, sim_cfg, episodes=args.episodes, noise=noise,
+                                 seed=args.seed, progress=True)
+    print(f"wrote {summary['episodes']} demo episodes ({summary['transitions']} transitions, "
+          f"success {summary['success_rate']:.0%}, mean return {summary['mean_return']:.3f}) "
+          f"to {args.store}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ train, policy
+def cmd_train(args) -> int:
+    from o2o_robot.train import train
+
+    cfg = _config(args.config)
+    if args.run_dir:
+        cfg.train.run_dir = args.run_dir
+    if args.steps:
+        cfg.train.total_env_steps = args.steps
+    result = train(cfg, resume=args.resume)
+    _print_json(result)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from o2o_robot.policy.tools import export_checkpoint
+
+    if not Path(args.checkpoint).exists():
+        raise CliError(f"{args.checkpoint}: no such checkpoint")
+    _print_json(export_checkpoint(args.checkpoint, args.output))
+    return 0
+
+
+def cmd_policy_check(args) -> int:
+    from o2o_robot.policy.runtime import PolicyRejected
+    from o2o_robot.policy.tools import check_policy
+
+    try:
+        report = check_policy(args.policy, checkpoint=args.checkpoint)
+    except PolicyRejected as exc:
+        print(f"{args.policy}: unusable: {exc.reason}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(report)
+    else:
+        for key, value in report.items():
+            print(f"{key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="o2o-robot", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    cfg = sub.add_parser("config", help="validate or show a config file").add_subparsers(
+        dest="action", required=True)
+    for name, fn, text in (("validate", cmd_config_validate, "exit 0 when valid, else 2"),
+                           ("show", cmd_config_show, "print the resolved config")):
+        q = cfg.add_parser(name, help=text)
+        q.add_argument("file")
+        q.set_defaults(fn=fn)
+
+    data = sub.add_parser("data", help="inspect a transition store").add_subparsers(
+        dest="action", required=True)
+    q = data.add_parser("info", help="transitions/episodes per source, spec, returns")
+    q.add_argument("store")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_data_info)
+    q = data.add_parser("validate", help="exit 0 when consistent, else 1")
+    q.add_argument("store")
+    q.set_defaults(fn=cmd_data_validate)
+
+    demos = sub.add_parser("demos", help="demonstrations").add_subparsers(dest="action",
+                                                                         required=True)
+    q = demos.add_parser("generate", help="scripted-expert demos of a sim task into a store")
+    q.add_argument("--task", default=None, help="sim task (default: the config's sim.task)")
+    q.add_argument("--episodes", type=int, required=True)
+    q.add_argument("--store", required=True)
+    q.add_argument("--noise", type=float, default=None, help="action noise (x bound)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--config", default=None)
+    q.set_defaults(fn=cmd_demos_generate)
+
+    q = sub.add_parser("train", help="ROS-free training harness on a sim task")
+    q.add_argument("--config", default=None)
+    q.add_argument("--run-dir", default=None)
+    q.add_argument("--steps", type=int, default=None, help="override train.total_env_steps")
+    q.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
+    q.set_defaults(fn=cmd_train)
+
+    q = sub.add_parser("export", help="checkpoint -> validated ONNX policy")
+    q.add_argument("checkpoint")
+    q.add_argument("-o", "--output", required=True)
+    q.set_defaults(fn=cmd_export)
+
+    pol = sub.add_parser("policy", help="ONNX policies").add_subparsers(dest="action",
+                                                                      required=True)
+    q = pol.add_parser("check", help="spec, metadata, parity, latency; exit 1 if unusable")
+    q.add_argument("policy")
+    q.add_argument("--checkpoint", default=None)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_policy_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except (ConfigError, CliError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""Typed configuration of the whole stack (pydantic v2, `extra="forbid"`), loaded from YAML.
+
+Every section has defaults, so an empty file is a valid config. Errors name the file, the key path
+and what was expected, e.g. ``config/sim_reach.yaml: learner.utd_ratio: must be >= 1, got 0``.
+
+A file may start from another one with ``base: other.yaml`` (relative to the file); its keys are
+merged over the base's, section by section. This module imports neither torch nor rclpy.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+class Model(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- robot
+class ObservationSource(Model):
+    """One input of the observation vector, in the order listed in `robot.observations`."""
+
+    topic: str = Field(description="ROS topic (relative names resolve in the node's namespace)")
+    type: Literal["joint_state", "float64_multi_array", "pose_stamped"]
+    joint_names: list[str] = Field(default_factory=list, description="joint_state: joints, in order")
+    fields: list[Literal["position", "velocity", "effort"]] = Field(
+        default_factory=lambda: ["position"], description="joint_state: fields per joint, in order")
+    size: int | None = Field(default=None, ge=1, description="float64_multi_array: element count")
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> "ObservationSource":
+        if self.type == "joint_state" and not self.joint_names:
+            raise ValueError("joint_state source needs joint_names")
+        if self.type == "float64_multi_array" and self.size is None:
+            raise ValueError("float64_multi_array source needs size")
+        return self
+
+    @property
+    def dim(self) -> int:
+        """Number of observation entries this source contributes."""
+        if self.type == "joint_state":
+            return len(self.joint_names) * len(self.fields)
+        if self.type == "pose_stamped":
+            return 7  # position xyz + orientation quaternion xyzw
+        return int(self.size or 0)
+
+
+class ActionSpace(Model):
+    """The commanded vector: std_msgs/Float64MultiArray on `topic`, physical units."""
+
+    topic: str = "action"
+    names: list[str] = Field(default_factory=list, description="optional joint/axis names")
+    low: list[float] = Field(description="lower physical bound per dimension")
+    high: list[float] = Field(description="upper physical bound per dimension")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "ActionSpace":
+        if len(self.low) != len(self.high) or not self.low:
+            raise ValueError(f"low and high must be non-empty and of equal length, "
+                             f"got {len(self.low)} and {len(self.high)}")
+        if any(lo >= hi for lo, hi in zip(self.low, self.high)):
+            raise ValueError("every low must be < high")
+        if self.names and len(self.names) != len(self.low):
+            raise ValueError(f"names has {len(self.names)} entries, bounds have {len(self.low)}")
+        return self
+
+    @property
+    def dim(self) -> int:
+        return len(self.low)
+
+
+class RobotSpec(Model):
+    """What the policy sees and commands."""
+
+    name: str = "reach_arm"
+    observations: list[ObservationSource] = Field(default_factory=lambda: [
+        ObservationSource(topic="joint_states", type="joint_state",
+                          joint_names=["joint1", "joint2", "joint3"], fields=["position", "velocity"]),
+        ObservationSource(topic="task_obs", type="float64_multi_array", size=6),
+    ])
+    action: ActionSpace = Field(default_factory=lambda: ActionSpace(
+        names=["joint1", "joint2", "joint3"], low=[-2.0] * 3, high=[2.0] * 3))
+
+    @property
+    def obs_dim(self) -> int:
+        return sum(src.dim for src in self.observations)
+
+    @property
+    def act_dim(self) -> int:
+        return self.action.dim
+
+
+# ------------------------------------------------------------------------------ data and sampling
+class StoreConfig(Model):
+    path: str = Field("offline_data/store.zarr", description="Zarr store directory")
+    flush_every: int = Field(1000, ge=1, description="rows; bounds what a crash can lose")
+
+
+class SamplerConfig(Model):
+    batch_size: int = Field(256, ge=2, description="minibatch N")
+    offline_ratio: float = Field(0.5, ge=0.0, le=1.0,
+                                 description="share of demo+intervention+offline rows per minibatch")
+    online_capacity: int | None = Field(None, ge=1, description="online FIFO size; None = unbounded")
+
+    @model_validator(mode="after")
+    def _exact_split(self) -> "SamplerConfig":
+        share = self.batch_size * self.offline_ratio
+        if abs(share - round(share)) > 1e-9:
+            raise ValueError(f"batch_size * offline_ratio must be a whole number of rows, "
+                             f"got {self.batch_size} * {self.offline_ratio} = {share}")
+        return self
+
+
+# ----------------------------------------------------------------------------------- algorithms
+class RLPDConfig(Model):
+    """RLPD hyperparameters (ALGORITHMS.md section 1.6); defaults are the locomotion setting."""
+
+    name: Literal["rlpd"] = "rlpd"
+    hidden_dims: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    critic_ensemble_size: int = Field(10, ge=1, description="E")
+    critic_subset_size: int = Field(2, ge=1, description="Z, target min over a random subset")
+    critic_layer_norm: bool = True
+    actor_lr: float = Field(3e-4, gt=0)
+    critic_lr: float = Field(3e-4, gt=0)
+    temp_lr: float = Field(3e-4, gt=0)
+    discount: float = Field(0.99, gt=0, le=1)
+    tau: float = Field(0.005, gt=0, le=1, description="target EMA rate rho")
+    init_temperature: float = Field(1.0, gt=0)
+    target_entropy: float | None = Field(None, description="None = -|A|/2")
+    backup_entropy: bool = True
+    reward_shift: float = Field(0.0, description="added to every sampled reward (AntMaze: -1)")
+
+    @model_validator(mode="after")
+    def _subset(self) -> "RLPDConfig":
+        if self.critic_subset_size > self.critic_ensemble_size:
+            raise ValueError(f"critic_subset_size ({self.critic_subset_size}) must be <= "
+                             f"critic_ensemble_size ({self.critic_ensemble_size})")
+        return self
+
+
+AlgorithmConfig = Annotated[Union[RLPDConfig], Field(discriminator="name")]
+
+
+class LearnerConfig(Model):
+    utd_ratio: int = Field(20, ge=1, description="critic updates per environment step (G)")
+    warmup_steps: int = Field(5000, ge=0, description="random-action env steps before training")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mode: Literal["thread", "process"] = "process"
+    torch_threads: int = Field(1, ge=1)
+    compile: bool = False
+    bf16: bool = Field(False, description="opt-in bf16 autocast (not yet shown to learn as fp32)")
+    export_every_updates: int = Field(1000, ge=1, description="env-step updates between exports")
+    checkpoint_every_steps: int = Field(5000, ge=1)
+    queue_size: int = Field(10000, ge=1, description="transition queue; full => dropped, counted")
+
+
+# ------------------------------------------------------------------------------- control, safety
+class RewardConfig(Model):
+    source: Literal["sim", "topic", "function", "success_button"] = "sim"
+    topic: str = "reward"
+    function: str | None = Field(None, description="dotted path module:function(obs, action, next_obs)")
+
+    @model_validator(mode="after")
+    def _function_given(self) -> "RewardConfig":
+        if self.source == "function" and not self.function:
+            raise ValueError("reward.source 'function' needs reward.function")
+        return self
+
+
+class ControlConfig(Model):
+    control_rate_hz: float = Field(20.0, gt=0, le=2000)
+    obs_timeout_ms: float = Field(200.0, gt=0)
+    max_episode_steps: int = Field(50, ge=1, description="time limit => truncated, not terminated")
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+
+
+class SafetyConfig(Model):
+    max_delta_per_tick: float | None = Field(None, gt=0, description="rate limit, physical units")
+    hold: Literal["zero", "last"] = Field("zero", description="action while held")
+    estop_topic: str = "estop"
+
+
+# ----------------------------------------------------------------------------------- sim, teleop
+class SimConfig(Model):
+    task: str = Field("reach", description="'reach' or a gymnasium MuJoCo id such as 'Hopper-v5'")
+    reward: Literal["dense", "sparse"] = "sparse"
+    max_episode_steps: int = Field(50, ge=1)
+    sim_rate_hz: float = Field(20.0, gt=0, description="env steps per second in real-time mode")
+    lockstep: bool = Field(False, description="step once per received action")
+    seed: int = 0
+
+
+class TeleopConfig(Model):
+    device: Literal["gamepad", "spacemouse", "keyboard", "scripted"] = "scripted"
+    expert_noise: float = Field(0.1, ge=0, description="scripted expert: Gaussian action noise")
+
+
+class TrainConfig(Model):
+    """The ROS-free training harness (`o2o-robot train`)."""
+
+    total_env_steps: int = Field(20000, ge=1)
+    eval_every: int = Field(2000, ge=1)
+    eval_episodes: int = Field(10, ge=1)
+    demo_episodes: int = Field(10, ge=0, description="scripted demos generated when the store has none")
+    seed: int = 0
+    run_dir: str = "runs/latest"
+
+
+class O2OConfig(Model):
+    """The whole stack."""
+
+    robot: RobotSpec = Field(default_factory=RobotSpec)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=RLPDConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    sim: SimConfig = Field(default_factory=SimConfig)
+    teleop: TeleopConfig = Field(default_factory=TeleopConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def config_hash(self) -> str:
+        """Short stable hash of the resolved config (recorded in exported policies)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# -------------------------------------------------------------------------------------- loading
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key path."""
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error as 'key.path: what was expected, got X'."""
+    path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    kind, ctx, given = err["type"], err.get("ctx", {}), err.get("input")
+    expected = {
+        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
+        "greater_than": lambda: f"must be > {ctx.get('gt')}",
+        "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
+        "less_than": lambda: f"must be < {ctx.get('lt')}",
+        "extra_forbidden": lambda: "unknown key",
+        "missing": lambda: "required key is missing",
+        "literal_error": lambda: f"must be one of {ctx.get('expected')}",
+        "union_tag_invalid": lambda: f"must be one of {ctx.get('expected_tags')}",
+    }.get(kind, lambda: err["msg"].removeprefix("Value error, ").lower())()
+    if kind in ("missing",):
+        return f"{path}: {expected}"
+    return f"{path or '<top>'}: {expected}, got {given!r}" if kind != "value_error" else \
+        f"{path or '<top>'}: {expected}"
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) and "name" not in value else value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"{path}: base: cycle through {' -> '.join(map(str, seen))}")
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: <top>: expected a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
+    return _merge(_read_yaml((path.parent / base).resolve(), seen + (path,)), data)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> O2OConfig:
+    """Load and validate a YAML config (None = all defaults); raise ConfigError on any problem."""
+    data: dict = {}
+    label = "<defaults>"
+    if path is not None:
+        label = str(path)
+        data = _read_yaml(Path(path).resolve())
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return O2OConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{label}: {_describe(err)}" for err in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config path as given, else one shipped in the package's config/ directory."""
+    path = Path(name)
+    if path.exists() or path.is_absolute():
+        return path
+    for candidate in (PACKAGE_CONFIG_DIR / path, PACKAGE_CONFIG_DIR / f"{path}.yaml"):
+        if candidate.exists():
+            return candidate
+    return path

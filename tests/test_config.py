@@ -1,0 +1,110 @@
+"""Config: defaults, shipped files, and errors that name the file and the exact key path."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from o2o_robot.config import ConfigError, O2OConfig, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((ROOT / "config").rglob("*.yaml"))
+
+
+def write(tmp_path: Path, data, name="c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def error_of(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg == O2OConfig()
+    assert cfg.robot.obs_dim == 12 and cfg.robot.act_dim == 3
+    assert cfg.sampler.offline_ratio == 0.5 and cfg.learner.utd_ratio == 20
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shipped_configs_are_valid(path):
+    load_config(path)
+
+
+def test_range_error_names_file_key_and_value(tmp_path):
+    path = write(tmp_path, {"learner": {"utd_ratio": 0}}, "sim_reach.yaml")
+    assert error_of(path) == f"{path}: learner.utd_ratio: must be >= 1, got 0"
+
+
+def test_unknown_key_is_refused_with_its_path(tmp_path):
+    msg = error_of(write(tmp_path, {"sampler": {"batch_size": 256, "ofline_ratio": 0.5}}))
+    assert "sampler.ofline_ratio: unknown key" in msg
+
+
+def test_nested_list_path_and_wrong_type(tmp_path):
+    data = {"robot": {"observations": [{"topic": "js", "type": "joint_state", "joint_names": ["a"]},
+                                       {"topic": "x", "type": "float64_multi_array", "size": "six"}]}}
+    msg = error_of(write(tmp_path, data))
+    assert "robot.observations.1.size:" in msg and "'six'" in msg
+
+
+def test_literal_and_algorithm_choice(tmp_path):
+    assert "learner.mode: must be one of 'thread' or 'process', got 'fiber'" in error_of(
+        write(tmp_path, {"learner": {"mode": "fiber"}}))
+    assert "algorithm: must be one of 'rlpd'" in error_of(
+        write(tmp_path, {"algorithm": {"name": "ppo"}}))
+
+
+def test_cross_field_checks(tmp_path):
+    assert "robot.action: every low must be < high" in error_of(
+        write(tmp_path, {"robot": {"action": {"low": [1.0], "high": [0.0]}}}))
+    assert "critic_subset_size (11) must be <= critic_ensemble_size (10)" in error_of(
+        write(tmp_path, {"algorithm": {"name": "rlpd", "critic_subset_size": 11}}))
+    assert "whole number of rows" in error_of(
+        write(tmp_path, {"sampler": {"batch_size": 255, "offline_ratio": 0.5}}))
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    msg = error_of(write(tmp_path, "learner:\n  utd_ratio: [1,\n"))
+    assert "not valid YAML" in msg and "line" in msg
+
+
+def test_base_file_is_merged_section_by_section(tmp_path):
+    write(tmp_path, {"learner": {"utd_ratio": 5, "warmup_steps": 7}}, "base.yaml")
+    cfg = load_config(write(tmp_path, {"base": "base.yaml", "learner": {"utd_ratio": 3}}))
+    assert cfg.learner.utd_ratio == 3 and cfg.learner.warmup_steps == 7
+
+
+def test_config_hash_changes_with_values():
+    a, b = O2OConfig(), O2OConfig()
+    assert a.config_hash() == b.config_hash()
+    b.learner.utd_ratio = 3
+    assert a.config_hash() != b.config_hash()
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "o2o_robot.cli", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_validate_exit_codes_and_message(tmp_path):
+    good = run_cli("config", "validate", str(ROOT / "config" / "sim_reach.yaml"))
+    assert good.returncode == 0, good.stderr
+    bad_path = write(tmp_path, {"learner": {"utd_ratio": 0}})
+    bad = run_cli("config", "validate", str(bad_path))
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == f"{bad_path}: learner.utd_ratio: must be >= 1, got 0"
+
+
+def test_cli_show_prints_resolved_config_with_defaults(tmp_path):
+    out = run_cli("config", "show", str(write(tmp_path, {"learner": {"utd_ratio": 4}})))
+    assert out.returncode == 0, out.stderr
+    shown = yaml.safe_load(out.stdout)
+    assert shown["learner"]["utd_ratio"] == 4
+    assert shown["sampler"]["batch_size"] == 256  # a default, filled in
+    assert O2OConfig.model_validate(shown).learner.utd_ratio == 4
