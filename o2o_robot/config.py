@@ -168,6 +168,7 @@ class RewardConfig(Model):
     source: Literal["sim", "topic", "function", "success_button"] = "sim"
     topic: str = "reward"
     function: str | None = Field(None, description="dotted path module:function(obs, action, next_obs)")
+    done_topic: str | None = Field(None, description="optional std_msgs/Bool terminal signal")
 
     @model_validator(mode="after")
     def _function_given(self) -> "RewardConfig":
@@ -180,13 +181,28 @@ class ControlConfig(Model):
     control_rate_hz: float = Field(20.0, gt=0, le=2000)
     obs_timeout_ms: float = Field(200.0, gt=0)
     max_episode_steps: int = Field(50, ge=1, description="time limit => truncated, not terminated")
+    teleop_timeout_ms: float = Field(250.0, gt=0, description="max age of a teleop action while engaged")
+    intervention_window: int = Field(100, ge=1, description="acting ticks in the intervention-rate window")
+    terminate_on_success: bool = Field(True, description="success ends the episode as terminated")
+    failure_is_terminal: bool = Field(False, description="operator failure => terminated, else truncated")
     reward: RewardConfig = Field(default_factory=RewardConfig)
 
 
 class SafetyConfig(Model):
-    max_delta_per_tick: float | None = Field(None, gt=0, description="rate limit, physical units")
+    """Every action passes the SafetyFilter: NaN guard, clip, rate limit, e-stop latch, stale hold."""
+
+    max_delta_per_tick: float | list[float] | None = Field(
+        None, description="rate limit per tick, physical units (scalar or per dimension)")
     hold: Literal["zero", "last"] = Field("zero", description="action while held")
     estop_topic: str = "estop"
+
+    @model_validator(mode="after")
+    def _positive_rate(self) -> "SafetyConfig":
+        limits = self.max_delta_per_tick
+        values = limits if isinstance(limits, list) else [] if limits is None else [limits]
+        if any(v <= 0 for v in values):
+            raise ValueError(f"max_delta_per_tick must be > 0, got {limits}")
+        return self
 
 
 # ----------------------------------------------------------------------------------- sim, teleop
@@ -211,6 +227,7 @@ class TrainConfig(Model):
     eval_every: int = Field(2000, ge=1)
     eval_episodes: int = Field(10, ge=1)
     demo_episodes: int = Field(10, ge=0, description="scripted demos generated when the store has none")
+    success_threshold: float = Field(0.8, ge=0, le=1, description="eval success rate that counts as solved")
     seed: int = 0
     run_dir: str = "runs/latest"
 
