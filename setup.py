@@ -41,6 +41,7 @@ setup(
         "onnxruntime>=1.18",
         "mujoco>=3.1",
         "gymnasium>=1.0",
+        "imageio>=2.30",  # gymnasium's MuJoCo envs import it
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "tensorboard>=2.14",

@@ -1,0 +1,88 @@
+"""Scripted demonstrations: roll the task's expert and write each episode into a store as "demo".
+
+Each episode is rolled out completely before any of it is written, so an error mid-episode
+leaves no half episode in the store. Rows carry policy_version 0 (no learned policy) and the
+wall-clock timestamp (seconds since the epoch) of the step.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from o2o_robot.config import SimConfig
+from o2o_robot.sim.envs import env_spec, make_env
+from o2o_robot.sim.experts import expert_for
+
+
+def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: float, seed: int,
+                   progress: bool = True) -> dict[str, float | int]:
+    """Write `episodes` expert episodes of `sim_cfg.task` into `store` (a TransitionStore).
+
+    The store should have been created with `spec=env_spec(make_env(sim_cfg))`; its obs_dim,
+    act_dim and spec task (when recorded) are checked against the env before anything is
+    written. The rows are committed (`store.flush()`) before this returns. Episode i is reset with seed
+    `seed + i`; the expert's noise has its own stream derived from `seed`.
+
+    Returns {episodes, transitions, success_rate, mean_return}.
+    """
+    if episodes < 0:
+        raise ValueError(f"episodes: must be >= 0, got {episodes}")
+    env = make_env(sim_cfg, seed=seed)
+    try:
+        spec = env_spec(env)
+        _check_store_dims(store, spec)
+        expert_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        expert = expert_for(env, noise, expert_seed)
+        transitions, successes, returns = 0, 0, []
+        for episode in range(episodes):
+            rows, success = _rollout(env, expert, seed + episode)
+            for row in rows:
+                store.append(**row, source="demo", policy_version=0)
+            store.end_episode(success=success)
+            transitions += len(rows)
+            successes += bool(success)
+            returns.append(float(sum(row["reward"] for row in rows)))
+            if progress:
+                print(f"demo {episode + 1}/{episodes}: {len(rows)} steps, return "
+                      f"{returns[-1]:.2f}, {'success' if success else 'failure'}", flush=True)
+        if hasattr(store, "flush"):
+            store.flush()  # the demos are committed (durable) when this returns
+    finally:
+        env.close()
+    return {
+        "episodes": episodes,
+        "transitions": transitions,
+        "success_rate": successes / episodes if episodes else 0.0,
+        "mean_return": float(np.mean(returns)) if returns else 0.0,
+    }
+
+
+def _check_store_dims(store: Any, spec: dict[str, Any]) -> None:
+    for key in ("obs_dim", "act_dim"):
+        have = getattr(store, key, None)
+        if have is not None and int(have) != spec[key]:
+            raise ValueError(f"store {key} is {have} but task {spec['task']!r} has {spec[key]}; "
+                             f"use a store created for this task")
+    task = (getattr(store, "spec", None) or {}).get("task")
+    if task is not None and task != spec["task"]:
+        raise ValueError(f"store was created for task {task!r}, not {spec['task']!r}; "
+                         f"use a store created for this task")
+
+
+def _rollout(env: Any, expert: Any, seed: int) -> tuple[list[dict[str, Any]], bool | None]:
+    """One episode as store rows (without source/policy_version) and its success label."""
+    obs, info = env.reset(seed=seed)
+    rows: list[dict[str, Any]] = []
+    done = False
+    while not done:
+        action = expert.act(obs)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        rows.append({"obs": np.asarray(obs, np.float32), "action": np.asarray(action, np.float32),
+                     "reward": float(reward), "next_obs": np.asarray(next_obs, np.float32),
+                     "terminated": bool(terminated), "truncated": bool(truncated),
+                     "timestamp": time.time()})
+        obs, done = next_obs, terminated or truncated
+    success = info.get("is_success")
+    return rows, None if success is None else bool(success)
