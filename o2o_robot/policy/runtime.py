@@ -1,0 +1,508 @@
+"""Run exported policies on the control thread, and swap them in safely (DESIGN.md "Policy contract").
+
+numpy + onnxruntime only: this is what runs on the robot computer, next to the control loop.
+
+* `OnnxPolicy`: one onnxruntime session with preallocated, I/O-bound buffers, so a
+  single-observation call costs about what a bare `session.run` costs (benchmarks/policy_latency.py).
+* `validate_policy`: the checks a candidate passes before it may drive the robot; each failure is a
+  `PolicyRejected` whose `reason` starts with a fixed tag ("cannot load:", "inputs:", "opset:",
+  "obs dim:", "act dim:", "spec:", "output:", "non-finite:", "out of bounds:", "latency:").
+* `PolicySlot`: the (policy, version) pair the control thread reads without a lock; `propose` loads
+  and validates on the caller's (non-control) thread and then publishes with one attribute store.
+* `DirectoryWatcher`: proposes each new `*.onnx` file that appears in a folder.
+
+Threading: an `OnnxPolicy` reuses its buffers, so one thread at a time may call it. A slot's
+policies are called by validation before publication (proposer thread) and by `act` after it
+(control thread), never by both.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+INPUT_NAMES = ("obs", "noise")
+OUTPUT_NAME = "action"
+MIN_OPSET = 13
+# metadata_props keys written by policy/export.py
+META_VERSION, META_ALGORITHM, META_SPEC = "policy_version", "algorithm", "spec"
+META_CONFIG_HASH, META_CREATED = "config_hash", "created"
+
+
+class PolicyRejected(Exception):
+    """A policy that must not drive the robot; `reason` says why, starting with a fixed tag."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NoPolicy(RuntimeError):
+    """`PolicySlot.act` before any policy was accepted (the control core holds instead)."""
+
+
+def onnx_opset(data: bytes) -> int:
+    """Default-domain opset of a serialized ModelProto, read straight off the protobuf wire format
+    (field 8 = opset_import: field 1 domain, field 2 version), so the robot needs no `onnx` package."""
+    def varint(pos: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            byte = data[pos]
+            value |= (byte & 0x7F) << shift
+            pos, shift = pos + 1, shift + 7
+            if not byte & 0x80:
+                return value, pos
+
+    def fields(start: int, end: int):
+        pos = start
+        while pos < end:
+            key, pos = varint(pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = varint(pos)
+            elif wire == 2:
+                size, pos = varint(pos)
+                value, pos = (pos, pos + size), pos + size
+            elif wire in (1, 5):
+                value, pos = None, pos + (8 if wire == 1 else 4)
+            else:
+                raise ValueError(f"unsupported protobuf wire type {wire}")
+            yield number, value
+
+    for number, span in fields(0, len(data)):
+        if number == 8:
+            domain, version = "", None
+            for sub, value in fields(*span):
+                if sub == 1:
+                    domain = data[value[0]:value[1]].decode()
+                elif sub == 2:
+                    version = value
+            if domain in ("", "ai.onnx") and version is not None:
+                return int(version)
+    raise ValueError("no default-domain opset_import")
+
+
+def _read_source(source: bytes | str | Path) -> tuple[bytes, str]:
+    """(model bytes, a name for messages). A path is read once, so the file cannot change between
+    the checks and the session."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), f"<{len(source)} bytes>"
+    try:
+        return Path(source).read_bytes(), str(source)
+    except OSError as err:
+        raise PolicyRejected(f"cannot load: {err}") from err
+
+
+class OnnxPolicy:
+    """An exported policy: `obs` [B, obs_dim], `noise` [B, act_dim] -> physical `action` [B, act_dim].
+
+    `provider`: "cpu", "cuda" (needs onnxruntime-gpu and a GPU) or "auto" (both when CUDA is
+    present, each timed once on the single-observation path; the faster is kept: for a small MLP
+    the host-device copies usually make the CPU win). Loading problems raise `PolicyRejected`.
+    """
+
+    def __init__(self, source: bytes | str | Path, *, provider: str = "auto",
+                 intra_op_threads: int = 1):
+        if provider not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"provider: expected 'auto', 'cpu' or 'cuda', got {provider!r}")
+        data, self.source = _read_source(source)
+        has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+        if provider == "cuda" and not has_cuda:
+            raise PolicyRejected("cannot load: provider 'cuda' requested but onnxruntime has no "
+                                 "CUDAExecutionProvider (install onnxruntime-gpu)")
+        sessions = [self._open(data, "cuda" if provider == "cuda" else "cpu", intra_op_threads)]
+        if provider == "auto" and has_cuda:
+            try:
+                sessions.append(self._open(data, "cuda", intra_op_threads))
+            except PolicyRejected:  # onnxruntime-gpu without a usable GPU: the CPU it is
+                pass
+        self.metadata: dict[str, str] = dict(sessions[0].get_modelmeta().custom_metadata_map)
+        try:
+            self.opset = onnx_opset(data)
+        except (ValueError, IndexError, UnicodeDecodeError) as err:
+            raise PolicyRejected(f"cannot load: unreadable opset_import ({err})") from err
+        self.obs_dim, self.act_dim = self._check_signature(sessions[0])
+        try:
+            raw = self.metadata.get(META_SPEC)
+            self.spec: dict | None = json.loads(raw) if raw is not None else None
+        except json.JSONDecodeError as err:
+            raise PolicyRejected(f"spec: metadata '{META_SPEC}' is not JSON ({err})") from err
+        if len(sessions) > 1:  # "auto" with CUDA: keep the faster on the tick's own call shape
+            times = []
+            for sess in sessions:
+                self._bind(sess)
+                times.append(float(np.median(measure_latency(self, n=50))))
+            sessions = [sessions[int(np.argmin(times))]]
+        self._bind(sessions[0])
+
+    @staticmethod
+    def _open(data: bytes, kind: str, threads: int) -> ort.InferenceSession:
+        opts = ort.SessionOptions()
+        # One intra-op thread by default: a 2x256 MLP gains nothing from a pool, and the control
+        # loop, the learner and ROS all want the other cores.
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if kind == "cuda"
+                     else ["CPUExecutionProvider"])
+        try:
+            sess = ort.InferenceSession(data, opts, providers=providers)
+        except Exception as err:  # onnxruntime raises several private exception types
+            first_line = (str(err).strip().splitlines() or [repr(err)])[0]
+            raise PolicyRejected(f"cannot load: {first_line[:300]}") from err
+        if kind == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+            raise PolicyRejected("cannot load: CUDAExecutionProvider present but no usable GPU")
+        return sess
+
+    @staticmethod
+    def _check_signature(sess: ort.InferenceSession) -> tuple[int, int]:
+        inputs = {i.name: i for i in sess.get_inputs()}
+        outputs = [o.name for o in sess.get_outputs()]
+        if sorted(inputs) != sorted(INPUT_NAMES) or OUTPUT_NAME not in outputs:
+            raise PolicyRejected(f"inputs: graph takes {sorted(inputs)} and gives {outputs}, expected "
+                                 f"inputs {list(INPUT_NAMES)} and output '{OUTPUT_NAME}'")
+        dims = []
+        for name in INPUT_NAMES:
+            arg = inputs[name]
+            if arg.type != "tensor(float)" or len(arg.shape) != 2 or not isinstance(arg.shape[1], int):
+                raise PolicyRejected(f"inputs: '{name}' is {arg.type} {arg.shape}, expected "
+                                     f"tensor(float) [batch, fixed size]")
+            dims.append(arg.shape[1])
+        return dims[0], dims[1]
+
+    def _bind(self, sess: ort.InferenceSession) -> None:
+        """Bind preallocated [1, dim] buffers, so the single-observation call is one copy in, one
+        run, one copy out: no feed dict, no output list, no new arrays inside onnxruntime."""
+        self.session = sess
+        self.provider = sess.get_providers()[0]
+        self._obs = np.zeros((1, self.obs_dim), np.float32)
+        self._noise = np.zeros((1, self.act_dim), np.float32)
+        self._action = np.zeros((1, self.act_dim), np.float32)
+        self._binding = binding = sess.io_binding()
+        for name, buf in ((INPUT_NAMES[0], self._obs), (INPUT_NAMES[1], self._noise)):
+            binding.bind_input(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
+        binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(self._action.shape),
+                            self._action.ctypes.data)
+        self._run = sess.run_with_iobinding
+        self._out_names = [OUTPUT_NAME]
+        self._obs_shape, self._noise_shape = (self.obs_dim,), (self.act_dim,)
+
+    def __call__(self, obs: np.ndarray, noise: np.ndarray | None = None,
+                 out: np.ndarray | None = None) -> np.ndarray:
+        """Action(s) in physical units for obs [obs_dim] or [B, obs_dim]; noise of the matching
+        shape (standard normal; None = zeros = the deterministic action). A single observation
+        returns a fresh [act_dim] array, or fills `out` to allocate nothing."""
+        obs = np.asarray(obs)
+        if obs.ndim == 2:
+            return self._batch(obs, noise)
+        if obs.shape != self._obs_shape:
+            raise ValueError(f"obs: expected shape ({self.obs_dim},) or (B, {self.obs_dim}), "
+                             f"got {obs.shape}")
+        self._obs[0] = obs
+        if noise is None:
+            self._noise.fill(0.0)
+        elif np.shape(noise) != self._noise_shape:
+            raise ValueError(f"noise: expected shape ({self.act_dim},), got {np.shape(noise)}")
+        else:
+            self._noise[0] = noise
+        self._run(self._binding)
+        if out is None:
+            return self._action[0].copy()
+        out[...] = self._action[0]
+        return out
+
+    def _batch(self, obs: np.ndarray, noise: np.ndarray | None) -> np.ndarray:
+        if obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs: expected shape (B, {self.obs_dim}), got {obs.shape}")
+        noise = (np.zeros((obs.shape[0], self.act_dim), np.float32) if noise is None
+                 else np.ascontiguousarray(noise, np.float32))
+        if noise.shape != (obs.shape[0], self.act_dim):
+            raise ValueError(f"noise: expected shape ({obs.shape[0]}, {self.act_dim}), got {noise.shape}")
+        feeds = {INPUT_NAMES[0]: np.ascontiguousarray(obs, np.float32), INPUT_NAMES[1]: noise}
+        return self.session.run(self._out_names, feeds)[0]
+
+    @property
+    def version(self) -> int | None:
+        """The exporter's policy version from the metadata (None for graphs made elsewhere)."""
+        try:
+            return int(self.metadata[META_VERSION])
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(low, high) the graph scales to, from the metadata spec (None when absent)."""
+        if not self.spec or "low" not in self.spec:
+            return None
+        return np.asarray(self.spec["low"], np.float64), np.asarray(self.spec["high"], np.float64)
+
+
+def policy_from_file(path: str | Path, **kwargs) -> OnnxPolicy:
+    """Load an `.onnx` policy file (kwargs as `OnnxPolicy`)."""
+    return OnnxPolicy(Path(path), **kwargs)
+
+
+def measure_latency(policy: OnnxPolicy, n: int = 200, warmup: int = 10, seed: int = 0) -> np.ndarray:
+    """Seconds per single-observation call (with noise, as `PolicySlot.act` calls), n samples."""
+    rng = np.random.default_rng(seed)
+    obs = rng.standard_normal(policy.obs_dim).astype(np.float32)
+    noise = rng.standard_normal(policy.act_dim).astype(np.float32)
+    out = np.empty(policy.act_dim, np.float32)
+    for _ in range(warmup):
+        policy(obs, noise, out)
+    times = np.empty(n)
+    clock = time.perf_counter
+    for i in range(n):
+        start = clock()
+        policy(obs, noise, out)
+        times[i] = clock() - start
+    return times
+
+
+def _probe_observations(obs_dim: int, probe_obs: np.ndarray | None, n_random: int,
+                        rng: np.random.Generator) -> np.ndarray:
+    """Stored observations plus random ones around them (a unit box when none are stored): the
+    policy must behave on inputs somewhat outside what it was trained on, too."""
+    if probe_obs is None or len(probe_obs) == 0:
+        return rng.uniform(-3.0, 3.0, (n_random, obs_dim)).astype(np.float32)
+    stored = np.asarray(probe_obs, np.float32).reshape(-1, obs_dim)
+    centre, spread = stored.mean(0), stored.std(0) * 2.0 + 1e-3
+    random = centre + spread * rng.standard_normal((n_random, obs_dim))
+    return np.concatenate([stored, random.astype(np.float32)])
+
+
+def validate_policy(policy: OnnxPolicy | bytes | str | Path, *, obs_dim: int, act_dim: int,
+                    action_low: Sequence[float] | None, action_high: Sequence[float] | None,
+                    probe_obs: np.ndarray | None = None, latency_budget_s: float | None = None,
+                    n_random: int = 64, seed: int = 0) -> None:
+    """Raise `PolicyRejected` unless `policy` may drive this robot: it loads, has the contract's
+    inputs/output, opset >= MIN_OPSET, the robot's dimensions (and, when the metadata has a spec,
+    its bounds), finite in-bounds actions on probe observations with zero and random noise, and
+    a p99 single-call latency within the budget. `action_low/high` None skips the bounds check."""
+    if not isinstance(policy, OnnxPolicy):
+        policy = OnnxPolicy(policy, provider="cpu")
+    if policy.opset < MIN_OPSET:
+        raise PolicyRejected(f"opset: {policy.opset} < minimum {MIN_OPSET}")
+    if policy.obs_dim != obs_dim:
+        raise PolicyRejected(f"obs dim: policy takes {policy.obs_dim}, robot gives {obs_dim}")
+    if policy.act_dim != act_dim:
+        raise PolicyRejected(f"act dim: policy gives {policy.act_dim}, robot takes {act_dim}")
+    check_bounds = action_low is not None and action_high is not None
+    low = np.asarray(action_low if check_bounds else [-np.inf] * act_dim, np.float64)
+    high = np.asarray(action_high if check_bounds else [np.inf] * act_dim, np.float64)
+    if low.shape != (act_dim,) or high.shape != (act_dim,):
+        raise ValueError(f"action_low/high: expected {act_dim} values each")
+    if policy.bounds is not None and check_bounds:
+        p_low, p_high = policy.bounds
+        if p_low.shape != low.shape or not (np.allclose(p_low, low) and np.allclose(p_high, high)):
+            raise PolicyRejected(f"spec: policy scales to low {p_low.tolist()} high {p_high.tolist()}, "
+                                 f"robot bounds are {low.tolist()} {high.tolist()}")
+    rng = np.random.default_rng(seed)
+    obs = _probe_observations(obs_dim, probe_obs, n_random, rng)
+    # Tolerance: tanh can round to exactly +-1, and the affine scaling adds a few ulps on top.
+    tol = 1e-5 * np.maximum(1.0, np.where(np.isfinite(high - low), high - low, 1.0))
+    for label, noise in (("zero noise", np.zeros((len(obs), act_dim), np.float32)),
+                         ("random noise", rng.standard_normal((len(obs), act_dim)).astype(np.float32))):
+        try:
+            action = np.asarray(policy(obs, noise))
+        except Exception as err:  # a graph that cannot run on a batch is unusable
+            raise PolicyRejected(f"output: running on {len(obs)} probe observations failed: {err}") from err
+        if action.shape != (len(obs), act_dim) or action.dtype != np.float32:
+            raise PolicyRejected(f"output: action is {action.dtype} {action.shape}, "
+                                 f"expected float32 {(len(obs), act_dim)}")
+        bad = ~np.isfinite(action).all(axis=1)
+        if bad.any():
+            raise PolicyRejected(f"non-finite: NaN/inf actions on {int(bad.sum())} of {len(obs)} "
+                                 f"probe observations ({label})")
+        over, under = action - high > tol, low - action > tol
+        if over.any() or under.any():
+            row, dim = np.argwhere(over | under)[0]
+            raise PolicyRejected(f"out of bounds: action[{dim}] = {action[row, dim]:.6g} outside "
+                                 f"[{low[dim]:.6g}, {high[dim]:.6g}] on {int((over | under).any(1).sum())} "
+                                 f"of {len(obs)} probe observations ({label})")
+    # Always exercised, budget or not: the single-observation path must run, and this warms it up
+    # before the control thread's first tick on it.
+    p99 = float(np.percentile(measure_latency(policy, n=200), 99))
+    if latency_budget_s is not None and p99 > latency_budget_s:
+        raise PolicyRejected(f"latency: p99 {p99 * 1e6:.0f} us > budget {latency_budget_s * 1e6:.0f} us")
+
+
+# ------------------------------------------------------------------------------------- hot swap
+@dataclass(frozen=True)
+class SwapResult:
+    """What one `propose` / `rollback` did. `version` is the slot version serving afterwards."""
+
+    accepted: bool
+    version: int | None
+    reason: str = ""
+    source: str = ""
+    metadata_version: int | None = None
+    seconds: float = 0.0  # load + validation time, spent on the proposer's thread
+    kind: str = "propose"
+    at: float = 0.0  # wall-clock time.time()
+
+
+class PolicySlot:
+    """The policy the control thread runs, swapped atomically between ticks.
+
+    `current` is one attribute holding an immutable (policy, version) tuple (or None). The control
+    thread reads it once per tick (`act` does), so a tick runs one policy end to end; writers
+    replace the whole tuple, and a Python attribute store is atomic, so the tick path takes no lock.
+
+    Versions: every accepted policy gets `max(highest version so far + 1, its metadata version)`,
+    so they increase strictly and follow the learner's numbering when the learner's is ahead.
+    `rollback` re-installs the previous (policy, version) pair unchanged: the version names the
+    policy that produced a transition, so the same policy keeps its number.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, action_low: Sequence[float],
+                 action_high: Sequence[float], *, latency_budget_s: float | None = None,
+                 probe_obs: np.ndarray | None = None, seed: int = 0, provider: str = "auto",
+                 intra_op_threads: int = 1, history_len: int = 100):
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.action_low, self.action_high = list(action_low), list(action_high)
+        self.latency_budget_s, self.probe_obs = latency_budget_s, probe_obs
+        self.provider, self.intra_op_threads = provider, intra_op_threads
+        self.current: tuple[OnnxPolicy, int] | None = None
+        self.previous: tuple[OnnxPolicy, int] | None = None
+        self.history: deque[SwapResult] = deque(maxlen=history_len)
+        self._highest = -1
+        self._swap_lock = threading.Lock()  # serialises writers only; `act` never takes it
+        # Only the control thread draws from this generator (validation has its own), so the
+        # noise sequence is reproducible from `seed`.
+        self._rng = np.random.default_rng(seed)
+        self._noise = np.zeros(act_dim, np.float32)
+        self._zeros = np.zeros(act_dim, np.float32)
+
+    @property
+    def version(self) -> int | None:
+        current = self.current
+        return None if current is None else current[1]
+
+    def act(self, obs: np.ndarray, deterministic: bool = False,
+            out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """(action in physical units, version of the policy that produced it) for one observation
+        [obs_dim]; the tick path: no lock, noise drawn into a preallocated buffer."""
+        current = self.current  # one read: the whole tick uses this policy
+        if current is None:
+            raise NoPolicy("no policy accepted yet")
+        policy, version = current
+        if deterministic:
+            noise = self._zeros
+        else:
+            noise = self._rng.standard_normal(dtype=np.float32, out=self._noise)
+        return policy(obs, noise, out), version
+
+    def propose(self, source: OnnxPolicy | bytes | str | Path) -> SwapResult:
+        """Load and validate `source` on the calling thread (never the control thread), then swap
+        it in. A rejected candidate leaves the current policy serving; the result says why."""
+        start = time.perf_counter()
+        name = source.source if isinstance(source, OnnxPolicy) else _read_name(source)
+        try:
+            policy = source if isinstance(source, OnnxPolicy) else OnnxPolicy(
+                source, provider=self.provider, intra_op_threads=self.intra_op_threads)
+            validate_policy(policy, obs_dim=self.obs_dim, act_dim=self.act_dim,
+                            action_low=self.action_low, action_high=self.action_high,
+                            probe_obs=self.probe_obs, latency_budget_s=self.latency_budget_s)
+        except PolicyRejected as err:
+            return self._record(SwapResult(False, self.version, err.reason, name,
+                                           seconds=time.perf_counter() - start))
+        except Exception as err:  # a validator bug must not take the serving policy down
+            return self._record(SwapResult(False, self.version, f"unexpected: {err!r}", name,
+                                           seconds=time.perf_counter() - start))
+        with self._swap_lock:
+            version = max(self._highest + 1, policy.version or 0)
+            self.previous, self.current = self.current, (policy, version)
+            self._highest = version
+        return self._record(SwapResult(True, version, "", name, policy.version,
+                                       time.perf_counter() - start))
+
+    def rollback(self) -> SwapResult:
+        """Put the previous policy back (one level). Nothing to roll back to: not accepted."""
+        with self._swap_lock:
+            if self.previous is None:
+                return self._record(SwapResult(False, self.version, "rollback: no previous policy",
+                                               kind="rollback"))
+            self.current, self.previous = self.previous, None
+            policy, version = self.current
+        return self._record(SwapResult(True, version, "", policy.source, policy.version, kind="rollback"))
+
+    def _record(self, result: SwapResult) -> SwapResult:
+        result = replace(result, at=time.time())
+        self.history.append(result)
+        return result
+
+
+def _read_name(source: bytes | str | Path) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+
+
+class DirectoryWatcher:
+    """Proposes to `slot` each new or rewritten `*.onnx` file in `directory`, polled every `poll_s`.
+
+    Within one poll only the newest file (by mtime, then name) is proposed: older ones are already
+    superseded. On the first poll that is the newest existing file, so a restart resumes from the
+    latest policy (`propose_existing=False` skips existing files). Writers should write a temporary
+    name and rename (`export.write_policy` does); a half-written file is rejected as unloadable and
+    proposed again once its size or mtime changes.
+    """
+
+    def __init__(self, slot: PolicySlot, directory: str | Path, poll_s: float = 0.5, *,
+                 propose_existing: bool = True, history_len: int = 100):
+        self.slot, self.directory, self.poll_s = slot, Path(directory), poll_s
+        self.results: deque[SwapResult] = deque(maxlen=history_len)
+        self.errors = 0  # scans that failed (e.g. folder missing); counted, never fatal
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._skip_first = not propose_existing
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="policy-watcher", daemon=True)
+
+    def start(self) -> "DirectoryWatcher":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> "DirectoryWatcher":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def poll_once(self) -> SwapResult | None:
+        """One scan; proposes the newest new/changed file, if any."""
+        fresh = []
+        for path in self.directory.glob("*.onnx"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # renamed or removed since the listing
+                continue
+            stamp = (st.st_mtime_ns, st.st_size)
+            if self._seen.get(path.name) != stamp:
+                self._seen[path.name] = stamp
+                fresh.append((st.st_mtime_ns, path.name, path))
+        skip, self._skip_first = self._skip_first, False
+        if not fresh or skip:
+            return None
+        result = self.slot.propose(max(fresh)[2])
+        self.results.append(result)
+        return result
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except OSError:
+                self.errors += 1
+            self._stop.wait(self.poll_s)
