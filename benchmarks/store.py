@@ -1,0 +1,127 @@
+"""Transition store figures (DESIGN.md "Performance budgets": store).
+
+    python benchmarks/store.py [--rows N] [--dir DIR]
+
+Prints, for obs_dim 17 and act_dim 6 at the default flush_every and chunk_rows:
+durable append rates (the commit fsyncs the chunk files, their directories and the marker)
+with append() per row and with append_rows() blocks, the commit latency, the same without fsync
+for reference, and the time to draw one RLPD UTD batch (20 minibatches of 256 = 5,120 rows) from
+the in-memory ReplayMirror. Use --dir to measure on the disk the stores will live on.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from o2o_robot.data.schema import FIELDS, row_shape
+from o2o_robot.data.store import TransitionStore
+
+OBS_DIM, ACT_DIM, EP_LEN = 17, 6, 500
+
+
+def block_of(n: int, start: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    rows = {f: rng.standard_normal((n,) + row_shape(f, OBS_DIM, ACT_DIM)).astype(dt)
+            for f, (dt, _) in FIELDS.items()}
+    rows["source"] = np.where((np.arange(start, start + n) // EP_LEN) % 2 == 0, 0, 1).astype(np.uint8)
+    rows["terminated"][:] = False
+    return rows
+
+
+def per_row(path: Path, n: int, durable: bool) -> float:
+    """append() one row at a time; returns rows/s including the last commit."""
+    data = block_of(n, 0, np.random.default_rng(0))
+    rows = [{f: v[i] for f, v in data.items()} for i in range(n)]
+    store = TransitionStore.create(path, OBS_DIM, ACT_DIM, durable=durable)
+    gc.freeze()   # the 100k prepared rows are the benchmark's, not the store's, GC burden
+    t0 = time.perf_counter()
+    for i, row in enumerate(rows):
+        store.append(**row)
+        if i % EP_LEN == EP_LEN - 1:
+            store.end_episode()
+    store.flush()
+    rate = n / (time.perf_counter() - t0)
+    gc.unfreeze()
+    store.close()
+    return rate
+
+
+def blocks(path: Path, n: int, block: int, durable: bool) -> tuple[float, np.ndarray]:
+    """append_rows() blocks of `block` rows; returns rows/s and the per-call times (s)."""
+    rng = np.random.default_rng(1)
+    data = [block_of(block, s, rng) for s in range(0, n, block)]
+    store = TransitionStore.create(path, OBS_DIM, ACT_DIM, durable=durable)
+    times = []
+    t0 = time.perf_counter()
+    for b in data:
+        t = time.perf_counter()
+        store.append_rows(b)
+        store.end_episode()
+        times.append(time.perf_counter() - t)
+    store.flush()
+    rate = len(data) * block / (time.perf_counter() - t0)
+    store.close()
+    return rate, np.array(times)
+
+
+def big_batch(path: Path) -> tuple[float, str]:
+    """Median time (s) to draw a 20 x 256 RLPD batch, and what was timed."""
+    rng = np.random.default_rng(2)
+    try:
+        from o2o_robot.data.replay import ReplayMirror
+    except ImportError:
+        ReplayMirror = None
+    with TransitionStore.open(path, "r") as store:
+        if ReplayMirror is not None:
+            mirror = ReplayMirror.from_store(store)
+            draw, what = (lambda: mirror.sample_big_batch(256, 20, 0.5, rng)), "ReplayMirror.sample_big_batch"
+        else:
+            data = store.read()
+            n = len(store)
+            draw = lambda: {f: v[rng.integers(0, n, 5120)] for f, v in data.items()}   # noqa: E731
+            what = "numpy fancy indexing (o2o_robot.data.replay not available)"
+    times = []
+    for _ in range(300):
+        t = time.perf_counter()
+        draw()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), what
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000, help="rows appended per measurement")
+    parser.add_argument("--dir", type=Path, default=None, help="directory for the temporary stores")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="o2o_store_bench_") as tmp:
+        tmp = Path(tmp)
+        row_rate = per_row(tmp / "row", args.rows, durable=True)
+        block_rate, call_s = blocks(tmp / "block", args.rows, 1000, durable=True)
+        row_fast = per_row(tmp / "row_nosync", args.rows, durable=False)
+        block_fast, _ = blocks(tmp / "block_nosync", args.rows, 1000, durable=False)
+        batch_s, what = big_batch(tmp / "block")
+    defaults = TransitionStore.create.__kwdefaults__
+    p50, p99 = np.percentile(call_s * 1e3, [50, 99])
+    table = [
+        ("append() per row, durable", f"{row_rate:,.0f} rows/s", ">= 50,000 rows/s", row_rate >= 50_000),
+        ("append_rows(1000 rows), durable", f"{block_rate:,.0f} rows/s", ">= 50,000 rows/s", block_rate >= 50_000),
+        ("  one 1000-row call+commit p50/p99", f"{p50:.1f} / {p99:.1f} ms", "", None),
+        ("append() per row, durable=False", f"{row_fast:,.0f} rows/s", "(reference)", None),
+        ("append_rows(1000 rows), durable=False", f"{block_fast:,.0f} rows/s", "(reference)", None),
+        ("big batch 20x256 = 5,120 rows", f"{batch_s * 1e3:.3f} ms", "<= 1 ms", batch_s <= 1e-3),
+    ]
+    print(f"store benchmark: obs_dim={OBS_DIM} act_dim={ACT_DIM} rows={args.rows:,} "
+          f"flush_every={defaults['flush_every']} chunk_rows={defaults['chunk_rows']} "
+          f"dir={args.dir or tempfile.gettempdir()}")
+    print(f"{'measure':36s} {'value':>20s}  {'budget':18s} ok")
+    for name, value, budget, ok in table:
+        print(f"{name:36s} {value:>20s}  {budget:18s} {'' if ok is None else ('yes' if ok else 'NO')}")
+    print(f"big batch timed: {what}")
+
+
+if __name__ == "__main__":
+    main()
