@@ -45,14 +45,11 @@ def cmd_config_show(args) -> int:
 
 # -------------------------------------------------------------------------------------- data
 def _open_store(path: str):
-    from o2o_robot.data.store import StoreError, TransitionStore
+    from o2o_robot.data.store import TransitionStore
 
     if not Path(path).exists():
         raise CliError(f"{path}: no such store")
-    try:
-        return TransitionStore.open(path, "r")
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
+    return TransitionStore.open(path, "r")
 
 
 def cmd_data_info(args) -> int:
@@ -62,18 +59,26 @@ def cmd_data_info(args) -> int:
         return 0
     print(f"store {info['path']} (schema v{info['schema_version']}): obs_dim {info['obs_dim']}, "
           f"act_dim {info['act_dim']}")
-    print(f"  {info['rows']} transitions, {info['episodes']} episodes")
-    for source, counts in sorted(info.get("per_source", {}).items()):
-        returns = info.get("returns", {}).get(source) or {}
-        ret = (f", return mean {returns['mean']:.3f} [{returns['min']:.3f}, {returns['max']:.3f}]"
-               if returns else "")
-        print(f"  {source:12s} {counts['transitions']:8d} transitions {counts['episodes']:6d} "
-              f"episodes{ret}")
+    print(f"  {info['rows']} transitions, {info['episodes']} episodes"
+          + (f", {info['open_episode_rows']} rows in an open episode"
+             if info.get("open_episode_rows") else ""))
+    task = info.get("spec", {}).get("task")
+    if task:
+        print(f"  task {task}")
+    for source, s in info["sources"].items():
+        ret = (f", return mean {s['return_mean']:.3f} [{s['return_min']:.3f}, "
+               f"{s['return_max']:.3f}]" if s.get("return_mean") is not None else "")
+        print(f"  {source:12s} {s['transitions']:8d} transitions {s['episodes']:6d} episodes{ret}")
     return 0
 
 
 def cmd_data_validate(args) -> int:
-    problems = _open_store(args.store).validate()
+    from o2o_robot.data.store import StoreError
+
+    try:
+        problems = _open_store(args.store).validate()
+    except StoreError as exc:  # a store too damaged to open is inconsistent, not bad input
+        problems = [str(exc)]
     if problems:
         for problem in problems:
             print(f"{args.store}: {problem}", file=sys.stderr)
@@ -95,7 +100,10 @@ def cmd_demos_generate(args) -> int:
         raise CliError(f"--episodes: must be >= 1, got {args.episodes}")
     if noise < 0:
         raise CliError(f"--noise: must be >= 0, got {noise}")
-    spec = env_spec(make_env(sim_cfg))
+    try:
+        spec = env_spec(make_env(sim_cfg))
+    except ValueError as exc:  # unknown task id, unsupported spaces: named in the message
+        raise CliError(str(exc)) from None
     store = TransitionStore.open_or_create(args.store, spec["obs_dim"], spec["act_dim"],
                                            flush_every=cfg.store.flush_every, spec=spec)
     with store:
@@ -203,11 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _input_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input (printed as one line, exit 2), not a bug."""
+    errors: list[type[Exception]] = [ConfigError, CliError]
+    if "o2o_robot.data.store" in sys.modules:
+        errors.append(sys.modules["o2o_robot.data.store"].StoreError)
+    return tuple(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.fn(args) or 0)
-    except (ConfigError, CliError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _input_errors()):
+            raise
         print(str(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -420,6 +420,10 @@ class TransitionStore:
 
     def _load_meta(self) -> None:
         e = self._episodes
+        short = {m: self._arrays[m].shape[0] for m in META if self._arrays[m].shape[0] < e}
+        if short:  # the marker is written last, so this is damage, not a crash
+            raise StoreError(f"{self.path}: {MARKER} claims {e} episodes but meta/"
+                             + ", meta/".join(f"{m} holds {n}" for m, n in short.items()))
         self._meta = {m: np.zeros(_ceil(e + 1, META_CHUNK), dt) for m, dt in META.items()}
         for m in META:
             self._meta[m][:e] = self._arrays[m][:e]
