@@ -65,6 +65,8 @@ setup(
     entry_points={
         "console_scripts": [
             "o2o-robot = o2o_robot.cli:main",
+            "actor_node = o2o_robot.ros.actor_node:main",
+            "sim_bridge = o2o_robot.ros.sim_bridge_node:main",
         ],
     },
 )

@@ -1,0 +1,45 @@
+"""Fine-tune on the robot (or in simulation): the actor node, plus the MuJoCo sim bridge when
+use_sim:=true.
+
+    ros2 launch o2o_robot finetune.launch.py config:=/path/to/my_robot.yaml
+    ros2 launch o2o_robot finetune.launch.py use_sim:=true namespace:=arm1
+
+Arguments: config (a path, or a file name in the package's config/ folder), use_sim, namespace,
+policy_path (an ONNX policy to start from; empty = hold until one arrives), learning_enabled.
+Without a ROS 2 install the same graph runs from `o2o-robot finetune`.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+
+def generate_launch_description() -> LaunchDescription:
+    config = LaunchConfiguration("config")
+    namespace = LaunchConfiguration("namespace")
+    return LaunchDescription([
+        DeclareLaunchArgument("config", default_value="sim_reach.yaml",
+                              description="config file: a path, or a name in o2o_robot's config/"),
+        DeclareLaunchArgument("use_sim", default_value="false",
+                              description="also start the MuJoCo sim bridge (o2o_sim)"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="namespace of both nodes and all their topics"),
+        DeclareLaunchArgument("policy_path", default_value="",
+                              description="ONNX policy to start from (empty: none yet)"),
+        DeclareLaunchArgument("learning_enabled", default_value="true",
+                              description="train and hot-swap new policies"),
+        Node(package="o2o_robot", executable="actor_node", name="o2o_actor",
+             namespace=namespace, output="screen", emulate_tty=True,
+             parameters=[{
+                 "config": config,
+                 "policy_path": ParameterValue(LaunchConfiguration("policy_path"), value_type=str),
+                 "learning_enabled": ParameterValue(LaunchConfiguration("learning_enabled"),
+                                                    value_type=bool),
+             }]),
+        Node(package="o2o_robot", executable="sim_bridge", name="o2o_sim",
+             namespace=namespace, output="screen", emulate_tty=True,
+             parameters=[{"config": config}],
+             condition=IfCondition(LaunchConfiguration("use_sim"))),
+    ])

@@ -1,0 +1,491 @@
+"""ActorNode (`o2o_actor`): the ControlCore on a ROS 2 timer, with policy hot-swap and a learner.
+
+Graph (names relative to the node's namespace; observation/action/reward/e-stop topics from the
+config, DESIGN.md "ROS 2 interface"):
+
+  in   every `robot.observations[].topic`  JointState | Float64MultiArray | PoseStamped
+       `control.reward.topic` (Float64)      when `control.reward.source` is "sim" or "topic"
+       `teleop/action` (Float64MultiArray), `teleop/engaged` (Bool)
+       `safety.estop_topic` (Bool)           True latches a hold; read with a transient-local
+                                             reader (latched publishers) AND a best-effort one
+                                             (so a volatile or best-effort e-stop still matches)
+       `operator/success`, `operator/failure` (Bool, True = label the current episode; topics,
+                                             not services, so a Joy mapper or a bare DDS peer
+                                             can press them)
+       done topic (Bool, True = terminal state; `qos.done_topic`: the sim bridge's signal)
+  out  `robot.action.topic` (Float64MultiArray, data = action, no layout), every tick
+       `~/status` (String, JSON, 1 Hz, latched)
+  srv  `~/clear_estop`, `~/rollback_policy` (Trigger); client of `reset` (Trigger)
+  params  config (read-only), policy_path, learning_enabled, deterministic
+
+Threads: every callback that touches the ControlCore is in one mutually exclusive group, so the
+core sees one caller at a time. Parameter sets (policy validation, ~100 ms) run in the default
+group, the learner poll in a third, and learner policies are validated on a worker thread; with
+`main`'s two-thread executor none of them delays a tick. Times are `time.monotonic()`: message
+ages must not jump with the wall clock.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.logging import get_logger
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64, Float64MultiArray, String
+from std_srvs.srv import Trigger
+
+from o2o_robot.config import O2OConfig, load_config, resolve_config_path
+from o2o_robot.control import ControlCore
+from o2o_robot.policy.runtime import PolicyRejected, PolicySlot, SwapResult
+from o2o_robot.ros import convert, qos
+
+NODE_NAME = "o2o_actor"
+DEFAULT_CONFIG = "sim_reach.yaml"
+LATENCY_BUDGET_SHARE = 0.5    # a policy may use at most half a control period (p99)
+POLL_PERIOD_S = 0.25          # learner.poll_policy() cadence
+RESET_DISCOVERY_S = 3.0       # no `reset` service seen by then: continue without resets
+RESET_TIMEOUT_S = 5.0         # a reset call that takes longer is abandoned and retried
+RESET_RETRY_S = 1.0
+WARN_EVERY_S = 5.0            # throttle for per-message warnings
+
+
+class Learner(Protocol):
+    """What the node needs from a learner (e.g. the LearnerThread); all calls non-blocking."""
+
+    def submit(self, transition: dict) -> bool: ...        # False = dropped (queue full)
+    def poll_policy(self) -> bytes | None: ...             # a new ONNX policy, or None
+    def stats(self) -> dict: ...                           # achieved UTD, store sizes, ...
+
+
+class TickTiming:
+    """Timing of the control timer over its last `window` ticks (a preallocated ring).
+
+    `summary` is a pure read: the achieved rate counts the ticks of the last `rate_window_s`."""
+
+    def __init__(self, period_s: float, window: int = 1000, rate_window_s: float = 2.0):
+        self.period_s, self.rate_window_s = period_s, rate_window_s
+        self._times = np.full(window, -np.inf)
+        self._pos = 0
+        self.ticks = self.missed = 0
+
+    def record(self, now: float) -> None:
+        last = self._times[self._pos - 1]
+        if now - last > 1.5 * self.period_s and np.isfinite(last):
+            self.missed += int(round((now - last) / self.period_s)) - 1   # periods not served
+        self._times[self._pos] = now
+        self._pos = (self._pos + 1) % self._times.size
+        self.ticks += 1
+
+    def summary(self, now: float) -> dict:
+        times = np.roll(self._times, -self._pos)        # oldest first
+        times = times[np.isfinite(times)]
+        jitter = np.abs(np.diff(times) - self.period_s) * 1e3
+        recent = times[times > now - self.rate_window_s]
+        rate = (recent.size - 1) / (recent[-1] - recent[0]) if recent.size > 2 else None
+        pct = (lambda q: float(np.percentile(jitter, q))) if jitter.size else (lambda q: None)
+        return {"rate_hz": rate, "target_rate_hz": 1.0 / self.period_s, "ticks": self.ticks,
+                "missed_ticks": self.missed, "period_jitter_ms": {
+                    "p50": pct(50), "p99": pct(99), "max": float(jitter.max()) if jitter.size else None}}
+
+
+class _Proposer:
+    """Validates learner policies on its own thread; only the newest waiting one is kept."""
+
+    def __init__(self, slot: PolicySlot, on_result: Callable[[SwapResult], None]):
+        self.slot, self.on_result = slot, on_result
+        self.superseded = 0
+        self._next: bytes | None = None
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="policy-proposer", daemon=True)
+        self._thread.start()
+
+    def offer(self, data: bytes) -> None:
+        with self._cv:
+            self.superseded += self._next is not None
+            self._next = data
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=10.0)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._stop or self._next is not None)
+                if self._stop:
+                    return
+                data, self._next = self._next, None
+            self.on_result(self.slot.propose(data))   # propose never raises (rejections are results)
+
+
+class ActorNode(Node):
+    """Runs the control loop; see the module docstring for the interface."""
+
+    def __init__(self, config: O2OConfig | None = None, *, learner: Learner | None = None,
+                 latency_budget_share: float | None = LATENCY_BUDGET_SHARE, **node_kwargs):
+        """`config` None loads the `config` parameter's file (raises ConfigError); a non-empty
+        `policy_path` parameter is loaded before the first tick (raises PolicyRejected).
+        `latency_budget_share`: the p99 single-call latency a policy may have, as a share of
+        the control period (None: not checked, e.g. on a loaded test machine)."""
+        super().__init__(node_kwargs.pop("node_name", NODE_NAME), **node_kwargs)
+        text = lambda d, **kw: ParameterDescriptor(description=d, **kw)  # noqa: E731
+        self.declare_parameter("config", DEFAULT_CONFIG, text(
+            "config file: a path, or a file name in the package's config/ folder", read_only=True))
+        self.declare_parameter("policy_path", "", text(
+            "ONNX policy file; set at runtime to validate and hot-swap it (a rejected file refuses "
+            "the set, the running policy stays)"))
+        self.declare_parameter("learning_enabled", True, text(
+            "hand transitions to the learner and take the policies it exports"))
+        self.declare_parameter("deterministic", False, text(
+            "act with zero exploration noise (evaluation)"))
+        if config is None:
+            config = load_config(resolve_config_path(self.get_parameter("config").value))
+        self.cfg = cfg = config
+        robot, control = cfg.robot, cfg.control
+        period = 1.0 / control.control_rate_hz
+        budget = None if latency_budget_share is None else latency_budget_share * period
+        self.slot = PolicySlot(robot.obs_dim, robot.act_dim, robot.action.low, robot.action.high,
+                               latency_budget_s=budget)
+        self.swaps = {"accepted": 0, "rejected": 0, "last_rejection": ""}
+        start_policy = self.get_parameter("policy_path").value
+        if start_policy:
+            self._record_swap(self.slot.propose(start_policy), "policy_path")
+            if self.slot.current is None:
+                raise PolicyRejected(self.swaps["last_rejection"])
+        self.core = ControlCore(robot, control, cfg.safety, None,
+                                teleop_timeout_ms=control.teleop_timeout_ms,
+                                intervention_window=control.intervention_window,
+                                terminate_on_success=control.terminate_on_success,
+                                failure_is_terminal=control.failure_is_terminal)
+        self.learner: Learner | None = None
+        self._learning = bool(self.get_parameter("learning_enabled").value)
+        self._deterministic = bool(self.get_parameter("deterministic").value)
+        self.learner_counts = dict.fromkeys(["submitted", "dropped", "errors", "polled"], 0)
+        self.malformed: dict[str, int] = {}
+        self.malformed_reasons: dict[str, str] = {}
+        self._warned: dict[str, float] = {}
+        self.reset_counts = dict.fromkeys(
+            ["calls", "done", "failed", "timeouts", "skipped_no_service"], 0)
+        self._reset: dict | None = None          # bookkeeping of the reset in progress
+        self._reset_seen = False
+        self._timing = TickTiming(period)
+        self._proposer: _Proposer | None = None
+        self._control = MutuallyExclusiveCallbackGroup()
+        self._make_interfaces(period)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+        if learner is not None:
+            self.attach_learner(learner)
+        self.get_logger().info(
+            f"{robot.name}: obs {robot.obs_dim}, action {robot.act_dim} on "
+            f"'{robot.action.topic}' at {control.control_rate_hz:g} Hz; policy version "
+            f"{self.slot.version}")
+
+    # --------------------------------------------------------------------------- wiring
+    def _make_interfaces(self, period: float) -> None:
+        cfg, group = self.cfg, self._control
+        sub = lambda typ, topic, fn, profile=qos.STREAM: self.create_subscription(  # noqa: E731
+            typ, topic, self._guarded(topic, fn), profile, callback_group=group)
+        handlers = {"joint_state": (JointState, self._on_joint_state),
+                    "float64_multi_array": (Float64MultiArray, self._on_array),
+                    "pose_stamped": (PoseStamped, self._on_pose)}
+        seen = set()
+        for src in cfg.robot.observations:
+            if src.topic.lstrip("/") not in seen:    # a topic may feed several sources
+                seen.add(src.topic.lstrip("/"))
+                typ, fn = handlers[src.type]
+                sub(typ, src.topic, lambda msg, t=src.topic, fn=fn: fn(t, msg))
+        reward = cfg.control.reward
+        if reward.source in ("sim", "topic"):
+            sub(Float64, reward.topic, self._on_reward)
+        sub(Float64MultiArray, qos.TELEOP_ACTION_TOPIC, self._on_teleop_action)
+        sub(Bool, qos.TELEOP_ENGAGED_TOPIC,
+            lambda m: self.core.set_teleop(convert.bool_from_msg(m)))
+        for profile in (qos.LATCHED, qos.ANY_WRITER):
+            sub(Bool, cfg.safety.estop_topic, self._on_estop, profile)
+        sub(Bool, qos.SUCCESS_TOPIC, lambda m: m.data and self.core.mark_success())
+        sub(Bool, qos.FAILURE_TOPIC, lambda m: m.data and self.core.mark_failure())
+        if (done := qos.done_topic(reward)) is not None:
+            sub(Bool, done, lambda m: m.data and self.core.mark_done(success=False))
+        self._action_msg = Float64MultiArray()
+        self._action_pub = self.create_publisher(Float64MultiArray, cfg.robot.action.topic, qos.STREAM)
+        self._status_pub = self.create_publisher(String, qos.STATUS_TOPIC, qos.STATUS)
+        self._reset_client = self.create_client(Trigger, qos.RESET_SERVICE, callback_group=group)
+        self.create_service(Trigger, qos.CLEAR_ESTOP_SERVICE, self._on_clear_estop,
+                            callback_group=group)
+        self.create_service(Trigger, qos.ROLLBACK_SERVICE, self._on_rollback)
+        self.create_timer(period, self._on_tick, callback_group=group)
+        self.create_timer(1.0, self._publish_status, callback_group=group)
+
+    def attach_learner(self, learner: Learner) -> None:
+        """Hand transitions to `learner` and poll it for policies (validated off the tick)."""
+        self.learner = learner
+        self._proposer = _Proposer(self.slot, lambda r: self._record_swap(r, "learner"))
+        self.create_timer(POLL_PERIOD_S, self._poll_learner,
+                          callback_group=MutuallyExclusiveCallbackGroup())
+
+    def _guarded(self, topic: str, handler: Callable) -> Callable:
+        """A callback that never raises: a bad message is dropped, counted and warned about."""
+        def callback(msg) -> None:
+            try:
+                handler(msg)
+            except Exception as exc:  # a MessageError, or a bug: counted either way, node lives
+                reason = str(exc) if isinstance(exc, convert.MessageError) else repr(exc)
+                self.malformed[topic] = self.malformed.get(topic, 0) + 1
+                self.malformed_reasons[topic] = reason
+                now = time.monotonic()
+                if now - self._warned.get(topic, -np.inf) >= WARN_EVERY_S:   # throttled per topic
+                    self._warned[topic] = now
+                    self.get_logger().warning(f"dropped a message on '{topic}' "
+                                           f"({self.malformed[topic]} so far): {reason}")
+        return callback
+
+    # ----------------------------------------------------------------------------- inputs
+    def _rejected(self, topic: str) -> None:
+        key = topic.lstrip("/")
+        raise convert.MessageError(self.core.observations.drop_reasons.get(key, "rejected"))
+
+    def _on_joint_state(self, topic: str, msg: JointState) -> None:
+        names, pos, vel, eff = convert.joint_state_from_msg(msg)
+        if not self.core.observations.update_joint_state(topic, names, pos, vel, eff,
+                                                         time.monotonic()):
+            self._rejected(topic)
+
+    def _on_array(self, topic: str, msg: Float64MultiArray) -> None:
+        if not self.core.observations.update_array(topic, convert.array_from_msg(msg),
+                                                   time.monotonic()):
+            self._rejected(topic)
+
+    def _on_pose(self, topic: str, msg: PoseStamped) -> None:
+        xyz, quat = convert.pose_from_msg(msg)
+        if not self.core.observations.update_pose(topic, xyz, quat, time.monotonic()):
+            self._rejected(topic)
+
+    def _on_reward(self, msg: Float64) -> None:
+        if not self.core.update_reward(convert.float_from_msg(msg), time.monotonic()):
+            raise convert.MessageError(self.core.reward_source.stats().get("last_error", "rejected"))
+
+    def _on_teleop_action(self, msg: Float64MultiArray) -> None:
+        action = convert.array_from_msg(msg, self.core.act_dim)
+        self.core.set_teleop(None, action, time.monotonic())
+
+    def _on_estop(self, msg: Bool) -> None:
+        was = self.core.safety.estopped
+        self.core.estop(convert.bool_from_msg(msg))
+        if self.core.safety.estopped and not was:
+            self.get_logger().error("E-STOP latched: holding until ~/clear_estop")
+
+    def _on_clear_estop(self, request, response):
+        response.success = self.core.clear_estop()
+        response.message = ("cleared" if response.success
+                            else "refused: the e-stop signal is still engaged")
+        self.get_logger().warning(f"clear_estop: {response.message}")
+        return response
+
+    def _on_rollback(self, request, response):
+        result = self.slot.rollback()
+        response.success, response.message = result.accepted, result.reason or f"version {result.version}"
+        self.get_logger().warning(f"rollback_policy: {response.message}")
+        return response
+
+    # -------------------------------------------------------------------- parameters
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Validate a new `policy_path` before the set is accepted (types are checked by rclpy)."""
+        for param in params:
+            if param.name != "policy_path":
+                continue
+            if not param.value:
+                return SetParametersResult(successful=False, reason=(
+                    "policy_path: empty; call ~/rollback_policy to return to the previous policy"))
+            result = self.slot.propose(param.value)
+            self._record_swap(result, "policy_path")
+            if not result.accepted:
+                return SetParametersResult(successful=False,
+                                           reason=f"policy rejected: {result.reason}")
+        return SetParametersResult(successful=True)
+
+    def _after_set_parameters(self, params) -> None:
+        for param in params:
+            if param.name == "learning_enabled":
+                self._learning = bool(param.value)
+            elif param.name == "deterministic":
+                self._deterministic = bool(param.value)
+
+    def _record_swap(self, result: SwapResult, via: str) -> None:
+        if result.accepted:
+            self.swaps["accepted"] += 1
+            self.get_logger().info(f"policy {result.source} now serving as version "
+                                   f"{result.version} (via {via}, {result.seconds * 1e3:.0f} ms)")
+        else:
+            self.swaps["rejected"] += 1
+            self.swaps["last_rejection"] = f"{result.source}: {result.reason}"
+            self.get_logger().error(f"policy {result.source} rejected (via {via}): "
+                                    f"{result.reason}; version {result.version} keeps running")
+
+    # --------------------------------------------------------------------------- tick
+    def _act(self, obs: np.ndarray):
+        return self.slot.act(obs, deterministic=self._deterministic)
+
+    def _on_tick(self) -> None:
+        now = time.monotonic()
+        self._timing.record(now)
+        if self.core.policy_act is None and self.slot.current is not None:
+            self.core.policy_act = self._act   # first policy: installed on this thread, between ticks
+        result = self.core.tick(now)
+        self._action_pub.publish(convert.array_to_msg(result.action, self._action_msg))
+        if result.transition is not None and self._learning and self.learner is not None:
+            self._submit(result.transition)
+        if result.needs_reset:
+            self._advance_reset(now)
+        else:
+            self._reset = None
+
+    def _submit(self, transition: dict) -> None:
+        try:
+            accepted = self.learner.submit(transition)
+        except Exception as exc:  # a learner bug must not stop the robot: counted, reported
+            self.learner_counts["errors"] += 1
+            self.get_logger().error(f"learner.submit failed: {exc!r}", throttle_duration_sec=WARN_EVERY_S)
+            return
+        self.learner_counts["submitted" if accepted else "dropped"] += 1
+
+    def _advance_reset(self, now: float) -> None:
+        """Drive the `reset` call of an ended episode, one non-blocking step per tick.
+
+        The next episode starts (`episode_reset_done`) once the call succeeded AND every source
+        has delivered an observation received after that: the first row of an episode must
+        not start from the previous episode's state."""
+        st = self._reset = self._reset or {"ended": now, "future": None, "ok": None, "retry": now}
+        if st["ok"] is not None:
+            ages = self.core.observations.ages_ms(now).values()
+            if max(ages) < (now - st["ok"]) * 1e3:
+                self.core.episode_reset_done()
+                self.reset_counts["done"] += 1
+                self._reset = None
+            return
+        future = st["future"]
+        if future is not None:
+            if future.done():
+                st["future"] = None
+                try:
+                    ok, why = future.result().success, future.result().message
+                except Exception as exc:  # noqa: BLE001 - the call itself failed; retried below
+                    ok, why = False, repr(exc)
+                if ok:
+                    st["ok"] = now
+                    return
+                self.reset_counts["failed"] += 1
+                self.get_logger().warning(f"reset failed: {why}; retrying")
+                st["retry"] = now + RESET_RETRY_S
+            elif now - st["sent"] > RESET_TIMEOUT_S:
+                self._reset_client.remove_pending_request(future)
+                st["future"], st["retry"] = None, now + RESET_RETRY_S
+                self.reset_counts["timeouts"] += 1
+            return
+        if now < st["retry"]:
+            return
+        if self._reset_client.service_is_ready():
+            self._reset_seen = True
+            st["future"], st["sent"] = self._reset_client.call_async(Trigger.Request()), now
+            self.reset_counts["calls"] += 1
+        elif not self._reset_seen and now - st["ended"] > RESET_DISCOVERY_S:
+            # Reset-free operation (no reset routine on this robot): the next episode starts
+            # from wherever the robot is.
+            self.get_logger().warning("no 'reset' service: the next episode starts from the current "
+                                   "state", throttle_duration_sec=60.0)
+            self.core.episode_reset_done()
+            self.reset_counts["skipped_no_service"] += 1
+            self._reset = None
+
+    # ----------------------------------------------------------------------- learner, status
+    def _poll_learner(self) -> None:
+        if not self._learning or self.learner is None:
+            return
+        try:
+            data = self.learner.poll_policy()
+        except Exception as exc:  # counted, reported; the current policy keeps running
+            self.learner_counts["errors"] += 1
+            self.get_logger().error(f"learner.poll_policy failed: {exc!r}",
+                                    throttle_duration_sec=WARN_EVERY_S)
+            return
+        if data is not None:
+            self.learner_counts["polled"] += 1
+            self._proposer.offer(data)
+
+    def status(self) -> dict:
+        """Everything `~/status` publishes, as plain values."""
+        now = time.monotonic()
+        core = self.core.stats(now)
+        current = self.slot.current
+        learner = None
+        if self.learner is not None:
+            try:
+                learner = self.learner.stats()
+            except Exception as exc:  # noqa: BLE001 - reported in the status itself
+                learner = {"stats_error": repr(exc)}
+        return {
+            **self._timing.summary(now),
+            "policy": {"version": self.slot.version, "deterministic": self._deterministic,
+                       "source": current[0].source if current else None, **self.swaps,
+                       "superseded": self._proposer.superseded if self._proposer else 0},
+            "intervention_rate": core["intervention_rate"],
+            "estop": {"latched": core["safety"]["estop_latched"],
+                      "signal": core["safety"]["estop_signal"]},
+            "malformed": dict(self.malformed), "malformed_reasons": dict(self.malformed_reasons),
+            "safety": core["safety"]["counts"],
+            "learning_enabled": self._learning,
+            "learner": {**self.learner_counts, "stats": learner},
+            "reset": dict(self.reset_counts),
+            "core": core,
+        }
+
+    def _publish_status(self) -> None:
+        self._status_pub.publish(convert.status_to_msg(self.status()))
+
+    def destroy_node(self) -> None:
+        if self._proposer is not None:
+            self._proposer.stop()
+        super().destroy_node()
+
+
+def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = None) -> int:
+    """Console entry point: `actor_node --ros-args -p config:=my_robot.yaml`.
+
+    `learner_factory(cfg)`, when given (the `o2o-robot` CLI does), builds the learner for the
+    loaded config. Returns the process exit status."""
+    rclpy.init(args=args)
+    try:
+        node = ActorNode()
+    except (ValueError, PolicyRejected) as exc:   # ConfigError, RewardFunctionError, bad policy
+        get_logger(NODE_NAME).fatal(str(exc))
+        rclpy.try_shutdown()
+        return 1
+    try:
+        if learner_factory is not None:
+            node.attach_learner(learner_factory(node.cfg))
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""QoS profiles and the fixed names of the ROS 2 interface (DESIGN.md "ROS 2 interface").
+
+Names are relative, so a namespace (`-r __ns:=/arm1`) or a remap moves the whole graph; the
+observation, action, reward and e-stop topics come from the config, the rest are fixed here.
+
+QoS matching is silent when it fails (ROS2_NOTES.md: a best-effort writer never reaches a
+reliable reader, a volatile writer never reaches a transient-local reader), so every profile
+below says which writers it matches.
+"""
+from __future__ import annotations
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+# ---------------------------------------------------------------------------------- profiles
+# Streams (observations, actions, reward, teleop, labels): the DESIGN's reliable, volatile,
+# keep-last. Same as rclpy's default, so `ros2 topic pub` and most drivers match it.
+STREAM = QoSProfile(reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+                    history=HistoryPolicy.KEEP_LAST, depth=10)
+
+# Latched state (the e-stop, the status): a late joiner gets the last value at once. A
+# transient-local reader only matches transient-local writers.
+LATCHED = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                     history=HistoryPolicy.KEEP_LAST, depth=1)
+
+# A reader that matches every writer (best-effort and volatile are the weakest requests). Used
+# beside LATCHED for the e-stop, so an e-stop published with any QoS still stops the robot.
+ANY_WRITER = QoSProfile(reliability=ReliabilityPolicy.BEST_EFFORT,
+                        durability=DurabilityPolicy.VOLATILE,
+                        history=HistoryPolicy.KEEP_LAST, depth=10)
+
+STATUS = LATCHED
+
+# --------------------------------------------------------------------------- fixed names
+STATUS_TOPIC = "~/status"                 # std_msgs/String, JSON
+TELEOP_ACTION_TOPIC = "teleop/action"     # std_msgs/Float64MultiArray, physical units
+TELEOP_ENGAGED_TOPIC = "teleop/engaged"   # std_msgs/Bool, True = teleop overrides the policy
+SUCCESS_TOPIC = "operator/success"        # std_msgs/Bool, True = this episode succeeded
+FAILURE_TOPIC = "operator/failure"        # std_msgs/Bool, True = give up on this episode
+DEFAULT_DONE_TOPIC = "done"               # std_msgs/Bool, True = terminal state (sim bridge)
+RESET_SERVICE = "reset"                   # std_srvs/Trigger, provided by the sim / the robot
+CLEAR_ESTOP_SERVICE = "~/clear_estop"     # std_srvs/Trigger
+ROLLBACK_SERVICE = "~/rollback_policy"    # std_srvs/Trigger
+
+
+def done_topic(reward_cfg) -> str | None:
+    """The terminal-signal topic: `control.reward.done_topic`, else "done" when the reward comes
+    from the sim bridge (which publishes its terminal states there), else None (no subscription).
+
+    One function for both nodes, so the bridge publishes where the actor listens."""
+    if reward_cfg.done_topic:
+        return reward_cfg.done_topic
+    return DEFAULT_DONE_TOPIC if reward_cfg.source == "sim" else None

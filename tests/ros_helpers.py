@@ -1,0 +1,210 @@
+"""Helpers of the ROS 2 tests: an isolated rclpy graph per test module, recorders, service and
+parameter calls, and tiny ONNX policies with a known output.
+
+Isolation (ROS2_NOTES.md): each module gets its own rclpy Context with its own ROS_DOMAIN_ID
+and its own namespace, both derived from the process id, so ROS tests of parallel runs (other
+workers, other modules) neither see nor answer each other.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import onnx
+import rclpy
+from onnx import TensorProto, helper
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.parameter_client import AsyncParameterClient
+
+from o2o_robot.policy.runtime import META_SPEC, META_VERSION
+from o2o_robot.ros import qos
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Cyclone DDS restricted to loopback unicast: matches rclpy started with
+# ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (ROS2_NOTES.md "Discovery on one machine").
+CYCLONEDDS_URI = (
+    '<CycloneDDS><Domain><General><Interfaces><NetworkInterface name="lo"/></Interfaces>'
+    '<AllowMulticast>false</AllowMulticast></General><Discovery>'
+    '<ParticipantIndex>auto</ParticipantIndex><Peers><Peer address="127.0.0.1"/></Peers>'
+    '</Discovery></Domain></CycloneDDS>')
+
+
+def domain_id(offset: int) -> int:
+    """A ROS_DOMAIN_ID for this process and `offset` (0..3), inside the safe range 10..97."""
+    assert 0 <= offset < 4
+    return 10 + (os.getpid() % 22) * 4 + offset
+
+
+def namespace(tag: str) -> str:
+    """A namespace unique to this process and module (second layer of isolation)."""
+    return f"/o2o_test_{os.getpid()}_{tag}"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = "condition",
+             interval: float = 0.02):
+    """Poll until `predicate()` is truthy and return its value; AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class RosGraph:
+    """One rclpy Context (own domain id) spun by a multi-threaded executor in a thread."""
+
+    def __init__(self, domain: int, threads: int = 3):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain)
+        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        self.nodes = []
+        self._thread = threading.Thread(target=self._spin, name="ros-test-executor", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def add(self, node):
+        self.executor.add_node(node)
+        self.nodes.append(node)
+        return node
+
+    def node(self, name: str, ns: str):
+        return self.add(rclpy.create_node(name, namespace=ns, context=self.context))
+
+    def remove(self, node) -> None:
+        self.executor.remove_node(node)
+        self.nodes.remove(node)
+        node.destroy_node()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=5.0)
+        for node in reversed(self.nodes):
+            node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+class Recorder:
+    """Every message on a topic as (receive time.monotonic(), converted value)."""
+
+    def __init__(self, node, msg_type, topic: str, convert: Callable = lambda m: m,
+                 profile=qos.STREAM):
+        self.items: list[tuple[float, object]] = []
+        self._convert = convert
+        self.sub = node.create_subscription(msg_type, topic, self._on_msg, profile)
+
+    def _on_msg(self, msg) -> None:
+        self.items.append((time.monotonic(), self._convert(msg)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def since(self, t: float) -> list:
+        return [v for (s, v) in list(self.items) if s >= t]
+
+    def last(self):
+        return self.items[-1][1] if self.items else None
+
+    def wait_count(self, n: int, timeout: float = 10.0) -> list:
+        wait_for(lambda: len(self.items) >= n, timeout, f"{n} messages on {self.sub.topic_name}")
+        return [v for _, v in self.items]
+
+
+def status_json(msg) -> dict:
+    return json.loads(msg.data)
+
+
+def call_service(client, request, timeout: float = 10.0):
+    """Call a service from the test thread (the executor thread completes the future)."""
+    wait_for(client.service_is_ready, timeout, f"service {client.srv_name}")
+    future = client.call_async(request)
+    wait_for(future.done, timeout, f"reply of {client.srv_name}")
+    return future.result()
+
+
+_PARAM_CLIENTS: dict[tuple[int, str], AsyncParameterClient] = {}
+
+
+def set_parameter(node, target: str, name: str, value, timeout: float = 15.0):
+    """Set one parameter of node `target` through its SetParameters service (as
+    `ros2 param set` does); returns the rcl_interfaces SetParametersResult."""
+    key = (id(node), target)
+    if key not in _PARAM_CLIENTS:    # its service clients live as long as `node`
+        _PARAM_CLIENTS[key] = AsyncParameterClient(node, target)
+    client = _PARAM_CLIENTS[key]
+    assert client.wait_for_services(timeout), f"parameter services of {target}"
+    future = client.set_parameters([Parameter(name, value=value)])
+    wait_for(future.done, timeout, f"set {name} on {target}")
+    return future.result().results[0]
+
+
+def start_node_main(module: str, args: list[str], ns: str, domain: int
+                    ) -> tuple[subprocess.Popen, list[str]]:
+    """`python -m module --ros-args -r __ns:=ns *args` in its own domain; (process, output
+    lines as they arrive). The caller ends it (SIGINT) or waits for it."""
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
+           "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", "-r", f"__ns:={ns}",
+                             *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    return proc, lines
+
+
+# ------------------------------------------------------------------------------------ policies
+def linear_policy(obs_dim: int, act_dim: int, low: Sequence[float], high: Sequence[float], *,
+                  weight: np.ndarray, bias: np.ndarray, version: int = 1,
+                  noise_scale: float = 0.1, nan: bool = False) -> bytes:
+    """ONNX bytes of `action = mid + half * tanh(obs @ weight + bias + noise_scale * noise)`
+    (the policy contract's inputs/output and metadata; `nan=True` adds NaN to every output)."""
+    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+    consts = {"W": np.asarray(weight, np.float32).reshape(obs_dim, act_dim),
+              "b": np.asarray(bias, np.float32).reshape(act_dim),
+              "s": np.full(act_dim, noise_scale, np.float32), "half": (high - low) / 2,
+              "mid": (high + low) / 2, "bad": np.full(act_dim, np.nan, np.float32)}
+    inits = [helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.ravel().tolist())
+             for k, v in consts.items()]
+    nodes = [helper.make_node("MatMul", ["obs", "W"], ["h"]),
+             helper.make_node("Add", ["h", "b"], ["z0"]),
+             helper.make_node("Mul", ["noise", "s"], ["n"]),
+             helper.make_node("Add", ["z0", "n"], ["z"]),
+             helper.make_node("Tanh", ["z"], ["t"]),
+             helper.make_node("Mul", ["t", "half"], ["th"]),
+             helper.make_node("Add", ["th", "mid"], ["a" if nan else "action"])]
+    if nan:
+        nodes.append(helper.make_node("Add", ["a", "bad"], ["action"]))
+    graph = helper.make_graph(
+        nodes, "linear_policy",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", obs_dim]),
+         helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["batch", act_dim])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", act_dim])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    spec = {"obs_dim": obs_dim, "act_dim": act_dim, "low": low.tolist(), "high": high.tolist()}
+    for key, value in ((META_VERSION, str(version)), (META_SPEC, json.dumps(spec))):
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def linear_reference(obs, low, high, weight, bias) -> np.ndarray:
+    """The deterministic action of `linear_policy` computed with numpy (float32 like the graph)."""
+    low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
+    z = np.asarray(obs, np.float32) @ np.asarray(weight, np.float32) + np.asarray(bias, np.float32)
+    return ((high + low) / 2 + (high - low) / 2 * np.tanh(z)).astype(np.float32)
