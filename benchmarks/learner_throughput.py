@@ -1,0 +1,190 @@
+"""Learner throughput: RLPD critic updates per second (DESIGN.md "Performance budgets").
+
+Setting: E=10, Z=2, UTD G=20, minibatch N=256, hidden 2x256, obs 17, action 6 (HalfCheetah
+sized), one `RLPD.update` per "env step" on a fixed 5,120-row big batch; a critic update is one
+of the G critic steps, and the once-per-update actor and temperature steps are included in the
+time. Variants measured in the same run, interleaved window by window so that other load on the
+machine hits all of them alike:
+
+* naive: a plain PyTorch loop over 10 separate critic nn.Modules (per-member forward, a loop of
+  MSEs, torch.optim.Adam with default settings, a Python loop for the target EMA);
+* rlpd eager fp32, rlpd compiled fp32 (torch.compile of the losses and of Adam+EMA);
+* with --bf16: rlpd eager bf16 autocast (and compiled bf16 unless --no-compile).
+
+Reported per variant: the best window and the median window (updates/s). The official JAX RLPD
+figure (92-95 updates/s on the 2-core reference machine) is an anchor stated in the issue, NOT
+measured here. Usage: python benchmarks/learner_throughput.py [--seconds 60] [--threads 2] [--bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import statistics
+import time
+import traceback
+
+import numpy as np
+import torch
+from torch import nn
+
+from o2o_robot.agents.networks import LN_EPS, TanhGaussianActor
+from o2o_robot.agents.rlpd import RLPD
+from o2o_robot.config import RLPDConfig
+
+OBS, ACT, E, Z, G, N, HIDDEN = 17, 6, 10, 2, 20, 256, (256, 256)
+JAX_ANCHOR = (92.0, 95.0)  # official ikostrikov/rlpd on the reference machine (issue), not measured
+
+
+def tune_malloc() -> bool:
+    """Keep freed blocks in the glibc heap instead of unmapping them: the update allocates many
+    ~2.6 MB temporaries, and memory given back to the OS costs a page fault per 4 KB when touched
+    again. It made isolated chains of elementwise ops up to 3x faster here, but its effect on the
+    whole update was within the run-to-run noise, so it is opt-in. Applies to every variant."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 32 << 20)) and bool(libc.mallopt(-1, 1 << 30))  # MMAP, TRIM
+    except (OSError, AttributeError):
+        return False
+
+
+def big_batch(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rows = G * N
+    return {"obs": rng.standard_normal((rows, OBS), np.float32),
+            "action": rng.uniform(-1, 1, (rows, ACT)).astype(np.float32),
+            "reward": rng.standard_normal(rows).astype(np.float32),
+            "next_obs": rng.standard_normal((rows, OBS), np.float32),
+            "mask": (rng.random(rows) > 0.01).astype(np.float32)}
+
+
+class NaiveRLPD:
+    """The plain-PyTorch baseline: same math, one nn.Module per critic, Python loops."""
+
+    def __init__(self, cfg: RLPDConfig):
+        def critic() -> nn.Module:
+            layers, d = [], OBS + ACT
+            for h in HIDDEN:
+                layers += [nn.Linear(d, h), nn.LayerNorm(h, eps=LN_EPS), nn.ReLU()]
+                d = h
+            return nn.Sequential(*layers, nn.Linear(d, 1))
+        self.cfg = cfg
+        self.critics = nn.ModuleList(critic() for _ in range(E))
+        self.targets = copy.deepcopy(self.critics).requires_grad_(False)
+        self.actor = TanhGaussianActor(OBS, ACT, HIDDEN)
+        self.log_alpha = nn.Parameter(torch.zeros(()))
+        self.critic_opt = torch.optim.Adam(self.critics.parameters(), cfg.critic_lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), cfg.actor_lr)
+        self.temp_opt = torch.optim.Adam([self.log_alpha], cfg.temp_lr)
+
+    def update(self, batch: dict[str, np.ndarray]) -> None:
+        b = {k: torch.as_tensor(v) for k, v in batch.items()}
+        cfg = self.cfg
+        for g in range(G):
+            mb = {k: v[g * N:(g + 1) * N] for k, v in b.items()}
+            with torch.no_grad():
+                na, nlp = self.actor.sample(mb["next_obs"])
+                x = torch.cat([mb["next_obs"], na], -1)
+                idx = torch.randperm(E)[:Z].tolist()
+                nq = torch.min(torch.stack([self.targets[i](x).squeeze(-1) for i in idx]), 0).values
+                y = mb["reward"] + cfg.discount * mb["mask"] * (nq - self.log_alpha.exp() * nlp)
+            x = torch.cat([mb["obs"], mb["action"]], -1)
+            loss = sum(((c(x).squeeze(-1) - y) ** 2).mean() for c in self.critics) / E
+            self.critic_opt.zero_grad()
+            loss.backward()
+            self.critic_opt.step()
+            with torch.no_grad():
+                for p, tp in zip(self.critics.parameters(), self.targets.parameters()):
+                    tp.mul_(1 - cfg.tau).add_(p, alpha=cfg.tau)
+        a, lp = self.actor.sample(mb["obs"])
+        x = torch.cat([mb["obs"], a], -1)
+        q = sum(c(x).squeeze(-1) for c in self.critics) / E
+        a_loss = (self.log_alpha.exp().detach() * lp - q).mean()
+        self.actor_opt.zero_grad()
+        a_loss.backward(inputs=list(self.actor.parameters()))
+        self.actor_opt.step()
+        t_loss = self.log_alpha.exp() * (-lp.detach().mean() + ACT / 2)
+        self.temp_opt.zero_grad()
+        t_loss.backward()
+        self.temp_opt.step()
+
+
+def measure(variants: dict, batch, seconds: float, window: float) -> dict[str, list[float]]:
+    """Round-robin windows of about `window` s per variant until each had `seconds`."""
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    spent = {name: 0.0 for name in variants}
+    while min(spent.values()) < seconds:
+        for name, agent in variants.items():
+            start, steps = time.perf_counter(), 0
+            while True:
+                agent.update(batch)
+                steps += G
+                elapsed = time.perf_counter() - start
+                if elapsed >= window:
+                    break
+            rates[name].append(steps / elapsed)
+            spent[name] += elapsed
+    return rates
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=30.0, help="measured time per variant")
+    ap.add_argument("--window", type=float, default=1.0, help="seconds per measurement window")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--bf16", action="store_true", help="also measure bf16 autocast")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--no-naive", action="store_true", help="skip the plain-loop baseline")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="keep freed memory in the glibc heap (an experiment; see tune_malloc)")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    tuned = tune_malloc() if args.tune_malloc else False
+    cfg = RLPDConfig(hidden_dims=list(HIDDEN), critic_ensemble_size=E, critic_subset_size=Z)
+    batch = big_batch()
+    print(f"torch {torch.__version__}, {args.threads} thread(s), glibc malloc tuned: {tuned}; "
+          f"E={E} Z={Z} UTD={G} N={N} hidden={list(HIDDEN)} obs={OBS} act={ACT}")
+
+    variants: dict = {}
+    if not args.no_naive:
+        variants["naive loop fp32"] = NaiveRLPD(cfg)
+    plan = [("rlpd eager fp32", False, False)]
+    if not args.no_compile:
+        plan.append(("rlpd compiled fp32", True, False))
+    if args.bf16:
+        plan.append(("rlpd eager bf16", False, True))
+        if not args.no_compile:
+            plan.append(("rlpd compiled bf16", True, True))
+    for name, compiled, bf16 in plan:
+        agent = RLPD(OBS, ACT, cfg, batch_size=N, compile=compiled, bf16=bf16)
+        start = time.perf_counter()
+        try:
+            agent.update(batch)  # warm-up; compiles here
+        except Exception:
+            print(f"{name}: FAILED\n{traceback.format_exc()}")
+            continue
+        if compiled:
+            note = f"compile error, ran eager: {agent.compile_error}" if agent.compile_error \
+                else "compiled"
+            print(f"{name}: first update {time.perf_counter() - start:.1f} s ({note})")
+        variants[name] = agent
+    for agent in variants.values():  # second warm-up: allocator and caches settle
+        agent.update(batch)
+
+    rates = measure(variants, batch, args.seconds, args.window)
+    base = rates.get("naive loop fp32")
+    print(f"\ncritic updates/s over {len(next(iter(rates.values())))} windows of ~{args.window} s "
+          f"per variant (best window / median window)")
+    for name, r in rates.items():
+        best, med = max(r), statistics.median(r)
+        line = f"  {name:22s} best {best:7.1f}   median {med:7.1f}"
+        if base and name != "naive loop fp32":
+            line += f"   vs naive loop: {best / max(base):.2f}x best, {med / statistics.median(base):.2f}x median"
+        line += f"   vs JAX anchor {JAX_ANCHOR[0]:.0f}-{JAX_ANCHOR[1]:.0f}/s (stated): {best / JAX_ANCHOR[1]:.2f}-{best / JAX_ANCHOR[0]:.2f}x"
+        print(line)
+    print("Windows are wall-clock; other load on the machine lowers the median more than the best.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""RLPD: Reinforcement Learning with Prior Data (Ball, Smith, Kostrikov, Levine, ICML 2023).
+
+SAC from scratch plus symmetric offline/online sampling (done by the sampler), a LayerNorm critic
+ensemble and a high update-to-data ratio G. Faithful to ikostrikov/rlpd (ALGORITHMS.md section 1).
+One call of `RLPD.update` consumes a big batch of G*N rows, cut into G contiguous minibatches b_g:
+
+  for g = 1..G (critic step, then target EMA):
+      a' ~ pi(.|s') (current actor), Z ⊂ {1..E} fresh, |Z| = Z, without replacement
+      y   = (r + reward_shift) + gamma * m * [ min_{j in Z} Qbar_j(s', a')
+                                               - 1[backup_entropy] * alpha * log pi(a'|s') ]
+      L_Q = mean_{i=1..E, batch} (Q_i(s, a) - sg(y))^2                  (Adam, all members)
+      thetabar <- (1 - rho) thetabar + rho theta
+  once, on b_G (actor, then temperature):
+      a~ ~ pi(.|s) reparameterised
+      L_pi    = mean_batch[ alpha * log pi(a~|s) - (1/E) sum_i Q_i(s, a~) ]   (mean, not min)
+      H       = -mean_batch log pi(a~|s)                                        (detached)
+      L_alpha = alpha * (H - Hbar),  alpha = exp(log alpha), gradient wrt log alpha,
+                Hbar = -|A|/2 unless configured
+
+m = 1 - terminated (truncation keeps m = 1). Actions in the batch are already scaled to [-1, 1].
+The actor and alpha are fixed during the G critic steps, so a' and log pi(a'|s') are drawn for all
+G minibatches in one actor pass before the loop (same distribution as drawing them per step).
+`reward_shift` is applied here, in the critic loss: the sampler must not shift rewards as well.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from o2o_robot.agents import resolve_device
+from o2o_robot.agents.networks import (EnsembleCritic, TanhGaussianActor, TanhGaussianExport,
+                                       ensemble_mean, polyak_update, sample_subsets)
+from o2o_robot.config import RLPDConfig
+
+BATCH_KEYS = ("obs", "action", "reward", "next_obs", "mask")
+Batch = Mapping[str, torch.Tensor]
+_COUNTERS = ("updates", "critic_steps", "ema_steps", "actor_steps", "temp_steps")
+
+
+class RLPDNets(nn.Module):
+    """Everything RLPD learns: actor, critic ensemble, its target copy and log alpha."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: RLPDConfig):
+        super().__init__()
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_dims)  # no LayerNorm
+        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.hidden_dims, cfg.critic_ensemble_size,
+                                     cfg.critic_layer_norm)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+
+
+def target_entropy(cfg: RLPDConfig, act_dim: int) -> float:
+    """Hbar: the configured value, else RLPD's -|A|/2 (not SAC's -|A|)."""
+    return float(cfg.target_entropy) if cfg.target_entropy is not None else -act_dim / 2.0
+
+
+# ------------------------------------------------------------------------------ pure losses
+def critic_loss(nets: RLPDNets, batch: Batch, cfg: RLPDConfig, *,
+                members: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """L_Q on one minibatch; `members` (Z target indices) and `noise` (for a') drawn if None.
+
+    The batch may carry "next_action" and "next_log_prob" (a' ~ pi(.|s') and log pi(a'|s')
+    from the current actor); `RLPD.update` draws them for all G minibatches in one pass, since
+    the actor does not change during the G critic steps.
+    """
+    critic = nets.critic
+    if members is None:
+        members = sample_subsets(1, critic.ensemble_size, cfg.critic_subset_size, generator,
+                                 batch["obs"].device)[0]
+    with torch.no_grad():
+        if "next_action" in batch:
+            next_action, next_log_prob = batch["next_action"], batch["next_log_prob"]
+        else:
+            next_action, next_log_prob = nets.actor.sample(batch["next_obs"], generator, noise)
+        # Only the Z chosen target members are evaluated: same value as subset_min over all E.
+        next_q = nets.target_critic(batch["next_obs"], next_action, members).min(dim=0).values
+        if cfg.backup_entropy:
+            next_q = next_q - nets.log_alpha.exp() * next_log_prob
+        reward = batch["reward"] + cfg.reward_shift if cfg.reward_shift else batch["reward"]
+        y = reward + cfg.discount * batch["mask"] * next_q
+    q = critic(batch["obs"], batch["action"])                       # [E, B]
+    loss = (q - y).square().mean()
+    with torch.no_grad():
+        info = {"critic_loss": loss.detach(), "q_mean": q.mean(), "q_std": q.std(dim=0).mean(),
+                "q_max": q.max(), "target_q_mean": y.mean()}
+    return loss, info
+
+
+def actor_loss(nets: RLPDNets, batch: Batch, cfg: RLPDConfig, *,
+               noise: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+    """L_pi with the mean over all E online critics; info["entropy"] is H (detached)."""
+    alpha = nets.log_alpha.exp().detach()
+    action, log_prob = nets.actor.sample(batch["obs"], generator, noise)
+    q = ensemble_mean(nets.critic(batch["obs"], action))
+    loss = (alpha * log_prob - q).mean()
+    return loss, {"actor_loss": loss.detach(), "entropy": -log_prob.detach().mean(),
+                  "q_pi": q.detach().mean()}
+
+
+def temperature_loss(nets: RLPDNets, entropy: torch.Tensor,
+                     target_entropy_value: float) -> tuple[torch.Tensor, dict]:
+    """L_alpha = exp(log alpha) * (H - Hbar): alpha falls when H > Hbar."""
+    alpha = nets.log_alpha.exp()
+    loss = alpha * (entropy.detach() - target_entropy_value)
+    return loss, {"temperature_loss": loss.detach(), "temperature": alpha.detach()}
+
+
+_EAGER_LOSSES = {"critic": critic_loss, "actor": actor_loss}
+
+
+def minibatch_slices(rows: int, batch_size: int) -> list[slice]:
+    """The G contiguous minibatches [g*N, (g+1)*N) of a big batch of G*N rows."""
+    if batch_size <= 0 or rows <= 0 or rows % batch_size:
+        raise ValueError(f"big batch: {rows} rows is not a positive multiple of batch_size "
+                         f"{batch_size}")
+    return [slice(g * batch_size, (g + 1) * batch_size) for g in range(rows // batch_size)]
+
+
+# ------------------------------------------------------------------------------------ agent
+class RLPD:
+    """The RLPD learner: `update(big_batch)` per environment step; see the module docstring."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: RLPDConfig, *, batch_size: int = 256,
+                 device: str | torch.device = "cpu", compile: bool = False, bf16: bool = False,
+                 seed: int = 0):
+        self.obs_dim, self.act_dim, self.cfg = int(obs_dim), int(act_dim), cfg
+        self.batch_size, self.bf16 = int(batch_size), bool(bf16)
+        self.device = torch.device(resolve_device(device))
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
+            torch.manual_seed(seed)
+            self.nets = RLPDNets(obs_dim, act_dim, cfg).to(self.device)
+        self.target_entropy = target_entropy(cfg, act_dim)
+        # One generator for updates, one for act(): acting never shifts the update stream.
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.act_generator = torch.Generator(self.device).manual_seed(seed + 1)
+        # Fused Adam (one kernel pass per tensor; CPU and CUDA): ~2.5x faster than foreach on
+        # CPU here, and faster than torch.compile of the step (benchmarks/learner_throughput.py).
+        opt = {"fused": True}
+        self.critic_opt = torch.optim.Adam(self.nets.critic.parameters(), cfg.critic_lr, **opt)
+        self.actor_opt = torch.optim.Adam(self.nets.actor.parameters(), cfg.actor_lr, **opt)
+        self.temp_opt = torch.optim.Adam([self.nets.log_alpha], cfg.temp_lr, **opt)
+        self._online = list(self.nets.critic.parameters())
+        self._target = list(self.nets.target_critic.parameters())
+        self._actor_params = list(self.nets.actor.parameters())
+        self.compile_error: str | None = None
+        self._losses = dict(_EAGER_LOSSES)
+        if compile:  # the losses (forward and backward) are compiled; fused Adam already is one kernel
+            self._losses = {k: torch.compile(f, dynamic=False) for k, f in _EAGER_LOSSES.items()}
+        for name in _COUNTERS:
+            setattr(self, name, 0)
+        self.last_minibatch_slices: list[slice] = []  # what the last update's critic steps used
+        self.last_actor_slice: slice | None = None
+
+    # ---------------------------------------------------------------------------- update
+    def _loss_backward(self, name: str, *args, inputs=None, **kwargs) -> dict:
+        """Run loss `name` ("critic" or "actor") and backpropagate it; return its info.
+
+        With compile on, a failure of the compiled path (forward or the lazily compiled
+        backward) is reported once (warning + `compile_error`) and the step is redone eager.
+        """
+        fn = self._losses[name]
+        try:
+            with self._autocast():
+                loss, info = fn(self.nets, *args, **kwargs)
+            loss.backward(inputs=inputs)
+            return info
+        except Exception as exc:  # a broken compiler toolchain must not stop learning
+            eager = _EAGER_LOSSES[name]
+            if fn is eager:
+                raise
+            self.compile_error = f"{name} loss: {type(exc).__name__}: {exc}"
+            warnings.warn(f"RLPD: torch.compile failed, running eager: {self.compile_error}")
+            self._losses[name] = eager
+            for p in self.nets.parameters():
+                p.grad = None
+            return self._loss_backward(name, *args, inputs=inputs, **kwargs)
+
+    def _to_batch(self, big_batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        missing = [k for k in BATCH_KEYS if k not in big_batch]
+        if missing:
+            raise KeyError(f"big batch: missing key(s) {', '.join(missing)}")
+        out = {k: torch.as_tensor(np.asarray(big_batch[k]) if not torch.is_tensor(big_batch[k])
+                                  else big_batch[k], dtype=torch.float32, device=self.device)
+               for k in BATCH_KEYS}
+        rows = out["obs"].shape[0]
+        want = {"obs": (rows, self.obs_dim), "next_obs": (rows, self.obs_dim),
+                "action": (rows, self.act_dim), "reward": (rows,), "mask": (rows,)}
+        for k, shape in want.items():
+            if tuple(out[k].shape) != shape:
+                raise ValueError(f"big batch: {k} has shape {list(out[k].shape)}, "
+                                 f"expected {list(shape)}")
+        return out
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
+
+    def _critic_step(self, mb: Batch, members: torch.Tensor) -> dict:
+        self.critic_opt.zero_grad(set_to_none=True)
+        info = self._loss_backward("critic", mb, self.cfg, members=members)
+        self.critic_opt.step()
+        polyak_update(self._target, self._online, self.cfg.tau)  # EMA after every critic step
+        self.critic_steps += 1
+        self.ema_steps += 1
+        return info
+
+    def _actor_and_temperature_step(self, mb: Batch, noise: torch.Tensor) -> dict:
+        self.actor_opt.zero_grad(set_to_none=True)
+        # inputs=actor params: L_pi trains the actor only (no critic weight gradients computed)
+        a_info = self._loss_backward("actor", mb, self.cfg, noise=noise, inputs=self._actor_params)
+        self.actor_opt.step()
+        t_loss, t_info = temperature_loss(self.nets, a_info["entropy"], self.target_entropy)
+        self.temp_opt.zero_grad(set_to_none=True)
+        t_loss.backward()
+        self.temp_opt.step()
+        self.actor_steps += 1
+        self.temp_steps += 1
+        return {**a_info, **t_info, "temperature": self.nets.log_alpha.detach().exp()}
+
+    def update(self, big_batch: Mapping[str, Any]) -> dict[str, float]:
+        """G critic steps (fresh Z and a target EMA each), then one actor and one alpha step on
+        the last minibatch. `big_batch`: obs, action, reward, next_obs, mask with G*N rows."""
+        batch = self._to_batch(big_batch)
+        slices = minibatch_slices(batch["obs"].shape[0], self.batch_size)
+        gen, rows = self.generator, batch["obs"].shape[0]
+        # All randomness up front: G target subsets from one sort, and a' ~ pi(.|s') for all G
+        # minibatches in one actor pass (the actor is fixed until after the critic steps).
+        members = sample_subsets(len(slices), self.cfg.critic_ensemble_size,
+                                 self.cfg.critic_subset_size, gen, self.device)
+        noise = torch.randn(rows + self.batch_size, self.act_dim, generator=gen,
+                            device=self.device)
+        with torch.no_grad(), self._autocast():
+            next_action, next_log_prob = self.nets.actor.sample(batch["next_obs"],
+                                                                noise=noise[:rows])
+        batch.update(next_action=next_action.float(), next_log_prob=next_log_prob.float())
+        stats = []
+        for g, sl in enumerate(slices):
+            info = self._critic_step({k: v[sl] for k, v in batch.items()}, members[g])
+            stats.append(torch.stack(list(info.values())))
+        last = {k: v[slices[-1]] for k, v in batch.items()}
+        tail = self._actor_and_temperature_step(last, noise[rows:])
+        self.updates += 1
+        self.last_minibatch_slices, self.last_actor_slice = slices, slices[-1]
+        critic_keys = list(info)
+        stacked = torch.stack(stats).float()       # [G, k]: means over G, but q_max is a max
+        per_step = stacked.mean(0)
+        q_max = critic_keys.index("q_max")
+        per_step[q_max] = stacked[:, q_max].max()
+        # One device sync for all metrics.
+        values = torch.cat([per_step, torch.stack(list(tail.values())).float()]).tolist()
+        metrics = dict(zip(critic_keys + list(tail), values))
+        metrics.update(utd_ratio=float(len(slices)), target_entropy=self.target_entropy)
+        return metrics
+
+    # ---------------------------------------------------------------------------- acting
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Action(s) in [-1, 1] for obs [obs_dim] or [B, obs_dim]: tanh(mu) or a sample."""
+        o = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)
+        single = o.dim() == 1
+        o = o[None] if single else o
+        if o.dim() != 2 or o.shape[1] != self.obs_dim:
+            raise ValueError(f"act: obs must be [{self.obs_dim}] or [B, {self.obs_dim}], "
+                             f"got {list(np.shape(obs))}")
+        actor = self.nets.actor
+        a = actor.mode(o) if deterministic else actor.sample(o, self.act_generator)[0]
+        a = a.cpu().numpy()
+        return a[0] if single else a
+
+    def export_actor(self) -> nn.Module:
+        """CPU copy in eval mode: forward(obs [B, obs_dim], noise [B, act_dim]) -> action."""
+        return TanhGaussianExport(self.nets.actor)
+
+    # ---------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed for identical next updates: nets, optimisers, counters, RNG.
+        Tensors are the live ones (as nn.Module.state_dict): save or copy before updating again."""
+        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "batch_size": self.batch_size,
+                "nets": self.nets.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+                "actor_opt": self.actor_opt.state_dict(), "temp_opt": self.temp_opt.state_dict(),
+                "counters": {k: getattr(self, k) for k in _COUNTERS},
+                "generator": self.generator.get_state(),
+                "act_generator": self.act_generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        dims = (state.get("obs_dim"), state.get("act_dim"))
+        if dims != (self.obs_dim, self.act_dim):
+            raise ValueError(f"RLPD state: obs/act dims {dims} do not match this agent's "
+                             f"{(self.obs_dim, self.act_dim)}")
+        self.nets.load_state_dict(state["nets"])
+        self.critic_opt.load_state_dict(state["critic_opt"])
+        self.actor_opt.load_state_dict(state["actor_opt"])
+        self.temp_opt.load_state_dict(state["temp_opt"])
+        for k in _COUNTERS:
+            setattr(self, k, int(state["counters"][k]))
+        self.generator.set_state(state["generator"].cpu())
+        self.act_generator.set_state(state["act_generator"].cpu())
