@@ -152,6 +152,11 @@ def cmd_policy_check(args) -> int:
     else:
         for key, value in report.items():
             print(f"{key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+    if report.get("parity", {}).get("ok") is False:
+        print(f"{args.policy}: does not match {args.checkpoint}: max abs error "
+              f"{report['parity']['max_abs_error']} > {report['parity']['tolerance']}",
+              file=sys.stderr)
+        return 1
     return 0
 
 

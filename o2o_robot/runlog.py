@@ -1,0 +1,78 @@
+"""Run directory logging: metrics.jsonl, TensorBoard scalars, and the final learning-curve PNG."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+
+class RunLogger:
+    """Append-only metrics for one run directory.
+
+    Every record goes to `metrics.jsonl` (one JSON object per line, with `step`, `kind` and the
+    values); scalar values also go to TensorBoard under `<kind>/<name>` when tensorboard is
+    importable. Records of kind "eval" drive the learning curve written by `plot_curve`.
+    """
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / "metrics.jsonl"
+        self._file = self.path.open("a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional: metrics.jsonl is the record of truth
+                self._tb = None
+
+    def log(self, kind: str, step: int, values: dict) -> None:
+        record = {"kind": kind, "step": int(step), "time": time.time(), **values}
+        self._file.write(json.dumps(record, default=float) + "\n")
+        if self._tb is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and math.isfinite(float(value)):
+                    self._tb.add_scalar(f"{kind}/{name}", float(value), int(step))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
+    """Records of `metrics.jsonl`, optionally of one kind."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+def plot_curve(run_dir: str | Path, out: str | Path | None = None,
+               keys: tuple[str, ...] = ("success_rate", "return_mean")) -> Path | None:
+    """Plot the eval records' `keys` against env steps into a PNG; None when there is no eval."""
+    evals = read_metrics(run_dir, "eval")
+    if not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = tuple(k for k in keys if k in evals[0])
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), squeeze=False)
+    steps = [r["step"] for r in evals]
+    for ax, key in zip(axes[0], keys):
+        ax.plot(steps, [r[key] for r in evals], marker="o")
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(out) if out else Path(run_dir) / "learning_curve.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
