@@ -3,8 +3,8 @@
 Every section has defaults, so an empty file is a valid config. Errors name the file, the key path
 and what was expected, e.g. ``config/sim_reach.yaml: learner.utd_ratio: must be >= 1, got 0``.
 
-A file may start from another one with ``base: other.yaml`` (relative to the file); its keys are
-merged over the base's, section by section. This module imports neither torch nor rclpy.
+A file may start from others with ``base: other.yaml`` or ``base: [a.yaml, b.yaml]`` (relative
+to the file); later files override earlier ones key by key, and the file itself overrides all. This module imports neither torch nor rclpy.
 """
 from __future__ import annotations
 
@@ -211,6 +211,9 @@ class SimConfig(Model):
     reward: Literal["dense", "sparse"] = "sparse"
     max_episode_steps: int = Field(50, ge=1)
     sim_rate_hz: float = Field(20.0, gt=0, description="env steps per second in real-time mode")
+    success_radius_m: float = Field(0.05, gt=0, description="reach: success distance to the target")
+    target_yaw_range_deg: float = Field(180.0, gt=0, le=180,
+                                        description="reach: targets within +- this base yaw")
     lockstep: bool = Field(False, description="step once per received action")
     seed: int = 0
 
@@ -278,10 +281,13 @@ def _describe(err: dict[str, Any]) -> str:
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """Deep merge of mappings; a section that switches `name` (the algorithm) replaces the base's."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
-            out.get(key), dict) and "name" not in value else value
+        old = out.get(key)
+        same_kind = isinstance(old, dict) and isinstance(value, dict) and (
+            "name" not in value or old.get("name", value["name"]) == value["name"])
+        out[key] = _merge(old, value) if same_kind else value
     return out
 
 
@@ -305,9 +311,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
-    return _merge(_read_yaml((path.parent / base).resolve(), seen + (path,)), data)
+    bases = [base] if isinstance(base, str) else base
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: base: expected a file name or a list of them, got {base!r}")
+    merged: dict = {}
+    for name in bases:  # later bases override earlier ones; the file itself overrides all
+        merged = _merge(merged, _read_yaml((path.parent / name).resolve(), seen + (path,)))
+    return _merge(merged, data)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> O2OConfig:

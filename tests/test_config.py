@@ -108,3 +108,21 @@ def test_cli_show_prints_resolved_config_with_defaults(tmp_path):
     assert shown["learner"]["utd_ratio"] == 4
     assert shown["sampler"]["batch_size"] == 256  # a default, filled in
     assert O2OConfig.model_validate(shown).learner.utd_ratio == 4
+
+
+def test_bases_merge_in_order_and_algorithm_sections_merge_by_name(tmp_path):
+    write(tmp_path, {"algorithm": {"name": "rlpd", "hidden_dims": [64], "tau": 0.01},
+                     "learner": {"utd_ratio": 5}}, "a.yaml")
+    write(tmp_path, {"algorithm": {"critic_ensemble_size": 4}, "learner": {"utd_ratio": 6}},
+          "b.yaml")
+    cfg = load_config(write(tmp_path, {"base": ["a.yaml", "b.yaml"],
+                                       "algorithm": {"name": "rlpd", "critic_subset_size": 1}}))
+    assert cfg.algorithm.hidden_dims == [64] and cfg.algorithm.tau == 0.01
+    assert cfg.algorithm.critic_ensemble_size == 4 and cfg.algorithm.critic_subset_size == 1
+    assert cfg.learner.utd_ratio == 6
+
+
+def test_base_cycle_is_refused(tmp_path):
+    write(tmp_path, {"base": "b.yaml"}, "a.yaml")
+    write(tmp_path, {"base": "a.yaml"}, "b.yaml")
+    assert "cycle" in error_of(tmp_path / "a.yaml")

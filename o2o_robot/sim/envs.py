@@ -8,6 +8,7 @@ terminated). `sim.reward` (dense|sparse) and `sim.sim_rate_hz` (the control peri
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium
@@ -28,7 +29,9 @@ def make_env(sim_cfg: SimConfig, *, seed: int | None = None) -> gymnasium.Env:
     """
     seed = sim_cfg.seed if seed is None else seed
     if sim_cfg.task == REACH_TASK:
-        reach = ReachEnv(sim_cfg.reward, control_rate_hz=sim_cfg.sim_rate_hz)
+        reach = ReachEnv(sim_cfg.reward, control_rate_hz=sim_cfg.sim_rate_hz,
+                         success_threshold=sim_cfg.success_radius_m,
+                         target_yaw_range=math.radians(sim_cfg.target_yaw_range_deg))
         env: gymnasium.Env = TimeLimit(reach, max_episode_steps=sim_cfg.max_episode_steps)
     else:
         env = _make_gymnasium(sim_cfg.task, sim_cfg.max_episode_steps)

@@ -72,6 +72,7 @@ class ReachEnv(gymnasium.Env):
             steps of the model's timestep (`dt` gives the period used).
         terminate_on_success: end the episode (terminated=True) on the success step.
         success_threshold: success distance (m).
+        target_yaw_range: targets are drawn within +- this base yaw (rad); pi = all around.
         model_path: scene MJCF; None = sim/reach_arm/scene.xml.
     """
 
@@ -79,6 +80,7 @@ class ReachEnv(gymnasium.Env):
 
     def __init__(self, reward: str = "sparse", *, control_rate_hz: float = 20.0,
                  terminate_on_success: bool = True, success_threshold: float = 0.05,
+                 target_yaw_range: float = math.pi,
                  model_path: str | Path | None = None) -> None:
         if reward not in ("dense", "sparse"):
             raise ValueError(f"reward: expected 'dense' or 'sparse', got {reward!r}")
@@ -87,6 +89,7 @@ class ReachEnv(gymnasium.Env):
         self.reward_type = reward
         self.terminate_on_success = bool(terminate_on_success)
         self.success_threshold = float(success_threshold)
+        self.target_yaw_range = float(target_yaw_range)
         self.model_path = Path(model_path) if model_path else reach_arm_scene_path()
         self.model = mujoco.MjModel.from_xml_path(str(self.model_path))
         self.data = mujoco.MjData(self.model)
@@ -184,7 +187,7 @@ class ReachEnv(gymnasium.Env):
         for _ in range(1000):
             radius = rng.uniform(*TARGET_RADIUS_M)
             elevation = rng.uniform(*TARGET_ELEVATION_RAD)
-            yaw = rng.uniform(-math.pi, math.pi)
+            yaw = rng.uniform(-self.target_yaw_range, self.target_yaw_range)
             horizontal = radius * math.cos(elevation)
             target = SHOULDER + np.array([horizontal * math.cos(yaw), horizontal * math.sin(yaw),
                                           radius * math.sin(elevation)])
