@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from o2o_robot.data.schema import FIELDS
+from o2o_robot.data.lock import _proc_start
 from o2o_robot.data.store import (LOCK, MARKER, StoreError, StoreLockedError, StoreValueError,
-                                  TransitionStore, _proc_start)
+                                  TransitionStore)
 from store_writer_proc import ACT_DIM, EP, OBS_DIM, expected_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,11 +34,9 @@ as in a crash. `durable=False` skips the fsyncs: safe against `kill -9`, not aga
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import math
 import os
-import socket
 import threading
 import time
 import uuid
@@ -51,6 +49,7 @@ from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from o2o_robot.data.lock import WriteLock
 from o2o_robot.data.schema import (FIELDS, FLOAT_FIELDS, SCHEMA_VERSION, SOURCES, row_shape,
                                    source_code, validate_rows)
 
@@ -58,8 +57,6 @@ MARKER, LOCK = "commit.json", "write.lock"
 META: dict[str, np.dtype] = {"episode_ends": np.dtype(np.int64), "episode_source": np.dtype(np.uint8),
                              "episode_return": np.dtype(np.float64), "episode_success": np.dtype(np.int8)}
 META_CHUNK = 4096
-_HELD: set[str] = set()              # lock files held by open writers of this process
-_HELD_MU = threading.Lock()
 
 
 class StoreError(Exception):
@@ -125,120 +122,6 @@ class _DurableStore(LocalStore):
             dirs, self.dirty = self.dirty, set()
         if self.durable:   # concurrently: the filesystem batches them into one journal commit
             await asyncio.gather(*(asyncio.to_thread(_fsync_dir, d) for d in dirs))
-
-
-# ------------------------------------------------------------------------------- the lock
-def _proc_start(pid: int) -> int | str | None:
-    """Start time of `pid` in clock ticks since boot ("zombie" for one; None where unknown)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    rest = stat[stat.rindex(b")") + 2:].split()   # the command name may hold spaces and ')'
-    return "zombie" if rest[0] == b"Z" else int(rest[19])
-
-
-class _WriteLock:
-    """`write.lock`: created with O_EXCL, held with flock, holds {pid, host, start, time}.
-
-    A lock whose flock is free is stale only if its holder is also gone (pid dead or a zombie,
-    pid reused: start time differs, or another host, where only the flock can tell); a free lock
-    that is still empty and younger than 5 s is a writer between create and flock: held.
-    """
-
-    def __init__(self, path: Path):
-        self.path, self.key, self.fd = path, str(path.resolve()), None
-
-    def _read(self, fd: int) -> dict | None:
-        try:
-            return json.loads(os.pread(fd, 4096, 0).decode())
-        except (ValueError, OSError):
-            return None
-
-    def _refuse(self, info: dict | None) -> StoreLockedError:
-        who = (f"pid {info.get('pid')} on host {info.get('host')} since "
-               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.get('time', 0)))}"
-               if info else "a writer that is still starting (no pid written yet)")
-        return StoreLockedError(f"{self.path.parent}: already open for writing by {who} "
-                                f"(lock file {self.path}); close that writer first")
-
-    def _alive(self, info: dict) -> bool:
-        if info.get("host") != socket.gethostname():
-            return False
-        pid = int(info.get("pid", -1))
-        if pid == os.getpid():
-            return self.key in _HELD
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass
-        start = _proc_start(pid)
-        return start != "zombie" and (start is None or info.get("start") in (None, start))
-
-    def _clear_if_stale(self) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise self._refuse(self._read(fd)) from None
-            try:   # unlink only the file we hold: it may have been replaced meanwhile
-                if os.fstat(fd).st_ino != os.stat(self.path).st_ino:
-                    return
-            except FileNotFoundError:
-                return
-            info = self._read(fd)
-            if (self._alive(info) if info else time.time() - os.fstat(fd).st_mtime < 5):
-                raise self._refuse(info)
-            os.unlink(self.path)
-        finally:
-            os.close(fd)
-
-    def acquire(self) -> None:
-        with _HELD_MU:
-            if self.key in _HELD:
-                raise self._refuse({"pid": os.getpid(), "host": socket.gethostname(),
-                                    "time": time.time()})
-            for _ in range(50):
-                try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-                except FileExistsError:
-                    self._clear_if_stale()
-                    continue
-                for _ in range(100):   # a contender may hold our fresh file while it checks it
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        time.sleep(0.01)
-                else:
-                    os.close(fd)
-                    continue
-                os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                         "start": _proc_start(os.getpid()), "time": time.time()}).encode())
-                self.fd = fd
-                _HELD.add(self.key)
-                return
-        raise StoreLockedError(f"{self.path.parent}: could not take the lock file {self.path}")
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(self.fd)
-        self.fd = None
-        with _HELD_MU:
-            _HELD.discard(self.key)
 
 
 # ------------------------------------------------------------------------------- the store
@@ -331,7 +214,7 @@ class TransitionStore:
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path}: exists and is not a directory")
         path.mkdir(parents=True, exist_ok=True)
-        lock = _WriteLock(path / LOCK)
+        lock = WriteLock(path / LOCK, StoreLockedError)
         lock.acquire()
         try:
             if (path / MARKER).exists():
@@ -368,7 +251,7 @@ class TransitionStore:
             raise StoreError(f"{path}: no TransitionStore here (no zarr.json)")
         if mode == "r":
             return cls(path, LocalStore(path, read_only=True), writable=False, flush_every=flush_every)
-        lock = _WriteLock(path / LOCK)
+        lock = WriteLock(path / LOCK, StoreLockedError)
         lock.acquire()
         try:
             return cls(path, _DurableStore(path, durable=durable), writable=True,
