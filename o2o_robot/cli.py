@@ -129,6 +129,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from o2o_robot.ros.finetune import cmd_finetune as run  # rclpy: only for this command
+
+    return run(args)
+
+
 def cmd_export(args) -> int:
     from o2o_robot.policy.tools import export_checkpoint
 
@@ -193,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--config", default=None)
     q.set_defaults(fn=cmd_demos_generate)
+
+    q = sub.add_parser("finetune", help="sim bridge + actor + learner: fine-tune in simulation")
+    q.add_argument("--config", default=None,
+                   help=f"config file (default: the packaged {DEFAULT_CONFIG})")
+    q.add_argument("--run-dir", default=None, help="override train.run_dir (the store moves "
+                   "with it when it lies inside the configured run dir)")
+    q.add_argument("--steps", type=int, default=None, help="override train.total_env_steps")
+    q.add_argument("--lockstep", action="store_true",
+                   help="step the sim once per action, paced by the learner (fast, for tests)")
+    q.set_defaults(fn=cmd_finetune)
 
     q = sub.add_parser("train", help="ROS-free training harness on a sim task")
     q.add_argument("--config", default=None)

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import rclpy
 from onnx import TensorProto, helper
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 
@@ -62,12 +62,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 5.0, what: str = 
 
 
 class RosGraph:
-    """One rclpy Context (own domain id) spun by a multi-threaded executor in a thread."""
+    """One rclpy Context (own domain id) spun by a single-threaded executor in a thread.
 
-    def __init__(self, domain: int, threads: int = 3):
+    Single-threaded as the nodes' own `main`: rclpy's MultiThreadedExecutor busy-waits while a
+    ready callback's group is busy (ros2/rclpy#1223) and starved the actor's tick under load.
+    """
+
+    def __init__(self, domain: int):
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain)
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.nodes = []
         self._thread = threading.Thread(target=self._spin, name="ros-test-executor", daemon=True)
         self._thread.start()

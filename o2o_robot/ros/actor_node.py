@@ -36,7 +36,7 @@ import rclpy
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -61,7 +61,9 @@ WARN_EVERY_S = 5.0            # throttle for per-message warnings
 class Learner(Protocol):
     """What the node needs from a learner (e.g. the LearnerThread); all calls non-blocking."""
 
-    def submit(self, transition: dict) -> bool: ...        # False = dropped (queue full)
+    def submit(self, transition: dict) -> bool: ...        # False = dropped (queue full);
+                                                           # an episode's last row also has
+                                                           # `episode_success` (bool)
     def poll_policy(self) -> bytes | None: ...             # a new ONNX policy, or None
     def stats(self) -> dict: ...                           # achieved UTD, store sizes, ...
 
@@ -347,7 +349,10 @@ class ActorNode(Node):
         result = self.core.tick(now)
         self._action_pub.publish(convert.array_to_msg(result.action, self._action_msg))
         if result.transition is not None and self._learning and self.learner is not None:
-            self._submit(result.transition)
+            row = result.transition
+            if result.episode_done:   # the learner records the episode's outcome in the store
+                row = {**row, "episode_success": self.core.episode.history[-1].success}
+            self._submit(row)
         if result.needs_reset:
             self._advance_reset(now)
         else:
@@ -476,7 +481,10 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
     try:
         if learner_factory is not None:
             node.attach_learner(learner_factory(node.cfg))
-        executor = MultiThreadedExecutor(num_threads=2)
+        # Single-threaded: rclpy's MultiThreadedExecutor busy-waits while a ready callback's group
+        # is busy (ros2/rclpy#1223); measured here it dropped the 100 Hz tick to 4-18 Hz. The
+        # price: validating a `policy_path` set (tens of ms) delays the ticks while it runs.
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

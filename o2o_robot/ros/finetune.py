@@ -1,0 +1,477 @@
+"""`o2o-robot finetune`: the sim bridge, the actor node and its learner in one command.
+
+One process hosts the ROS 2 graph (`o2o_sim` and `o2o_actor`, the same nodes and topics as on a
+robot); the learner is a `LearnerClient` (its own process by default, `learner.mode`). Before
+the graph starts, the store gets scripted-expert demos when it has no demo-side rows and the
+sampler wants some (`sampler.offline_ratio > 0`). The supervisor (the calling thread) prints a
+progress line about once a second and logs to the run directory:
+
+  metrics.jsonl + tensorboard/   "episode" records (return, length, success, policy version,
+                                 success rate over the last `RECENT_EPISODES` episodes: the
+                                 policy as it runs, exploration included), "status" records
+                                 (tick timing, UTD, queue), "train" records (the learner's last
+                                 update metrics), and every `train.eval_every` env steps an
+                                 "eval" record: the actor's current policy run deterministically
+                                 on `train.eval_episodes` fixed-seed episodes of the same sim
+                                 task, through the same SafetyFilter, in a separate process (so
+                                 the tick never waits on it); `learning_curve.png` plots them and
+                                 the first one at `train.success_threshold` is `solved_at`, as in
+                                 the ROS-free `o2o-robot train`
+  store.zarr, checkpoints/, policies/   written by the learner (see o2o_robot/learner.py)
+
+Modes. Real time (`sim.lockstep: false`, the default): the sim steps at `sim.sim_rate_hz` and the
+actor ticks at `control.control_rate_hz`, as on hardware; the learner gets the UTD it can
+(reported as achieved UTD). Lock-step (`sim.lockstep: true`, for tests and quick experiments):
+the sim steps once per action and the actor ticks only when the sim has answered its last
+action (observation and reward in) and the learner has done the updates it owes (within
+`LOCKSTEP_MAX_LAG` env steps); its timer merely polls at `LOCKSTEP_TICK_HZ`. So the run goes as
+fast as the learner allows, at exactly the configured UTD, whatever the machine's load. Since the
+sim's state cannot change between actions there, the observation timeout is relaxed to
+`LOCKSTEP_OBS_TIMEOUT_MS` and the policy latency budget is not enforced.
+
+Ending: `train.total_env_steps`, `max_wall_s`, SIGINT/SIGTERM (clean: the learner checkpoints
+and closes the store, the final policy is evaluated), or a learner crash, which is reported
+(the actor keeps its last good policy meanwhile) and ends the run; `o2o-robot finetune` then
+exits 1.
+
+Executors: single-threaded ones only (one per node in real time, each spun in its own thread;
+one for both in lock-step). rclpy's MultiThreadedExecutor busy-waits while a ready entity's
+callback group is busy (ros2/rclpy#1223) and then starves the callbacks it should run:
+measured on a 2-core machine, the actor on a MultiThreadedExecutor(2) fell from 100 Hz to as
+little as 4-18 Hz, and the lock-step graph to ~10 env steps/s; on a single-threaded executor it
+holds 100 Hz with a p99 period error of 0.3 ms, learner running (benchmarks/control_loop.py).
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+from o2o_robot.config import ConfigError, O2OConfig, load_config, resolve_config_path
+from o2o_robot.control.rewards import TopicReward
+from o2o_robot.learner import LearnerClient
+from o2o_robot.ros import convert
+from o2o_robot.ros.actor_node import LATENCY_BUDGET_SHARE, ActorNode
+from o2o_robot.ros.sim_bridge_node import SimBridgeNode
+from o2o_robot.runlog import RunLogger, plot_curve
+
+DEFAULT_CONFIG = "sim_reach.yaml"
+DEMO_SEED_OFFSET = 10_000           # as the ROS-free harness: demos never share reset seeds
+LOCKSTEP_TICK_HZ = 200.0
+LOCKSTEP_OBS_TIMEOUT_MS = 10_000.0
+LOCKSTEP_MAX_LAG = 4                # env steps the actor may run ahead of the learner (a few:
+                                    # the sim steps while the learner updates)
+LOCKSTEP_WAIT_S = 1.0               # no answer from the sim by then: tick anyway (counted)
+RECENT_EPISODES = 20
+EVAL_SEED_BASE = 10**9              # as the ROS-free harness: never a training episode's seed
+PROGRESS_PERIOD_S = 1.0
+
+
+def session_config(cfg: O2OConfig) -> O2OConfig:
+    """`cfg` as the session runs it: in lock-step, the tick polls fast and nothing goes stale."""
+    if not cfg.sim.lockstep:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.control.control_rate_hz = max(cfg.control.control_rate_hz, LOCKSTEP_TICK_HZ)
+    cfg.control.obs_timeout_ms = max(cfg.control.obs_timeout_ms, LOCKSTEP_OBS_TIMEOUT_MS)
+    return cfg
+
+
+def ensure_demos(cfg: O2OConfig, progress: bool = True) -> dict | None:
+    """Scripted demos into `cfg.store.path` when it has no demo-side rows and the sampler uses
+    them; the store is closed again before returning (the learner is its single writer).
+    ValueError when the sampler needs demo-side rows that neither the store nor
+    `train.demo_episodes` provide (ConfigError: the learner could never draw a batch)."""
+    from o2o_robot.data.schema import OFFLINE_SIDE
+    from o2o_robot.data.store import TransitionStore
+    from o2o_robot.sim.demos import generate_demos
+    from o2o_robot.sim.envs import env_spec, make_env
+
+    if cfg.sampler.offline_ratio == 0:
+        return None
+    env = make_env(cfg.sim)
+    try:
+        spec = env_spec(env)
+    finally:
+        env.close()
+    with TransitionStore.open_or_create(cfg.store.path, cfg.robot.obs_dim, cfg.robot.act_dim,
+                                        flush_every=cfg.store.flush_every, spec=spec) as store:
+        counts = store.counts()
+        if sum(counts[s]["transitions"] for s in OFFLINE_SIDE):
+            return None
+        if cfg.train.demo_episodes == 0:
+            raise ConfigError(f"{cfg.store.path}: no demo, intervention or offline rows, but "
+                             f"sampler.offline_ratio is {cfg.sampler.offline_ratio}: set "
+                             f"train.demo_episodes > 0 or import demonstrations first")
+        if progress:
+            print(f"[finetune] {cfg.store.path} has no demonstrations: generating "
+                  f"{cfg.train.demo_episodes} scripted episodes (noise {cfg.teleop.expert_noise})",
+                  flush=True)
+        return generate_demos(store, cfg.sim, episodes=cfg.train.demo_episodes,
+                              noise=cfg.teleop.expert_noise,
+                              seed=cfg.train.seed + DEMO_SEED_OFFSET, progress=False)
+
+
+class FinetuneActor(ActorNode):
+    """The ActorNode plus what a session needs: finished episodes handed to the supervisor, the
+    latest status kept, and the lock-step gate (see the module docstring)."""
+
+    def __init__(self, cfg: O2OConfig, *, learner,
+                 latency_budget_share: float | None = LATENCY_BUDGET_SHARE, **node_kwargs):
+        lockstep = cfg.sim.lockstep
+        super().__init__(cfg, learner=learner, **node_kwargs,
+                         latency_budget_share=None if lockstep else latency_budget_share)
+        self.lockstep = lockstep
+        self.pace_learner = lockstep and hasattr(learner, "pending_updates")
+        self.finished: queue.SimpleQueue = queue.SimpleQueue()   # (EpisodeSummary, env step)
+        self.last_status: dict | None = None
+        self.env_steps = 0
+        self.gate_counts = dict.fromkeys(["waited", "forced"], 0)
+        self._acted_at: float | None = None      # monotonic time of the last ungated tick
+        self._acted = False                      # ... and whether it sent a policy/teleop action
+        self._rewards_at_act = 0
+        self._waiting_since: float | None = None
+
+    def _on_tick(self) -> None:
+        if self.lockstep and not self._may_step(time.monotonic()):
+            return
+        core = self.core
+        episodes, acting = core.episode.counts["episodes"], core.counts["online"] + \
+            core.counts["intervention"]
+        super()._on_tick()
+        self._acted_at, self._waiting_since = time.monotonic(), None
+        self._acted = core.counts["online"] + core.counts["intervention"] > acting
+        self._rewards_at_act = self._rewards_received()
+        self.env_steps = core.counts["transitions"]
+        if core.episode.counts["episodes"] > episodes:
+            self.finished.put((core.episode.history[-1], self.env_steps))
+
+    def _rewards_received(self) -> int:
+        source = self.core.reward_source
+        return source.counts["received"] if isinstance(source, TopicReward) else 0
+
+    def _may_step(self, now: float) -> bool:
+        """Lock-step: the sim answered the last action and the learner caught up (and, with
+        a learner, its first policy is in: holding on without one would only step the sim)."""
+        if self.learner is not None and self.slot.current is None or \
+                self.pace_learner and self.learner.pending_updates() > LOCKSTEP_MAX_LAG:
+            self.gate_counts["waited"] += 1
+            return False
+        if self._acted_at is None or not self.core.observations.ready:
+            return True
+        since_ms = (now - self._acted_at) * 1e3
+        answered = max(self.core.observations.ages_ms(now).values()) < since_ms
+        if self._acted and isinstance(self.core.reward_source, TopicReward):
+            answered = answered and self._rewards_received() > self._rewards_at_act
+        if answered:
+            return True
+        self._waiting_since = self._waiting_since or now
+        if now - self._waiting_since > LOCKSTEP_WAIT_S:   # a lost message must not stall the run
+            self.gate_counts["forced"] += 1
+            return True
+        self.gate_counts["waited"] += 1
+        return False
+
+    def _publish_status(self) -> None:
+        self.last_status = status = self.status()
+        status["lockstep_gate"] = dict(self.gate_counts)
+        self._status_pub.publish(convert.status_to_msg(status))
+
+
+def evaluate_policy(policy_path: str, cfg_json: dict, episodes: int) -> dict:
+    """Deterministic success rate and mean return of an ONNX policy on fixed-seed episodes of
+    the sim task, actions through the configured SafetyFilter (runs in the evaluation process)."""
+    from o2o_robot.control.safety import SafetyFilter
+    from o2o_robot.policy.runtime import OnnxPolicy
+    from o2o_robot.sim.envs import make_env
+
+    cfg = O2OConfig.model_validate(cfg_json)
+    policy = OnnxPolicy(policy_path, provider="cpu")
+    env = make_env(cfg.sim)
+    returns, successes = [], []
+    try:
+        for i in range(episodes):
+            safety = SafetyFilter(cfg.robot.action.low, cfg.robot.action.high,
+                                  max_delta_per_tick=cfg.safety.max_delta_per_tick,
+                                  hold=cfg.safety.hold)
+            obs, _ = env.reset(seed=EVAL_SEED_BASE + i)
+            total, done, info, steps = 0.0, False, {}, 0
+            while not done and steps < cfg.control.max_episode_steps:
+                action, _ = safety.filter(policy(obs))
+                obs, reward, terminated, truncated, info = env.step(action)
+                total, steps, done = total + float(reward), steps + 1, terminated or truncated
+            returns.append(total)
+            successes.append(bool(info.get("is_success", False)))
+    finally:
+        env.close()
+    return {"success_rate": float(np.mean(successes)), "return_mean": float(np.mean(returns))}
+
+
+class _Session:
+    """Episodes, evaluations, logging and the progress line of one run (supervisor thread)."""
+
+    def __init__(self, cfg: O2OConfig, run_dir: Path, logger: RunLogger, progress: bool):
+        self.cfg, self.run_dir, self.logger, self.progress = cfg, run_dir, logger, progress
+        self.recent: deque = deque(maxlen=RECENT_EPISODES)
+        self.episodes, self.solved_at, self.last_return = 0, None, None
+        self.last_eval: dict = {}
+        self.started = time.monotonic()
+        self.learner_error = ""
+        self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                                         initializer=_ignore_sigint)
+        self._eval: tuple[int, int, Future] | None = None      # (env step, version, result)
+        self._next_eval = cfg.train.eval_every
+
+    def episode(self, summary, env_step: int, policy_version: int | None) -> None:
+        self.episodes += 1
+        self.last_return = summary.episode_return
+        self.recent.append(summary.success)
+        self.logger.log("episode", env_step, {
+            "return": summary.episode_return, "length": summary.steps,
+            "success": float(summary.success), "policy_version": policy_version or 0,
+            "interventions": summary.interventions, "recent_success_rate": self.success_rate})
+
+    @property
+    def success_rate(self) -> float | None:
+        return float(np.mean(self.recent)) if self.recent else None
+
+    def evaluate(self, env_step: int, policy_version: int | None) -> None:
+        """Start an evaluation when one is due; log the one that finished."""
+        if self._eval is not None and self._eval[2].done():
+            self._collect()
+        if env_step >= self._next_eval and self._eval is None:
+            self._start_eval(env_step, policy_version)
+
+    def _start_eval(self, env_step: int, policy_version: int | None) -> None:
+        path = self.run_dir / "policies" / f"policy_{policy_version or 0:05d}.onnx"
+        if path.exists():
+            every = self.cfg.train.eval_every
+            self._next_eval = (env_step // every + 1) * every
+            self._eval = (env_step, policy_version, self._pool.submit(
+                evaluate_policy, str(path), self.cfg.model_dump(mode="json"),
+                self.cfg.train.eval_episodes))
+
+    def status(self, env_step: int, status: dict | None, learner: dict) -> None:
+        """Log one "status" (and "train") record and print the progress line."""
+        status = status or {}
+        jitter = status.get("period_jitter_ms") or {}
+        values = {"rate_hz": status.get("rate_hz"), "jitter_p50_ms": jitter.get("p50"),
+                  "jitter_p99_ms": jitter.get("p99"), "jitter_max_ms": jitter.get("max"),
+                  "policy_version": status.get("policy", {}).get("version"),
+                  **{k: learner.get(k) for k in ("achieved_utd", "updates", "queue_dropped",
+                                                  "pending_updates", "critic_updates_per_s")}}
+        self.logger.log("status", env_step, {k: v for k, v in values.items() if v is not None})
+        if learner.get("metrics"):
+            self.logger.log("train", env_step, learner["metrics"])
+        if learner.get("state") in ("crashed", "died") and not self.learner_error:
+            self.learner_error = learner.get("error", "")
+            print(f"[finetune] LEARNER {learner['state'].upper()}; the actor keeps policy "
+                  f"v{values['policy_version']}:\n{self.learner_error}", file=sys.stderr,
+                  flush=True)
+        if not self.progress:
+            return
+        fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+        timing = ("lock-step" if self.cfg.sim.lockstep
+                  else f"jitter p99 {fmt(jitter.get('p99'), '.2f')} ms")
+        ev = self.last_eval
+        print(f"[finetune] step {env_step}/{self.cfg.train.total_env_steps}  ep {self.episodes}  "
+              f"success {fmt(self.success_rate, '.2f')} (last {len(self.recent)})  eval "
+              f"{fmt(ev.get('success_rate'), '.2f')}  return {fmt(self.last_return, '.2f')}  "
+              f"policy v{fmt(values['policy_version'], 'd')}  utd "
+              f"{fmt(learner.get('achieved_utd'), '.1f')}/{self.cfg.learner.utd_ratio}  {timing}  "
+              f"learner {learner.get('state', '?')}  {time.monotonic() - self.started:.0f} s",
+              flush=True)
+
+    def _collect(self, timeout_s: float | None = None) -> None:
+        step, version, future = self._eval
+        self._eval = None
+        try:
+            result = future.result(timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a failed evaluation is reported, not fatal
+            print(f"[finetune] evaluation at step {step} failed: {exc!r}", file=sys.stderr)
+            return
+        self.last_eval = {**result, "policy_version": version, "step": step}
+        self.logger.log("eval", step, {**result, "policy_version": version})
+        if self.solved_at is None and result["success_rate"] >= self.cfg.train.success_threshold:
+            self.solved_at = step
+
+    def close(self, final: tuple[int, int | None] | None) -> None:
+        """With `final` = (env step, policy version): log the evaluation in flight and evaluate
+        the final policy unless that was it (so every run has a curve). Then stop the pool."""
+        if final is not None:
+            if self._eval is not None:
+                self._collect(timeout_s=120.0)
+            if self.last_eval.get("step") != final[0]:
+                self._start_eval(*final)
+                if self._eval is not None:
+                    self._collect(timeout_s=120.0)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_finetune(cfg: O2OConfig, *, progress: bool = True, max_wall_s: float | None = None,
+                 stop_when_solved: bool = False, domain_id: int | None = None,
+                 namespace: str = "", learner_factory=None) -> dict:
+    """Run a session (module docstring) until `train.total_env_steps` env steps, `max_wall_s`,
+    a learner crash, SIGINT/SIGTERM, or (`stop_when_solved`) an evaluation at the success
+    threshold; return a summary. `learner_factory(cfg, run_dir)` replaces `LearnerClient`."""
+    cfg = session_config(cfg)
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    demos = ensure_demos(cfg, progress)
+    learner = (learner_factory or LearnerClient)(cfg, run_dir)
+    logger = RunLogger(run_dir)
+    session = _Session(cfg, run_dir, logger, progress)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id)
+    spinning, ended, stop = [], "error", threading.Event()
+    handlers = _catch_signals(stop)
+    try:
+        sim = SimBridgeNode(cfg, context=context, namespace=namespace)
+        spinning.append((SingleThreadedExecutor(context=context), [sim], None))
+        actor = FinetuneActor(cfg, learner=learner, context=context, namespace=namespace)
+        if cfg.sim.lockstep:
+            spinning[0][1].append(actor)
+        else:
+            spinning.append((SingleThreadedExecutor(context=context), [actor], None))
+        for i, (executor, nodes, _) in enumerate(spinning):
+            for node in nodes:
+                executor.add_node(node)
+            thread = threading.Thread(target=spin_executor, args=(executor,), daemon=True,
+                                      name=f"finetune-executor-{i}")
+            thread.start()
+            spinning[i] = (executor, nodes, thread)
+        ended = _supervise(cfg, actor, learner, session, context, stop, max_wall_s,
+                           stop_when_solved)
+    finally:
+        stop_graph(spinning, context)
+        final = learner.close()
+        for signum, handler in handlers.items():   # the store is safe: a 2nd Ctrl-C may stop us
+            signal.signal(signum, handler)
+        done = ended in ("steps", "wall_time", "interrupted")   # solved: ends on its evaluation
+        session.close((actor.env_steps, actor.slot.version) if done else None)
+        logger.close()
+    curve = plot_curve(run_dir)
+    return {"ended": ended, "env_steps": actor.env_steps, "episodes": session.episodes,
+            "success_rate_last_n": session.success_rate, "last_n": len(session.recent),
+            "last_eval": session.last_eval, "solved_at": session.solved_at,
+            "policy_version": actor.slot.version, "achieved_utd": final.get("achieved_utd"),
+            "updates": final.get("updates"), "learner_state": final.get("state"),
+            "learner_error": final.get("error", ""), "queue_dropped": final.get("queue_dropped"),
+            "lockstep": cfg.sim.lockstep, "demos": demos, "run_dir": str(run_dir),
+            "learning_curve": str(curve) if curve else None,
+            "wall_s": round(time.monotonic() - session.started, 1)}
+
+
+def _catch_signals(stop: threading.Event) -> dict:
+    """SIGINT/SIGTERM end the run cleanly (learner checkpoint, store closed) instead of raising
+    wherever the main thread happens to be; returns the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, lambda *_: stop.set())
+            for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _ignore_sigint() -> None:
+    """In the helper processes: Ctrl-C reaches the whole process group; the session stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def spin_executor(executor) -> None:
+    """`executor.spin()` for a thread: returns quietly when the context shuts down."""
+    try:
+        executor.spin()
+    except ExternalShutdownException:   # SIGINT/SIGTERM: the supervisor sees context.ok()
+        pass
+
+
+def stop_graph(spinning: list, context) -> None:
+    """End a graph given as [(executor, nodes, spinning thread or None)]. Stop ticking first
+    (the nodes leave their executors and in-flight callbacks finish), then shut the executors
+    down: doing that under running callbacks makes rclpy complain."""
+    for executor, nodes, _ in spinning:
+        for node in nodes:
+            executor.remove_node(node)
+    time.sleep(0.2)
+    for executor, nodes, thread in spinning:
+        executor.shutdown(timeout_sec=5.0)
+        if thread is not None:
+            thread.join(timeout=5.0)
+        for node in nodes:
+            node.destroy_node()
+    rclpy.try_shutdown(context=context)
+
+
+def _supervise(cfg, actor: FinetuneActor, learner, session: _Session, context, stop,
+               max_wall_s: float | None, stop_when_solved: bool) -> str:
+    """The supervisor loop; returns why it ended."""
+    total = cfg.train.total_env_steps
+    next_report = time.monotonic() + PROGRESS_PERIOD_S
+    try:
+        while True:
+            while True:
+                try:
+                    summary, step = actor.finished.get_nowait()
+                except queue.Empty:
+                    break
+                session.episode(summary, step, actor.slot.version)
+            session.evaluate(actor.env_steps, actor.slot.version)
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + PROGRESS_PERIOD_S
+                stats = learner.stats()
+                session.status(actor.env_steps, actor.last_status, stats)
+                if stats.get("state") in ("crashed", "died"):
+                    actor.pace_learner = False   # nothing more will come; the actor keeps going
+                    return "learner_" + stats["state"]
+            if actor.env_steps >= total:
+                return "steps"
+            if stop_when_solved and session.solved_at is not None:
+                return "solved"
+            if max_wall_s is not None and now - session.started > max_wall_s:
+                return "wall_time"
+            if stop.is_set():
+                return "interrupted"
+            if not context.ok():
+                return "shutdown"
+            time.sleep(0.05)
+    except KeyboardInterrupt:
+        return "interrupted"
+
+
+# ------------------------------------------------------------------------------------ CLI
+def apply_overrides(cfg: O2OConfig, args: argparse.Namespace) -> O2OConfig:
+    """The CLI flags applied to `cfg` (a copy); ConfigError names a bad flag."""
+    cfg = cfg.model_copy(deep=True)
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ConfigError(f"--steps: must be >= 1, got {args.steps}")
+        cfg.train.total_env_steps = args.steps
+    if args.run_dir:
+        old, store = Path(cfg.train.run_dir), Path(cfg.store.path)
+        if store.is_relative_to(old):
+            cfg.store.path = str(Path(args.run_dir) / store.relative_to(old))
+        cfg.train.run_dir = args.run_dir
+    if args.lockstep:
+        cfg.sim.lockstep = True
+    return cfg
+
+
+def cmd_finetune(args) -> int:
+    """`o2o-robot finetune`: exit 0 when the run ended normally, 1 when the learner failed."""
+    import json
+
+    cfg = apply_overrides(load_config(resolve_config_path(args.config or DEFAULT_CONFIG)), args)
+    summary = run_finetune(cfg)
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 1 if summary["learner_error"] else 0

@@ -1,0 +1,230 @@
+"""The learner worker (thread and process modes, real store) and `o2o-robot finetune`: the sim
+bridge, the actor node and the learner over real rclpy, down to a learned reach policy.
+
+Fault injection: `crashing_agent` builds the real agent and makes its update raise after
+`CRASH_AFTER` updates; in process mode the worker process imports it from this module.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+
+from o2o_robot.agents import build_agent
+from o2o_robot.config import load_config, resolve_config_path
+from o2o_robot.data.store import TransitionStore
+from o2o_robot.learner import LearnerClient
+from o2o_robot.policy.runtime import META_VERSION
+from o2o_robot.cli import build_parser
+from o2o_robot.ros.finetune import (FinetuneActor, apply_overrides,
+                                    ensure_demos, run_finetune, spin_executor, stop_graph)
+from o2o_robot.ros.sim_bridge_node import SimBridgeNode
+from o2o_robot.runlog import read_metrics
+from ros_helpers import domain_id, namespace, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+CRASH_AFTER = 3
+WARMUP = 10
+
+
+def crashing_agent(cfg, obs_dim, act_dim, device):
+    """The configured agent, whose update raises once it has done CRASH_AFTER updates."""
+    agent = build_agent(cfg, obs_dim, act_dim, device=device)
+    update = agent.update
+
+    def failing_update(batch):
+        if agent.updates >= CRASH_AFTER:
+            raise RuntimeError("injected learner fault")
+        return update(batch)
+
+    agent.update = failing_update
+    return agent
+
+
+def tiny_config(tmp: Path, **sections):
+    """sim_reach with nets and batches small enough for a 2-core CI machine."""
+    base = {"store": {"path": str(tmp / "store.zarr")}, "sampler": {"batch_size": 32},
+            "algorithm": {"name": "rlpd", "hidden_dims": [32, 32], "critic_ensemble_size": 2},
+            "learner": {"utd_ratio": 2, "warmup_steps": WARMUP, "export_every_updates": 5,
+                        "checkpoint_every_steps": 40, "device": "cpu"},
+            "train": {"demo_episodes": 2, "run_dir": str(tmp)}}
+    for key, values in sections.items():
+        base[key] = {**base.get(key, {}), **values}
+    return load_config(resolve_config_path("sim_reach.yaml"), overrides=base)
+
+
+def online_rows(n: int, episode_len: int, seed: int = 0) -> list[dict]:
+    """n online transitions in episodes of `episode_len` (time-limit truncation); the last row
+    of episode k carries episode_success = (k is odd)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        end = (i + 1) % episode_len == 0
+        row = {"obs": rng.normal(size=12).astype(np.float32),
+               "action": rng.uniform(-2, 2, 3).astype(np.float32), "reward": np.float32(0.0),
+               "next_obs": rng.normal(size=12).astype(np.float32), "terminated": False,
+               "truncated": end, "source": np.uint8(1), "policy_version": 1,
+               "timestamp": time.time()}
+        if end:
+            row["episode_success"] = bool((i // episode_len) % 2)
+        rows.append(row)
+    return rows
+
+
+def version_of(data: bytes) -> int:
+    meta = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    return int(meta[META_VERSION])
+
+
+# ------------------------------------------------------------------------------------ learner
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_learner_stores_rows_trains_at_the_utd_and_exports_increasing_versions(tmp_path, mode):
+    cfg = tiny_config(tmp_path)
+    assert ensure_demos(cfg, progress=False)["episodes"] == 2
+    assert ensure_demos(cfg, progress=False) is None            # demos there: none added
+    rows = online_rows(60, episode_len=20)
+    bad = {**rows[7], "obs": np.full(12, np.nan, np.float32)}
+    client = LearnerClient(cfg, tmp_path, mode=mode)
+    versions = []
+    try:
+        for i, row in enumerate(rows):
+            assert client.submit(row)
+            if i == 7:
+                assert client.submit(bad)                       # refused by the store, counted
+
+        def trained() -> bool:
+            if (data := client.poll_policy()) is not None:
+                versions.append(version_of(data))
+            return client.progress()["updates"] == 60 - WARMUP
+        wait_for(trained, 120.0, "the owed updates")
+        assert client.pending_updates() == 0
+    finally:
+        final = client.close()
+    if (data := client.poll_policy()) is not None:              # kept through close()
+        versions.append(version_of(data))
+    assert final["state"] == "stopped" and final["alive"] is False, final
+    assert (final["env_steps"], final["updates"], final["rejected_rows"]) == (60, 50, 1)
+    assert final["achieved_utd"] == cfg.learner.utd_ratio
+    assert versions == sorted(set(versions)) and versions[-1] == final["policy_version"]
+    assert final["policy_version"] == 1 + 50 // cfg.learner.export_every_updates
+    assert len(list((tmp_path / "policies").glob("policy_*.onnx"))) == final["policy_version"]
+    assert (tmp_path / "checkpoints" / "latest.pt").exists()
+    with TransitionStore.open(cfg.store.path) as store:
+        counts = store.counts()
+        online = [e for e in store.episodes() if e["source"] == "online"]
+    assert counts["demo"]["episodes"] == 2
+    assert (counts["online"]["transitions"], counts["online"]["episodes"]) == (60, 3)
+    assert [e["success"] for e in online] == [False, True, False]
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_a_learner_crash_is_reported_and_the_client_keeps_working(tmp_path, mode):
+    cfg = tiny_config(tmp_path, learner={"export_every_updates": 1, "queue_size": 50})
+    ensure_demos(cfg, progress=False)
+    client = LearnerClient(cfg, tmp_path, mode=mode, agent_factory=crashing_agent)
+    try:
+        for row in online_rows(30, episode_len=10):
+            assert client.submit(row)
+        stats = wait_for(lambda: (s := client.stats())["state"] == "crashed" and s, 120.0,
+                         "the crash report")
+        assert "injected learner fault" in stats["error"] and stats["updates"] == CRASH_AFTER
+        wait_for(lambda: not client.stats()["alive"], 10.0, "the worker to end")
+        newest = client.poll_policy()    # the last good policy: the untrained v1 + 1 per update
+        assert newest is not None and version_of(newest) == CRASH_AFTER + 1
+        # Nothing reads the queue any more: it fills, then rows are dropped and counted.
+        accepted = [client.submit(row) for row in online_rows(60, episode_len=10, seed=1)]
+        assert sum(accepted) == 50 and client.stats()["queue_dropped"] == 10
+        assert client.poll_policy() is None
+    finally:
+        final = client.close()
+    assert final["state"] == "crashed"
+    with TransitionStore.open(cfg.store.path, "a") as store:   # the lock was released
+        assert store.counts()["online"]["transitions"] == 30
+
+
+def test_the_actor_keeps_its_last_good_policy_when_the_learner_crashes(tmp_path):
+    cfg = tiny_config(tmp_path, learner={"export_every_updates": 1},
+                      control={"control_rate_hz": 50.0}, sim={"sim_rate_hz": 50.0})
+    ensure_demos(cfg, progress=False)
+    client = LearnerClient(cfg, tmp_path, mode="thread", agent_factory=crashing_agent)
+    context, ns = rclpy.Context(), namespace("finetune_crash")
+    rclpy.init(context=context, domain_id=domain_id(2))
+    # A single-threaded executor, as finetune uses (the multi-threaded one starves callbacks).
+    executor = SingleThreadedExecutor(context=context)
+    nodes = [SimBridgeNode(cfg, context=context, namespace=ns),
+             FinetuneActor(cfg, learner=client, latency_budget_share=None, context=context,
+                           namespace=ns)]
+    actor = nodes[1]
+    for node in nodes:
+        executor.add_node(node)
+    spinner = threading.Thread(target=spin_executor, args=(executor,), daemon=True)
+    spinner.start()
+    try:
+        wait_for(lambda: client.stats()["state"] == "crashed", 120.0, "the learner crash")
+        wait_for(lambda: actor.slot.version == CRASH_AFTER + 1, 10.0, "the last good policy")
+        acted = actor.core.counts["online"]
+        time.sleep(2.0)
+        assert actor.core.counts["online"] > acted + 20          # still acting, at 50 Hz
+        assert actor.slot.version == CRASH_AFTER + 1
+        status = actor.status()
+        assert status["learner"]["stats"]["state"] == "crashed"
+        assert status["learner"]["errors"] == 0                  # the client never raised
+    finally:
+        stop_graph([(executor, nodes, spinner)], context)
+        client.close()
+
+
+# ----------------------------------------------------------------------------------- finetune
+def test_cli_flags_move_the_run_and_store_and_switch_to_lockstep(tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(["finetune", "--run-dir", str(tmp_path / "r"), "--steps", "300",
+                              "--lockstep"])
+    cfg = load_config(resolve_config_path(args.config or "sim_reach.yaml"))
+    out = apply_overrides(cfg, args)
+    assert Path(out.store.path) == tmp_path / "r" / "store.zarr"
+    assert (out.train.run_dir, out.train.total_env_steps, out.sim.lockstep) == \
+        (str(tmp_path / "r"), 300, True)
+    assert not cfg.sim.lockstep                                   # the input is not changed
+    with pytest.raises(ValueError, match="--steps"):
+        apply_overrides(cfg, parser.parse_args(["finetune", "--steps", "0"]))
+
+
+def test_finetune_in_lockstep_reaches_the_success_threshold(tmp_path, capsys):
+    """Sim-in-the-loop: the CI reach config (RLPD, 20 scripted demos, sparse reward) in
+    lock-step, its learner in its own process with one torch thread (the graph needs the other
+    core) and an export every 50 updates, must pass an evaluation at its success threshold
+    within its env-step budget."""
+    run_dir = tmp_path / "run"
+    cfg = load_config(ROOT / "config" / "ci_reach.yaml", overrides={
+        "store": {"path": str(run_dir / "store.zarr")}, "sim": {"lockstep": True},
+        "learner": {"mode": "process", "torch_threads": 1, "export_every_updates": 50},
+        "train": {"run_dir": str(run_dir)}})
+    summary = run_finetune(cfg, stop_when_solved=True, domain_id=domain_id(3),
+                           namespace=namespace("finetune"))
+    out = capsys.readouterr().out
+    print(summary)
+    assert summary["solved_at"] is not None, summary
+    assert summary["ended"] == "solved" and summary["learner_state"] == "stopped"
+    assert summary["solved_at"] <= cfg.train.total_env_steps
+    assert summary["last_eval"]["success_rate"] >= cfg.train.success_threshold
+    assert abs(summary["achieved_utd"] - cfg.learner.utd_ratio) < 0.2
+    assert "[finetune] step" in out and "policy v" in out
+    with TransitionStore.open(cfg.store.path) as store:
+        counts, rows = store.counts(), store.read(["source", "policy_version"])
+    assert counts["demo"]["episodes"] == cfg.train.demo_episodes
+    assert counts["online"]["episodes"] >= summary["episodes"]
+    versions = rows["policy_version"][rows["source"] == 1]
+    assert np.all(np.diff(versions) >= 0) and versions[-1] > 1
+    assert read_metrics(run_dir, "episode") and read_metrics(run_dir, "status")
+    evals = read_metrics(run_dir, "eval")
+    assert evals[-1]["step"] == summary["solved_at"] and evals[0]["success_rate"] < \
+        cfg.train.success_threshold                             # it was learned, not given
+    for path in ("learning_curve.png", "checkpoints/latest.pt", "policies/policy_00001.onnx",
+                 "tensorboard"):
+        assert (run_dir / path).exists(), path
