@@ -7,14 +7,14 @@ previous checkpoint intact and never a torn one.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from o2o_robot.config import O2OConfig
+from o2o_robot.fsutil import atomic_write_bytes
 
 FORMAT = 1
 _RESERVED = ("format", "algorithm", "config", "obs_dim", "act_dim", "agent")
@@ -37,17 +37,9 @@ def save_checkpoint(path: str | Path, agent, cfg: O2OConfig, /, **extra: Any) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"format": FORMAT, "algorithm": cfg.algorithm.name, "config": cfg.model_dump(mode="json"),
             "obs_dim": agent.obs_dim, "act_dim": agent.act_dim, "agent": agent.state_dict(), **extra}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, O2OConfig, dict]:

@@ -20,8 +20,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
-import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -32,6 +30,8 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+
+from o2o_robot.fsutil import atomic_write_bytes
 
 from .runtime import (INPUT_NAMES, META_ALGORITHM, META_CONFIG_HASH, META_CREATED, META_SPEC,
                       META_VERSION, OUTPUT_NAME, OnnxPolicy, PolicyRejected)
@@ -210,27 +210,6 @@ def export_policy(actor: nn.Module, *, obs_dim: int, act_dim: int, action_low: S
 
 
 def write_policy(data: bytes, path: str | Path) -> Path:
-    """Write `data` to `path` atomically: a temporary file in the same folder (not named *.onnx,
-    so watchers ignore it), fsync, rename over `path`. Readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the policy from an actor run as another user
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform can open a directory
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    """Write `data` to `path` atomically (see `o2o_robot.fsutil.atomic_write_bytes`): watchers
+    of `*.onnx` never see a partial file, readers see the old policy or the new one."""
+    return atomic_write_bytes(path, data)

@@ -36,7 +36,6 @@ import rclpy
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -47,6 +46,7 @@ from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control import ControlCore
 from o2o_robot.policy.runtime import PolicyRejected, PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
+from o2o_robot.ros.spin import spin_node
 
 NODE_NAME = "o2o_actor"
 DEFAULT_CONFIG = "sim_reach.yaml"
@@ -469,8 +469,9 @@ class ActorNode(Node):
 def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = None) -> int:
     """Console entry point: `actor_node --ros-args -p config:=my_robot.yaml`.
 
-    `learner_factory(cfg)`, when given (the `o2o-robot` CLI does), builds the learner for the
-    loaded config. Returns the process exit status."""
+    `learner_factory(cfg)` builds the learner for the loaded config; by default, when the
+    `learning_enabled` parameter is true, a `LearnerClient` writing to `train.run_dir` (store
+    at `store.path`). Returns the process exit status."""
     rclpy.init(args=args)
     try:
         node = ActorNode()
@@ -478,22 +479,19 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
         get_logger(NODE_NAME).fatal(str(exc))
         rclpy.try_shutdown()
         return 1
-    try:
-        if learner_factory is not None:
-            node.attach_learner(learner_factory(node.cfg))
-        # Single-threaded: rclpy's MultiThreadedExecutor busy-waits while a ready callback's group
-        # is busy (ros2/rclpy#1223); measured here it dropped the 100 Hz tick to 4-18 Hz. The
-        # price: validating a `policy_path` set (tens of ms) delays the ticks while it runs.
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    if learner_factory is None and node._learning:  # `ros2 run` / launch: the configured learner
+        from o2o_robot.learner import LearnerClient
 
+        learner_factory = lambda cfg: LearnerClient(cfg, cfg.train.run_dir)  # noqa: E731
+    if learner_factory is not None:
+        node.attach_learner(learner_factory(node.cfg))
+    # The price of the single-threaded executor (see spin_node): validating a `policy_path`
+    # set (tens of ms) delays the ticks while it runs.
+    try:
+        return spin_node(node)
+    finally:
+        if node.learner is not None:  # flush the store, checkpoint, stop the worker
+            node.learner.close()
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -38,7 +38,6 @@ import time
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -47,6 +46,7 @@ from std_srvs.srv import Trigger
 
 from o2o_robot.config import O2OConfig, RobotSpec, load_config, resolve_config_path
 from o2o_robot.ros import convert, qos
+from o2o_robot.ros.spin import spin_node
 from o2o_robot.sim.envs import make_env
 from o2o_robot.sim.reach import ReachEnv
 
@@ -227,16 +227,7 @@ def main(args=None) -> int:
         get_logger(NODE_NAME).fatal(str(exc))
         rclpy.try_shutdown()
         return 1
-    try:
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(node)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""Atomic file writes shared by checkpoints and exported policies (standard library only)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
+    """Write `data` to `path` so that readers see the old file or the new one, never a torn one.
+
+    A temporary file in the same folder (named `.<name>.*.tmp`, so watchers of `*.onnx` or
+    `*.pt` ignore it) is written and fsynced, renamed over `path`, then the folder is fsynced to
+    make the rename itself durable. `mode` replaces mkstemp's 0600, which would hide the file
+    from a process run as another user (an actor reading the learner's policies).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # not every platform can open a directory
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
