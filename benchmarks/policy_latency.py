@@ -21,7 +21,8 @@ import torch
 
 from o2o_robot.agents.networks import TanhGaussianActor, TanhGaussianExport
 from o2o_robot.policy.export import PolicyGraph, export_policy
-from o2o_robot.policy.runtime import OnnxPolicy, PolicySlot
+from o2o_robot.policy.runtime import OnnxPolicy
+from o2o_robot.policy.slot import PolicySlot
 
 OBS, ACT = 17, 6
 

@@ -25,6 +25,7 @@ FORBIDDEN: list[tuple[str, set[str]]] = [
     ("data/", {"rclpy", "torch", "onnxruntime", "mujoco"}),    # numpy (+ zarr in store.py)
     ("control/", {"rclpy", "torch", "mujoco"}),                # ROS-agnostic, no GPU on the tick
     ("policy/runtime.py", {"torch"}),                          # onnxruntime only
+    ("policy/slot.py", {"torch"}),
 ]
 # (top-level module, the only places allowed to import it)
 ONLY_IN: list[tuple[str, tuple[str, ...]]] = [

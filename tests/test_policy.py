@@ -24,8 +24,9 @@ from o2o_robot.agents.rlpd import RLPD
 from o2o_robot.config import O2OConfig, RLPDConfig, RobotSpec
 from o2o_robot.policy import tools
 from o2o_robot.policy.export import ExportError, PolicyGraph, export_policy, write_policy
-from o2o_robot.policy.runtime import (DirectoryWatcher, NoPolicy, OnnxPolicy, PolicyRejected,
-                                      PolicySlot, policy_from_file, validate_policy)
+from o2o_robot.policy.runtime import (NoPolicy, OnnxPolicy, PolicyRejected, policy_from_file,
+                                      validate_policy)
+from o2o_robot.policy.slot import DirectoryWatcher, PolicySlot
 
 torch.set_num_threads(1)  # two shared cores; the exporter's matmuls are tiny
 OBS, ACT = 9, 3
@@ -194,7 +195,8 @@ def test_write_policy_is_atomic_rename(tmp_path, good):
 
 # ------------------------------------------------------------------------------------ runtime
 def test_runtime_does_not_import_torch():
-    code = "import sys, o2o_robot.policy.runtime; print('torch' in sys.modules)"
+    code = ("import sys, o2o_robot.policy.runtime, o2o_robot.policy.slot; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

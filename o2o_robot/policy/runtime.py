@@ -7,9 +7,8 @@ numpy + onnxruntime only: this is what runs on the robot computer, next to the c
 * `validate_policy`: the checks a candidate passes before it may drive the robot; each failure is a
   `PolicyRejected` whose `reason` starts with a fixed tag ("cannot load:", "inputs:", "opset:",
   "obs dim:", "act dim:", "spec:", "output:", "non-finite:", "out of bounds:", "latency:").
-* `PolicySlot`: the (policy, version) pair the control thread reads without a lock; `propose` loads
-  and validates on the caller's (non-control) thread and then publishes with one attribute store.
-* `DirectoryWatcher`: proposes each new `*.onnx` file that appears in a folder.
+* `PolicySlot` and `DirectoryWatcher` (in `o2o_robot.policy.slot`) swap validated policies into
+  the running loop.
 
 Threading: an `OnnxPolicy` reuses its buffers, so one thread at a time may call it. A slot's
 policies are called by validation before publication (proposer thread) and by `act` after it
@@ -18,10 +17,7 @@ policies are called by validation before publication (proposer thread) and by `a
 from __future__ import annotations
 
 import json
-import threading
 import time
-from collections import deque
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -333,176 +329,3 @@ def validate_policy(policy: OnnxPolicy | bytes | str | Path, *, obs_dim: int, ac
     p99 = float(np.percentile(measure_latency(policy, n=200), 99))
     if latency_budget_s is not None and p99 > latency_budget_s:
         raise PolicyRejected(f"latency: p99 {p99 * 1e6:.0f} us > budget {latency_budget_s * 1e6:.0f} us")
-
-
-# ------------------------------------------------------------------------------------- hot swap
-@dataclass(frozen=True)
-class SwapResult:
-    """What one `propose` / `rollback` did. `version` is the slot version serving afterwards."""
-
-    accepted: bool
-    version: int | None
-    reason: str = ""
-    source: str = ""
-    metadata_version: int | None = None
-    seconds: float = 0.0  # load + validation time, spent on the proposer's thread
-    kind: str = "propose"
-    at: float = 0.0  # wall-clock time.time()
-
-
-class PolicySlot:
-    """The policy the control thread runs, swapped atomically between ticks.
-
-    `current` is one attribute holding an immutable (policy, version) tuple (or None). The control
-    thread reads it once per tick (`act` does), so a tick runs one policy end to end; writers
-    replace the whole tuple, and a Python attribute store is atomic, so the tick path takes no lock.
-
-    Versions: every accepted policy gets `max(highest version so far + 1, its metadata version)`,
-    so they increase strictly and follow the learner's numbering when the learner's is ahead.
-    `rollback` re-installs the previous (policy, version) pair unchanged: the version names the
-    policy that produced a transition, so the same policy keeps its number.
-    """
-
-    def __init__(self, obs_dim: int, act_dim: int, action_low: Sequence[float],
-                 action_high: Sequence[float], *, latency_budget_s: float | None = None,
-                 probe_obs: np.ndarray | None = None, seed: int = 0, provider: str = "auto",
-                 intra_op_threads: int = 1, history_len: int = 100):
-        self.obs_dim, self.act_dim = obs_dim, act_dim
-        self.action_low, self.action_high = list(action_low), list(action_high)
-        self.latency_budget_s, self.probe_obs = latency_budget_s, probe_obs
-        self.provider, self.intra_op_threads = provider, intra_op_threads
-        self.current: tuple[OnnxPolicy, int] | None = None
-        self.previous: tuple[OnnxPolicy, int] | None = None
-        self.history: deque[SwapResult] = deque(maxlen=history_len)
-        self._highest = -1
-        self._swap_lock = threading.Lock()  # serialises writers only; `act` never takes it
-        # Only the control thread draws from this generator (validation has its own), so the
-        # noise sequence is reproducible from `seed`.
-        self._rng = np.random.default_rng(seed)
-        self._noise = np.zeros(act_dim, np.float32)
-        self._zeros = np.zeros(act_dim, np.float32)
-
-    @property
-    def version(self) -> int | None:
-        current = self.current
-        return None if current is None else current[1]
-
-    def act(self, obs: np.ndarray, deterministic: bool = False,
-            out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """(action in physical units, version of the policy that produced it) for one observation
-        [obs_dim]; the tick path: no lock, noise drawn into a preallocated buffer."""
-        current = self.current  # one read: the whole tick uses this policy
-        if current is None:
-            raise NoPolicy("no policy accepted yet")
-        policy, version = current
-        if deterministic:
-            noise = self._zeros
-        else:
-            noise = self._rng.standard_normal(dtype=np.float32, out=self._noise)
-        return policy(obs, noise, out), version
-
-    def propose(self, source: OnnxPolicy | bytes | str | Path) -> SwapResult:
-        """Load and validate `source` on the calling thread (never the control thread), then swap
-        it in. A rejected candidate leaves the current policy serving; the result says why."""
-        start = time.perf_counter()
-        name = source.source if isinstance(source, OnnxPolicy) else _read_name(source)
-        try:
-            policy = source if isinstance(source, OnnxPolicy) else OnnxPolicy(
-                source, provider=self.provider, intra_op_threads=self.intra_op_threads)
-            validate_policy(policy, obs_dim=self.obs_dim, act_dim=self.act_dim,
-                            action_low=self.action_low, action_high=self.action_high,
-                            probe_obs=self.probe_obs, latency_budget_s=self.latency_budget_s)
-        except PolicyRejected as err:
-            return self._record(SwapResult(False, self.version, err.reason, name,
-                                           seconds=time.perf_counter() - start))
-        except Exception as err:  # a validator bug must not take the serving policy down
-            return self._record(SwapResult(False, self.version, f"unexpected: {err!r}", name,
-                                           seconds=time.perf_counter() - start))
-        with self._swap_lock:
-            version = max(self._highest + 1, policy.version or 0)
-            self.previous, self.current = self.current, (policy, version)
-            self._highest = version
-        return self._record(SwapResult(True, version, "", name, policy.version,
-                                       time.perf_counter() - start))
-
-    def rollback(self) -> SwapResult:
-        """Put the previous policy back (one level). Nothing to roll back to: not accepted."""
-        with self._swap_lock:
-            if self.previous is None:
-                return self._record(SwapResult(False, self.version, "rollback: no previous policy",
-                                               kind="rollback"))
-            self.current, self.previous = self.previous, None
-            policy, version = self.current
-        return self._record(SwapResult(True, version, "", policy.source, policy.version, kind="rollback"))
-
-    def _record(self, result: SwapResult) -> SwapResult:
-        result = replace(result, at=time.time())
-        self.history.append(result)
-        return result
-
-
-def _read_name(source: bytes | str | Path) -> str:
-    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
-
-
-class DirectoryWatcher:
-    """Proposes to `slot` each new or rewritten `*.onnx` file in `directory`, polled every `poll_s`.
-
-    Within one poll only the newest file (by mtime, then name) is proposed: older ones are already
-    superseded. On the first poll that is the newest existing file, so a restart resumes from the
-    latest policy (`propose_existing=False` skips existing files). Writers should write a temporary
-    name and rename (`export.write_policy` does); a half-written file is rejected as unloadable and
-    proposed again once its size or mtime changes.
-    """
-
-    def __init__(self, slot: PolicySlot, directory: str | Path, poll_s: float = 0.5, *,
-                 propose_existing: bool = True, history_len: int = 100):
-        self.slot, self.directory, self.poll_s = slot, Path(directory), poll_s
-        self.results: deque[SwapResult] = deque(maxlen=history_len)
-        self.errors = 0  # scans that failed (e.g. folder missing); counted, never fatal
-        self._seen: dict[str, tuple[int, int]] = {}
-        self._skip_first = not propose_existing
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="policy-watcher", daemon=True)
-
-    def start(self) -> "DirectoryWatcher":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def __enter__(self) -> "DirectoryWatcher":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def poll_once(self) -> SwapResult | None:
-        """One scan; proposes the newest new/changed file, if any."""
-        fresh = []
-        for path in self.directory.glob("*.onnx"):
-            try:
-                st = path.stat()
-            except FileNotFoundError:  # renamed or removed since the listing
-                continue
-            stamp = (st.st_mtime_ns, st.st_size)
-            if self._seen.get(path.name) != stamp:
-                self._seen[path.name] = stamp
-                fresh.append((st.st_mtime_ns, path.name, path))
-        skip, self._skip_first = self._skip_first, False
-        if not fresh or skip:
-            return None
-        result = self.slot.propose(max(fresh)[2])
-        self.results.append(result)
-        return result
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll_once()
-            except OSError:
-                self.errors += 1
-            self._stop.wait(self.poll_s)

@@ -44,7 +44,8 @@ from std_srvs.srv import Trigger
 
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control import ControlCore
-from o2o_robot.policy.runtime import PolicyRejected, PolicySlot, SwapResult
+from o2o_robot.policy.runtime import PolicyRejected
+from o2o_robot.policy.slot import PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
 from o2o_robot.ros.spin import spin_node
 
