@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -336,12 +338,21 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         raise ConfigError("\n".join(lines)) from None
 
 
+def shipped_config_dirs() -> list[Path]:
+    """Where the packaged config/ files are: the source tree, then an installed share/ folder
+    (a colcon install space on AMENT_PREFIX_PATH, or this Python's prefix)."""
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    return [PACKAGE_CONFIG_DIR] + [Path(p) / "share" / "o2o_robot" / "config"
+                                   for p in prefixes + [sys.prefix]]
+
+
 def resolve_config_path(name: str | Path) -> Path:
-    """A config path as given, else one shipped in the package's config/ directory."""
+    """A config path as given, else one shipped with the package (see `shipped_config_dirs`)."""
     path = Path(name)
     if path.exists() or path.is_absolute():
         return path
-    for candidate in (PACKAGE_CONFIG_DIR / path, PACKAGE_CONFIG_DIR / f"{path}.yaml"):
-        if candidate.exists():
-            return candidate
+    for folder in shipped_config_dirs():
+        for candidate in (folder / path, folder / f"{path}.yaml"):
+            if candidate.exists():
+                return candidate
     return path

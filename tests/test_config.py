@@ -126,3 +126,17 @@ def test_base_cycle_is_refused(tmp_path):
     write(tmp_path, {"base": "b.yaml"}, "a.yaml")
     write(tmp_path, {"base": "a.yaml"}, "b.yaml")
     assert "cycle" in error_of(tmp_path / "a.yaml")
+
+
+def test_packaged_configs_resolve_from_an_install_space(tmp_path, monkeypatch):
+    from o2o_robot import config as config_module
+
+    share = tmp_path / "install" / "o2o_robot" / "share" / "o2o_robot" / "config"
+    share.mkdir(parents=True)
+    (share / "only_installed.yaml").write_text("learner: {utd_ratio: 3}\n")
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "install" / "o2o_robot"))
+    monkeypatch.chdir(tmp_path)
+    found = config_module.resolve_config_path("only_installed")
+    assert found == share / "only_installed.yaml"
+    assert load_config(found).learner.utd_ratio == 3
+    assert config_module.resolve_config_path("sim_reach.yaml") == ROOT / "config" / "sim_reach.yaml"
