@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -157,18 +158,37 @@ def set_parameter(node, target: str, name: str, value, timeout: float = 15.0):
     return future.result().results[0]
 
 
-def start_node_main(module: str, args: list[str], ns: str, domain: int
+def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str | os.PathLike = ROOT
                     ) -> tuple[subprocess.Popen, list[str]]:
     """`python -m module --ros-args -r __ns:=ns *args` in its own domain; (process, output
     lines as they arrive). The caller ends it (SIGINT) or waits for it."""
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", "-r", f"__ns:={ns}",
-                             *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                             *args], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     return proc, lines
+
+
+def check_main_lifecycle(module: str, ready_text: str, ns: str, domain: int,
+                         cwd: str | os.PathLike) -> None:
+    """The node's console entry point with the packaged config logs `ready_text`, exits 0 on
+    SIGINT; with a missing config file it exits 1 naming the file."""
+    proc, lines = start_node_main(module, ["-p", "config:=sim_reach.yaml"], ns, domain, cwd)
+    try:
+        wait_for(lambda: any(ready_text in line for line in lines), 30.0, f"'{ready_text}'")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, "".join(lines)
+    finally:
+        proc.kill()
+    bad, lines = start_node_main(module, ["-p", "config:=/nonexistent/robot.yaml"], ns + "_bad",
+                                 domain, cwd)
+    assert bad.wait(timeout=30) == 1
+    time.sleep(0.1)
+    assert any("/nonexistent/robot.yaml" in line for line in lines), "".join(lines)
 
 
 # ------------------------------------------------------------------------------------ policies

@@ -5,7 +5,6 @@ clear, policy 1 unless it says otherwise)."""
 from __future__ import annotations
 
 import math
-import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,9 +19,9 @@ from std_srvs.srv import Trigger
 from o2o_robot.config import load_config, resolve_config_path
 from o2o_robot.ros import qos
 from o2o_robot.ros.actor_node import ActorNode
-from ros_helpers import (RosGraph, Recorder, call_service, domain_id, linear_policy,
-                         linear_reference, namespace, set_parameter, start_node_main,
-                         status_json, wait_for)
+from ros_helpers import (Recorder, RosGraph, call_service, check_main_lifecycle, domain_id,
+                         linear_policy, linear_reference, namespace, set_parameter, status_json,
+                         wait_for)
 
 JOINTS = ["joint1", "joint2", "joint3"]
 Q, QD = [0.1, 0.4, 1.2], [0.0, 0.0, 0.0]
@@ -307,23 +306,13 @@ def test_episode_end_calls_reset_and_starts_the_next_episode(g):
     wait_for(lambda: _acting(g, g.p3.ref), 10.0, "acting in the new episode")
 
 
-def test_main_loads_the_config_parameter_and_exits_cleanly_on_sigint():
-    module = "o2o_robot.ros.actor_node"
-    proc, lines = start_node_main(module, ["-p", "config:=sim_reach.yaml"], namespace("main"),
-                                  domain_id(1))
-    try:
-        wait_for(lambda: any("reach_arm: obs 12, action 3" in line for line in lines), 30.0,
-                 "the node's start-up line")
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 0, "".join(lines)
-    finally:
-        proc.kill()
-    bad, lines = start_node_main(module, ["-p", "config:=/nonexistent/robot.yaml"],
-                                 namespace("main_bad"), domain_id(1))
-    assert bad.wait(timeout=30) == 1
-    time.sleep(0.1)
-    assert any("/nonexistent/robot.yaml" in line for line in lines), "".join(lines)
+def test_main_loads_the_config_parameter_and_exits_cleanly_on_sigint(tmp_path):
+    """`actor_node` as `ros2 run` starts it: with learning enabled (the default) it runs the
+    configured learner, which checkpoints into the run directory when the node stops."""
+    check_main_lifecycle("o2o_robot.ros.actor_node", "reach_arm: obs 12, action 3",
+                         namespace("main"), domain_id(1), tmp_path)
+    assert (tmp_path / "runs" / "sim_reach" / "checkpoints" / "latest.pt").exists()
+    assert (tmp_path / "runs" / "sim_reach" / "policies" / "policy_00001.onnx").exists()
 
 
 def test_message_conversion_round_trips_and_rejects_bad_messages():

@@ -3,7 +3,6 @@ observations equal to an independent env driven with the same seed and actions, 
 and freeze, malformed actions, and real-time stepping."""
 from __future__ import annotations
 
-import signal
 import time
 from types import SimpleNamespace
 
@@ -18,8 +17,8 @@ from o2o_robot.ros import qos
 from o2o_robot.ros.sim_bridge_node import SimBridgeNode, observation_topics
 from o2o_robot.sim.envs import make_env
 from o2o_robot.sim.experts import expert_for
-from ros_helpers import (RosGraph, Recorder, call_service, domain_id, namespace,
-                         start_node_main, status_json, wait_for)
+from ros_helpers import (Recorder, RosGraph, call_service, check_main_lifecycle, domain_id,
+                         namespace, status_json, wait_for)
 
 SEED = 3
 
@@ -184,19 +183,6 @@ def test_observation_topics_refuses_a_config_the_sim_cannot_serve():
         observation_topics(bad, env)
 
 
-def test_main_runs_the_configured_task_and_exits_cleanly_on_sigint():
-    module = "o2o_robot.ros.sim_bridge_node"
-    proc, lines = start_node_main(module, ["-p", "config:=sim_reach.yaml"], namespace("sim_main"),
-                                  domain_id(2))
-    try:
-        wait_for(lambda: any("sim task 'reach', 20 Hz" in line for line in lines), 30.0,
-                 "the bridge's start-up line")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 0, "".join(lines)
-    finally:
-        proc.kill()
-    bad, lines = start_node_main(module, ["-p", "config:=/nonexistent/sim.yaml"],
-                                 namespace("sim_main_bad"), domain_id(2))
-    assert bad.wait(timeout=30) == 1
-    time.sleep(0.1)
-    assert any("/nonexistent/sim.yaml" in line for line in lines), "".join(lines)
+def test_main_runs_the_configured_task_and_exits_cleanly_on_sigint(tmp_path):
+    check_main_lifecycle("o2o_robot.ros.sim_bridge_node", "sim task 'reach', 20 Hz",
+                         namespace("sim_main"), domain_id(2), tmp_path)
