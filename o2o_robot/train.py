@@ -28,12 +28,11 @@ from o2o_robot.data.replay import ReplayMirror
 from o2o_robot.data.schema import OFFLINE_SIDE_CODES, SOURCE_CODE
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.runlog import RunLogger, plot_curve
-from o2o_robot.sim.demos import generate_demos
+from o2o_robot.sim.demos import ensure_demos
 from o2o_robot.sim.envs import env_spec, make_env
+from o2o_robot.sim.rollout import EVAL_SEED_BASE, run_episodes
 from o2o_robot.spaces import ActionScaler
 
-EVAL_SEED_BASE = 10**9
-DEMO_SEED_OFFSET = 10_000
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -43,19 +42,8 @@ def episode_seed(seed: int, episode: int) -> int:
 
 def evaluate(agent, env, scaler: ActionScaler, episodes: int) -> dict:
     """Deterministic policy (tanh of the mean) on fixed seeds; touches no training RNG."""
-    returns, successes = [], []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=EVAL_SEED_BASE + i)
-        total, done, info = 0.0, False, {}
-        while not done:
-            action = scaler.to_physical(agent.act(obs, deterministic=True))
-            obs, reward, terminated, truncated, info = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-        successes.append(bool(info.get("is_success", False)))
-    return {"success_rate": float(np.mean(successes)), "return_mean": float(np.mean(returns)),
-            "return_std": float(np.std(returns))}
+    return run_episodes(env, lambda obs: scaler.to_physical(agent.act(obs, deterministic=True)),
+                        episodes, seed=EVAL_SEED_BASE)
 
 
 def robot_for_env(cfg: O2OConfig, spec: dict) -> O2OConfig:
@@ -76,19 +64,6 @@ def robot_for_env(cfg: O2OConfig, spec: dict) -> O2OConfig:
     print(f"[train] robot spec taken from the sim task {spec.get('task')!r} "
           f"(obs {spec['obs_dim']}, action {spec['act_dim']})", flush=True)
     return cfg.model_copy(update={"robot": robot})
-
-
-def _ensure_demos(store: TransitionStore, cfg: O2OConfig) -> None:
-    counts = store.counts()
-    demo_side = sum(counts.get(s, {}).get("transitions", 0) for s in ("demo", "intervention",
-                                                                        "offline"))
-    if demo_side or cfg.sampler.offline_ratio == 0 or cfg.train.demo_episodes == 0:
-        return
-    print(f"[train] store has no demonstrations: generating {cfg.train.demo_episodes} scripted "
-          f"episodes (noise {cfg.teleop.expert_noise})", flush=True)
-    generate_demos(store, cfg.sim, episodes=cfg.train.demo_episodes, noise=cfg.teleop.expert_noise,
-                   seed=cfg.train.seed + DEMO_SEED_OFFSET, progress=False)
-    store.flush()
 
 
 def _load_mirror(store: TransitionStore, cfg: O2OConfig, scaler: ActionScaler,
@@ -160,7 +135,7 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
                                            flush_every=cfg.store.flush_every, spec=spec)
     logger = RunLogger(run_dir)
     try:
-        _ensure_demos(store, cfg)
+        ensure_demos(store, cfg, label="train")
         mirror = _load_mirror(store, cfg, scaler, state["online_ranges"])
         segment = [len(store), len(store)]
         state["online_ranges"].append(segment)

@@ -67,14 +67,12 @@ from o2o_robot.ros.sim_bridge_node import SimBridgeNode
 from o2o_robot.runlog import RunLogger, plot_curve
 
 DEFAULT_CONFIG = "sim_reach.yaml"
-DEMO_SEED_OFFSET = 10_000           # as the ROS-free harness: demos never share reset seeds
 LOCKSTEP_TICK_HZ = 200.0
 LOCKSTEP_OBS_TIMEOUT_MS = 10_000.0
 LOCKSTEP_MAX_LAG = 4                # env steps the actor may run ahead of the learner (a few:
                                     # the sim steps while the learner updates)
 LOCKSTEP_WAIT_S = 1.0               # no answer from the sim by then: tick anyway (counted)
 RECENT_EPISODES = 20
-EVAL_SEED_BASE = 10**9              # as the ROS-free harness: never a training episode's seed
 PROGRESS_PERIOD_S = 1.0
 
 
@@ -89,13 +87,10 @@ def session_config(cfg: O2OConfig) -> O2OConfig:
 
 
 def ensure_demos(cfg: O2OConfig, progress: bool = True) -> dict | None:
-    """Scripted demos into `cfg.store.path` when it has no demo-side rows and the sampler uses
-    them; the store is closed again before returning (the learner is its single writer).
-    ValueError when the sampler needs demo-side rows that neither the store nor
-    `train.demo_episodes` provide (ConfigError: the learner could never draw a batch)."""
-    from o2o_robot.data.schema import OFFLINE_SIDE
+    """`sim.demos.ensure_demos` on `cfg.store.path`; the store is closed again before returning
+    (the learner is its single writer)."""
     from o2o_robot.data.store import TransitionStore
-    from o2o_robot.sim.demos import generate_demos
+    from o2o_robot.sim import demos
     from o2o_robot.sim.envs import env_spec, make_env
 
     if cfg.sampler.offline_ratio == 0:
@@ -107,20 +102,7 @@ def ensure_demos(cfg: O2OConfig, progress: bool = True) -> dict | None:
         env.close()
     with TransitionStore.open_or_create(cfg.store.path, cfg.robot.obs_dim, cfg.robot.act_dim,
                                         flush_every=cfg.store.flush_every, spec=spec) as store:
-        counts = store.counts()
-        if sum(counts[s]["transitions"] for s in OFFLINE_SIDE):
-            return None
-        if cfg.train.demo_episodes == 0:
-            raise ConfigError(f"{cfg.store.path}: no demo, intervention or offline rows, but "
-                             f"sampler.offline_ratio is {cfg.sampler.offline_ratio}: set "
-                             f"train.demo_episodes > 0 or import demonstrations first")
-        if progress:
-            print(f"[finetune] {cfg.store.path} has no demonstrations: generating "
-                  f"{cfg.train.demo_episodes} scripted episodes (noise {cfg.teleop.expert_noise})",
-                  flush=True)
-        return generate_demos(store, cfg.sim, episodes=cfg.train.demo_episodes,
-                              noise=cfg.teleop.expert_noise,
-                              seed=cfg.train.seed + DEMO_SEED_OFFSET, progress=False)
+        return demos.ensure_demos(store, cfg, label="finetune", progress=progress)
 
 
 class FinetuneActor(ActorNode):
@@ -195,27 +177,19 @@ def evaluate_policy(policy_path: str, cfg_json: dict, episodes: int) -> dict:
     from o2o_robot.control.safety import SafetyFilter
     from o2o_robot.policy.runtime import OnnxPolicy
     from o2o_robot.sim.envs import make_env
+    from o2o_robot.sim.rollout import EVAL_SEED_BASE, run_episodes
 
     cfg = O2OConfig.model_validate(cfg_json)
     policy = OnnxPolicy(policy_path, provider="cpu")
+    safety = SafetyFilter(cfg.robot.action.low, cfg.robot.action.high,
+                          max_delta_per_tick=cfg.safety.max_delta_per_tick, hold=cfg.safety.hold)
     env = make_env(cfg.sim)
-    returns, successes = [], []
     try:
-        for i in range(episodes):
-            safety = SafetyFilter(cfg.robot.action.low, cfg.robot.action.high,
-                                  max_delta_per_tick=cfg.safety.max_delta_per_tick,
-                                  hold=cfg.safety.hold)
-            obs, _ = env.reset(seed=EVAL_SEED_BASE + i)
-            total, done, info, steps = 0.0, False, {}, 0
-            while not done and steps < cfg.control.max_episode_steps:
-                action, _ = safety.filter(policy(obs))
-                obs, reward, terminated, truncated, info = env.step(action)
-                total, steps, done = total + float(reward), steps + 1, terminated or truncated
-            returns.append(total)
-            successes.append(bool(info.get("is_success", False)))
+        return run_episodes(env, lambda obs: safety.filter(policy(obs))[0], episodes,
+                            seed=EVAL_SEED_BASE, on_reset=safety.reset,
+                            max_steps=cfg.control.max_episode_steps)
     finally:
         env.close()
-    return {"success_rate": float(np.mean(successes)), "return_mean": float(np.mean(returns))}
 
 
 class _Session:

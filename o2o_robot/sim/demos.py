@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from o2o_robot.config import SimConfig
+from o2o_robot.config import ConfigError, O2OConfig, SimConfig
+from o2o_robot.data.schema import OFFLINE_SIDE
 from o2o_robot.sim.envs import env_spec, make_env
 from o2o_robot.sim.experts import expert_for
 
@@ -57,6 +58,34 @@ def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: floa
         "success_rate": successes / episodes if episodes else 0.0,
         "mean_return": float(np.mean(returns)) if returns else 0.0,
     }
+
+
+# Demo episodes reset with seeds `train.seed + DEMO_SEED_OFFSET + i`: never a training episode's.
+DEMO_SEED_OFFSET = 10_000
+
+
+def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
+                 progress: bool = True) -> dict[str, Any] | None:
+    """Scripted demos (`train.demo_episodes`, noise `teleop.expert_noise`) into an open `store`
+    when the sampler draws demo-side rows (`sampler.offline_ratio > 0`) and the store has none;
+    None when nothing was needed. ConfigError when rows are needed but `train.demo_episodes` is
+    0: the learner could never draw a batch."""
+    if cfg.sampler.offline_ratio == 0:
+        return None
+    counts = store.counts()
+    if sum(counts[s]["transitions"] for s in OFFLINE_SIDE):
+        return None
+    if cfg.train.demo_episodes == 0:
+        raise ConfigError(f"{cfg.store.path}: no demo, intervention or offline rows, but "
+                          f"sampler.offline_ratio is {cfg.sampler.offline_ratio}: set "
+                          f"train.demo_episodes > 0 or import demonstrations first")
+    if progress:
+        print(f"[{label}] {cfg.store.path} has no demonstrations: generating "
+              f"{cfg.train.demo_episodes} scripted episodes (noise {cfg.teleop.expert_noise})",
+              flush=True)
+    return generate_demos(store, cfg.sim, episodes=cfg.train.demo_episodes,
+                          noise=cfg.teleop.expert_noise, seed=cfg.train.seed + DEMO_SEED_OFFSET,
+                          progress=False)
 
 
 def _check_store_dims(store: Any, spec: dict[str, Any]) -> None:

@@ -91,13 +91,6 @@ def expert_for(env: gymnasium.Env, noise: float, seed: int | None = None) -> Exp
 def rollout_success_rate(env: gymnasium.Env, expert: Expert, episodes: int,
                          seed: int) -> float:
     """Fraction of `episodes` (seeded from `seed`) that end with info['is_success']."""
-    successes = 0
-    for episode in range(episodes):
-        obs, info = env.reset(seed=seed + episode)
-        done = False
-        while not done:
-            obs, _, terminated, truncated, info = env.step(expert.act(obs))
-            done = terminated or truncated
-        successes += bool(info.get("is_success", False))
-    return successes / episodes
+    from o2o_robot.sim.rollout import run_episodes
 
+    return run_episodes(env, expert.act, episodes, seed=seed)["success_rate"]
