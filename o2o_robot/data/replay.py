@@ -23,8 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from o2o_robot.data.schema import (FIELDS, OFFLINE_SIDE_CODES, SOURCE_CODE, SOURCES,
-                                   source_code, validate_rows)
+from o2o_robot.data.schema import (FIELDS, SOURCE_CODE, SOURCES, source_code,
+                                   validate_rows)
 
 Batch = dict[str, np.ndarray]
 _ONLINE = SOURCE_CODE["online"]
