@@ -149,7 +149,69 @@ class RLPDConfig(Model):
         return self
 
 
-AlgorithmConfig = Annotated[Union[RLPDConfig], Field(discriminator="name")]
+class OBACConfig(Model):
+    """OBAC hyperparameters (ALGORITHMS.md section 2.4); defaults are the official code's.
+
+    o2o_robot feeds OBAC the RLPD-style demo/online mix (`sampler.offline_ratio`), so its
+    in-sample "offline optimal" value is learned on demonstrations plus online data: an
+    adaptation of ours, not part of the paper (which uses one online buffer)."""
+
+    name: Literal["obac"] = "obac"
+    hidden_dims: list[int] = Field(default_factory=lambda: [512, 512], min_length=2, max_length=2,
+                                   description="Linear-LayerNorm-tanh, then Linear-ELU trunk")
+    actor_lr: float = Field(3e-4, gt=0)
+    critic_lr: float = Field(3e-4, gt=0)
+    value_lr: float = Field(3e-4, gt=0)
+    temp_lr: float = Field(3e-4, gt=0)
+    discount: float = Field(0.99, gt=0, le=1)
+    tau: float = Field(0.005, gt=0, le=1, description="Polyak rate of both Q targets")
+    expectile: float = Field(0.9, gt=0, lt=1, description="tau of the V_mu expectile loss")
+    bc_weight: float = Field(0.001, ge=0, description="lambda of the behaviour term")
+    init_temperature: float = Field(0.2, gt=0, description="alpha until the first alpha step")
+    target_entropy: float | None = Field(None, description="None = -|A|")
+    reward_shift: float = Field(0.0, description="added to every sampled reward")
+
+
+class OEMAConfig(Model):
+    """OEMA hyperparameters (ALGORITHMS.md section 3.4); defaults are the official code's."""
+
+    name: Literal["oema"] = "oema"
+    hidden_dims: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    actor_lr: float = Field(3e-4, gt=0)
+    critic_lr: float = Field(3e-4, gt=0)
+    density_lr: float = Field(3e-4, gt=0, description="balanced-replay density-ratio net w_psi")
+    perturb_lr: float = Field(3e-4, gt=0, description="optimistic perturbation net xi_omega")
+    discount: float = Field(0.99, gt=0, le=1)
+    tau: float = Field(0.005, gt=0, le=1)
+    policy_noise: float = Field(0.2, ge=0, description="TD3 target smoothing std")
+    noise_clip: float = Field(0.5, ge=0)
+    policy_freq: int = Field(2, ge=1, description="actor (meta) update every n-th iteration")
+    bc_alpha: float = Field(2.5, gt=0, description="TD3+BC alpha (offline pre-training)")
+    pretrain_steps: int = Field(1_000_000, ge=0, description="TD3+BC gradient steps before fine-tuning")
+    priority_temperature: float = Field(5.0, gt=0, description="T in w^(1/T)")
+    priority_min: float = Field(0.001, gt=0)
+    priority_max: float = Field(1000.0, gt=0)
+    perturb_scale: float = Field(1.0, ge=0, description="Phi: xi bound as a share of a_max")
+    explore_noise: float = Field(0.1, ge=0, description="epsilon std of the behaviour policy")
+    optimism: float = Field(4.0, description="beta_UB in Q_UB = mean + beta_UB * std")
+    meta_beta: float = Field(0.01, ge=0, description="beta, weight of the meta (test) loss")
+    meta_lr: float = Field(3e-4, gt=0, description="eta, inner SGD step of the hot-plug")
+    meta_anneal: bool = Field(False, description="beta_k = max(0, beta0 - k*beta0/meta_anneal_steps)")
+    meta_anneal_steps: int = Field(140_000, ge=1)
+    meta_form: Literal["first_order", "second_order"] = Field(
+        "first_order", description="official code's loss-ratio first-order form, or MAML")
+    recent_window: int = Field(50_000, ge=1, description="B_r: states from the latest online rows")
+    reward_shift: float = Field(0.0, description="added to every sampled reward")
+
+    @model_validator(mode="after")
+    def _priority_range(self) -> "OEMAConfig":
+        if self.priority_min >= self.priority_max:
+            raise ValueError(f"priority_min ({self.priority_min}) must be < priority_max "
+                             f"({self.priority_max})")
+        return self
+
+
+AlgorithmConfig = Annotated[Union[RLPDConfig, OBACConfig, OEMAConfig], Field(discriminator="name")]
 
 
 class LearnerConfig(Model):

@@ -19,7 +19,9 @@ The worker owns the store (the single writer): every submitted transition is app
 (episode boundaries at terminated/truncated rows, with the row's optional `episode_success`),
 mirrored in memory, and online/intervention rows are counted as env steps. A row the store
 refuses (NaN, wrong shape) is dropped and counted, never fatal. After `learner.warmup_steps` env
-steps, it runs one `agent.update` (G critic steps) per env step received, exports a new policy
+steps, it runs one `agent.update` on the algorithm's batch (`batches.batch_plan`; G critic steps
+for RLPD) per env step received (agents with an offline phase, OEMA, pre-train first on the
+store's demo-side rows: `batches.pretrain`), exports a new policy
 every `learner.export_every_updates` updates (a failed export is counted; the actor keeps its
 policy) and checkpoints every `learner.checkpoint_every_steps` env steps and on close. A crash
 in the worker is reported through `stats()` (state "crashed", "error" holds the traceback; a
@@ -216,6 +218,7 @@ class _Worker:
     def _load(self, cfg: O2OConfig, agent_factory) -> None:
         from o2o_robot.agents import build_agent, resolve_device
         from o2o_robot.agents.checkpoint import load_checkpoint
+        from o2o_robot.batches import batch_plan, pretrain
         from o2o_robot.data.replay import ReplayMirror
 
         robot = cfg.robot
@@ -244,6 +247,9 @@ class _Worker:
             self.agent = factory(cfg, robot.obs_dim, robot.act_dim, device)
         self.rng = np.random.default_rng(cfg.train.seed)
         self.update_time, self.metrics = 0.0, {}
+        self.plan = batch_plan(cfg, self.mirror)
+        if pretrain(self.agent, cfg, self.mirror, self.rng, progress=False):
+            self._checkpoint()   # a restarted learner does not pre-train again
         self._publish_progress()
 
     # ---------------------------------------------------------------------------- loop
@@ -302,16 +308,14 @@ class _Worker:
         return n
 
     def _can_sample(self) -> bool:
-        ratio = self.cfg.sampler.offline_ratio
-        return (ratio == 0 or self.mirror.size("offline") > 0) and \
-            (ratio == 1 or self.mirror.size("online") > 0)
+        return self.plan.ready()
 
     def _update(self) -> None:
-        sc, lc = self.cfg.sampler, self.cfg.learner
+        lc = self.cfg.learner
         tick = time.perf_counter()
-        batch = self.mirror.sample_big_batch(sc.batch_size, lc.utd_ratio, sc.offline_ratio,
-                                             self.rng)
+        batch = self.plan.draw(self.rng)
         self.metrics = self.agent.update(batch)
+        self.plan.after_update(self.agent, batch)
         self.update_time += time.perf_counter() - tick
         self.counters["updates"] += 1
         self._publish_progress()

@@ -1,9 +1,11 @@
 """ROS-free training harness: `o2o-robot train --config FILE`.
 
-Per environment step (RLPD, ALGORITHMS.md 1.5): act (uniform random during warm-up, else a
-sample of the policy), step the sim, append the row to the durable store and to the in-memory
-mirror, then, after warm-up, draw one big batch of G minibatches (each exactly offline_ratio
-demo-side rows) and run `agent.update` on it. Every `train.eval_every` steps the deterministic
+Before the first step, agents with an offline phase pre-train on the demo-side rows (OEMA's
+TD3+BC; `batches.pretrain`). Per environment step (RLPD, ALGORITHMS.md 1.5): act (during warm-up
+uniform random, or the deterministic actor for OEMA; else a sample of the behaviour policy), step
+the sim, append the row to the durable store and to the in-memory mirror, then, after warm-up,
+draw the algorithm's batch (`batches.batch_plan`: for RLPD/OBAC one big batch of G minibatches,
+each exactly offline_ratio demo-side rows) and run `agent.update` on it. Every `train.eval_every` steps the deterministic
 policy is evaluated on a separate env. The run directory receives the store rows, checkpoints,
 `metrics.jsonl`, TensorBoard scalars and `learning_curve.png`.
 
@@ -23,6 +25,7 @@ import torch
 
 from o2o_robot.agents import build_agent, resolve_device
 from o2o_robot.agents.checkpoint import load_checkpoint, save_checkpoint
+from o2o_robot.batches import batch_plan, pretrain, warmup_action
 from o2o_robot.config import ActionSpace, O2OConfig, ObservationSource, RobotSpec
 from o2o_robot.data.replay import ReplayMirror
 from o2o_robot.data.schema import OFFLINE_SIDE_CODES, SOURCE_CODE
@@ -137,6 +140,10 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
     try:
         ensure_demos(store, cfg, label="train")
         mirror = _load_mirror(store, cfg, scaler, state["online_ranges"])
+        pretrained = pretrain(agent, cfg, mirror, rng, progress=progress,
+                              log=lambda step, m: logger.log("pretrain", step, m))
+        if pretrained:
+            _checkpoint(ckpt_path, agent, cfg, store, rng, state)
         segment = [len(store), len(store)]
         state["online_ranges"].append(segment)
         summary = _loop(cfg, agent, env, eval_env, scaler, store, mirror, rng, state, segment,
@@ -152,7 +159,8 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
 
 def _loop(cfg, agent, env, eval_env, scaler, store, mirror, rng, state, segment, logger,
           ckpt_path, progress) -> dict:
-    lc, tc, sc = cfg.learner, cfg.train, cfg.sampler
+    lc, tc = cfg.learner, cfg.train
+    plan = batch_plan(cfg, mirror)
     online = SOURCE_CODE["online"]
     bar = _Progress(tc.total_env_steps, state["env_step"], progress)
     obs, _ = env.reset(seed=episode_seed(tc.seed, state["episode"]))
@@ -164,7 +172,7 @@ def _loop(cfg, agent, env, eval_env, scaler, store, mirror, rng, state, segment,
     while state["env_step"] < tc.total_env_steps or ep_len:
         t = state["env_step"]
         if t < lc.warmup_steps:
-            unit = rng.uniform(-1.0, 1.0, size=scaler.dim).astype(np.float32)
+            unit = warmup_action(agent, obs, scaler.dim, rng)
         else:
             unit = agent.act(obs)
         action = scaler.to_physical(unit)
@@ -182,8 +190,9 @@ def _loop(cfg, agent, env, eval_env, scaler, store, mirror, rng, state, segment,
 
         if t > lc.warmup_steps:
             tick = time.perf_counter()
-            batch = mirror.sample_big_batch(sc.batch_size, lc.utd_ratio, sc.offline_ratio, rng)
+            batch = plan.draw(rng)
             metrics = agent.update(batch)
+            plan.after_update(agent, batch)
             update_time += time.perf_counter() - tick
             state["updates"] += 1
             if state["updates"] % 100 == 0:
