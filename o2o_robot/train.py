@@ -197,6 +197,7 @@ def _loop(cfg, agent, env, eval_env, scaler, store, mirror, rng, state, segment,
             state["updates"] += 1
             if state["updates"] % 100 == 0:
                 metrics["critic_updates_per_s"] = 100 * lc.utd_ratio / max(update_time, 1e-9)
+                metrics["update_ms"] = 1000.0 * update_time / 100   # one agent.update (all of G)
                 update_time = 0.0
                 logger.log("train", t, metrics)
 

@@ -3,7 +3,8 @@
 RLPD with 20 scripted demonstrations must reach the success threshold within the budget of
 config/ci_reach.yaml; the SAC preset without demonstrations (config/ci_reach_sac.yaml, same UTD,
 same budget) must not: the negative control that shows the demonstrations and RLPD's changes
-are what make it learn. Longer curves over several seeds: benchmarks/learning_curves.py.
+are what make it learn. Longer curves over several seeds and algorithms:
+benchmarks/compare_algorithms.py.
 """
 from pathlib import Path
 
