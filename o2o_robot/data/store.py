@@ -8,7 +8,7 @@ Layout (DESIGN.md "Data store contract")::
     meta/episode_return   float64, sum of the episode's rewards
     meta/episode_success  int8, 1 / 0 / -1 (unknown)
     zarr.json             attribute "o2o_store": schema_version, obs_dim, act_dim, chunk_rows, spec
-    commit.json           the commit marker {"rows": R, "episodes": E}
+    commit.json           the commit marker {"rows": R, "episodes": E[, "notes": {...}]}
     write.lock            the single writer's lock (pid, host, process start time)
 
 Only the first R rows and E episodes exist. Arrays may be longer: a writer killed between its
@@ -24,6 +24,9 @@ progress). `end_episode()` records the boundary in the buffer: it becomes durabl
 rows at the next commit (call `flush()` to make it durable now). Rows after the last committed
 boundary form an *open episode*: they are ordinary readable rows; a writer that reopens the store
 continues that episode with its next appends, or closes it first with `end_episode()`.
+`append_episode()` buffers a whole episode with its boundary and commits only at episode ends,
+so a crash leaves each such episode either complete or absent. Its `notes` (small JSON, e.g.
+import provenance) live in the marker itself: they become visible with exactly those rows.
 
 Single writer: `write.lock` is created with O_EXCL and held with flock; a second writer, in this
 process or another, gets StoreLockedError naming the lock file and the holder's pid. The lock of
@@ -185,7 +188,8 @@ class TransitionStore:
         self.obs_dim, self.act_dim = int(attrs["obs_dim"]), int(attrs["act_dim"])
         self.chunk_rows, self.spec = int(attrs["chunk_rows"]), attrs.get("spec") or {}
         self._group = group
-        self._rows, self._episodes = self._read_marker()
+        self._rows, self._episodes, self._notes = self._read_marker()
+        self._staged_notes = dict(self._notes)
         self._open_arrays()   # after the marker: a writer grows arrays before committing rows
         self._load_meta()
         if writable:
@@ -291,10 +295,10 @@ class TransitionStore:
         self._arrays = {f: self._group[f"data/{f}"] for f in FIELDS}
         self._arrays.update({m: self._group[f"meta/{m}"] for m in META})
 
-    def _read_marker(self) -> tuple[int, int]:
+    def _read_marker(self) -> tuple[int, int, dict]:
         try:
             marker = json.loads((self.path / MARKER).read_text())
-            return int(marker["rows"]), int(marker["episodes"])
+            return int(marker["rows"]), int(marker["episodes"]), dict(marker.get("notes") or {})
         except FileNotFoundError:
             raise StoreError(f"{self.path}: no {MARKER}: its creation is in progress or was "
                              f"interrupted (then create it again)") from None
@@ -398,6 +402,42 @@ class TransitionStore:
         """Buffer a block (every schema field, rows on axis 0; `source` as codes or names),
         validated as a whole: a bad block is refused naming the field and nothing is buffered."""
         self._check_writable()
+        block = self._validated(rows)
+        if len(block["obs"]):
+            self._stage_block(block, auto_flush=True)
+
+    def append_episode(self, rows: dict[str, np.ndarray], *, success: bool | None = None,
+                       notes: dict | None = None) -> None:
+        """Buffer a whole episode (a block as in `append_rows`) and its end, with `notes` merged
+        into the store's notes; commit only after the end (when `flush_every` rows are buffered).
+
+        A crash therefore leaves the episode complete or absent, and the notes always describe
+        the committed rows. Refused (StoreError) while an episode is open; nothing is buffered
+        when the block or the notes are refused."""
+        self._check_writable()
+        open_rows = self._c0 + self._n_stage - self._ep_start
+        if open_rows:
+            raise StoreError(f"append_episode: an episode is open ({open_rows} rows); "
+                             "close it with end_episode() first")
+        block = self._validated(rows)
+        if not len(block["obs"]):
+            raise StoreError("append_episode: the episode has no rows")
+        try:
+            staged = json.loads(json.dumps({**self._staged_notes, **(notes or {})}))
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"notes: must be JSON-serialisable ({e})") from None
+        self._stage_block(block, auto_flush=False)
+        self.end_episode(success=success)
+        self._staged_notes = staged
+        if self.num_buffered >= self.flush_every:
+            self.flush()
+
+    @property
+    def notes(self) -> dict:
+        """The notes committed with the rows (see `append_episode`); a copy."""
+        return json.loads(json.dumps(self._notes))
+
+    def _validated(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = dict(rows)
         src = np.asarray(rows.get("source", np.zeros(0)))
         try:
@@ -410,25 +450,26 @@ class TransitionStore:
         for f in FLOAT_FIELDS:   # a float64 beyond float32 range becomes inf in the cast
             if np.asarray(rows[f]).dtype != block[f].dtype and not np.isfinite(block[f]).all():
                 raise StoreValueError(f"{f}: contains values beyond float32 range")
+        return block
+
+    def _stage_block(self, block: dict[str, np.ndarray], *, auto_flush: bool) -> None:
         n = len(block["obs"])
-        if n == 0:
-            return
         self._reserve(n)
         i = self._n_stage
         for f in FIELDS:
             self._stage[f][i:i + n] = block[f]
-        self._add_to_episode(i, n, float(block["reward"].sum(dtype=np.float64)))
+        self._add_to_episode(i, n, float(block["reward"].sum(dtype=np.float64)), auto_flush)
 
     def _reserve(self, n: int) -> None:
         if self._n_stage + n > len(self._stage["obs"]):
             self._alloc_stage(max(self._n_stage + n, 2 * len(self._stage["obs"])))
 
-    def _add_to_episode(self, i: int, n: int, reward_sum: float) -> None:
+    def _add_to_episode(self, i: int, n: int, reward_sum: float, auto_flush: bool = True) -> None:
         if self._ep_source is None:
             self._ep_source = int(self._stage["source"][i])
         self._ep_return += reward_sum
         self._n_stage += n
-        if self.num_buffered >= self.flush_every:
+        if auto_flush and self.num_buffered >= self.flush_every:
             self.flush()
 
     def end_episode(self, *, success: bool | None = None) -> None:
@@ -453,7 +494,7 @@ class TransitionStore:
         """Write the buffer and commit: chunks (and their directories) first, then the marker."""
         self._check_writable()
         end, c = self._c0 + self._n_stage, self.chunk_rows
-        if end == self._rows and self._n_meta == self._episodes:
+        if end == self._rows and self._n_meta == self._episodes and self._staged_notes == self._notes:
             return
         jobs = []
         if end > self._rows:
@@ -465,8 +506,11 @@ class TransitionStore:
             m0 = self._episodes // META_CHUNK * META_CHUNK
             m1 = _ceil(self._n_meta, META_CHUNK)
             jobs += [(self._arrays[m], m0, self._meta[m][m0:m1]) for m in META]
-        sync(_commit(jobs, self._zstore, {"rows": end, "episodes": self._n_meta, "time": time.time()}))
-        self._rows, self._episodes = end, self._n_meta
+        marker = {"rows": end, "episodes": self._n_meta, "time": time.time()}
+        if self._staged_notes:
+            marker["notes"] = self._staged_notes
+        sync(_commit(jobs, self._zstore, marker))
+        self._rows, self._episodes, self._notes = end, self._n_meta, self._staged_notes
         keep = end // c * c - self._c0   # stage rows before the last (partial) chunk are done
         if keep:
             for f in FIELDS:
@@ -490,6 +534,14 @@ class TransitionStore:
                         arr.resize((n,) + arr.shape[1:])
                 sync(self._zstore.sync_dirs())
         finally:
+            self._closed = True
+            if self.writable:
+                self._lock.release()
+
+    def abort(self) -> None:
+        """Release the lock without committing the buffer, as a crash would: committed rows stay,
+        buffered ones are dropped (for a writer interrupted mid-episode). Idempotent."""
+        if not self._closed:
             self._closed = True
             if self.writable:
                 self._lock.release()
@@ -523,7 +575,7 @@ class TransitionStore:
     def refresh(self) -> int:
         """Reader: re-read the marker to see rows committed since; returns `len(self)`."""
         if not self.writable:
-            rows, episodes = self._read_marker()
+            rows, episodes, self._notes = self._read_marker()
             if (rows, episodes) != (self._rows, self._episodes):
                 if any(a.shape[0] < rows for f, a in self._arrays.items() if f in FIELDS) or \
                         any(self._arrays[m].shape[0] < episodes for m in META):

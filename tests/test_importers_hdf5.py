@@ -1,0 +1,160 @@
+"""HDF5 import (D4RL and robomimic layouts), written with h5py by the tests themselves."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from o2o_robot.data.importers.common import ImportInputError, SourceFileError, run_import
+from o2o_robot.data.importers.hdf5 import Hdf5Source
+from o2o_robot.data.store import TransitionStore
+
+
+def d4rl_file(path, ends=((5, "terminal"), (12, "timeout"), (20, "terminal"), (26, None)),
+              obs_dim=4, act_dim=2, next_obs=True, seed=0, **override):
+    """Episodes ending at the given exclusive row ends: a terminal, a timeout, or the file end."""
+    rng = np.random.default_rng(seed)
+    n = ends[-1][0]
+    obs = rng.normal(size=(n + 1, obs_dim)).astype(np.float32)
+    data = {"observations": obs[:-1], "next_observations": obs[1:],
+            "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+            "rewards": rng.normal(size=n).astype(np.float32),
+            "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool)}
+    for end, kind in ends:
+        if kind:
+            data[kind + "s"][end - 1] = True
+    if not next_obs:
+        del data["next_observations"]
+    data.update(override)
+    with h5py.File(path, "w") as f:
+        for k, v in data.items():
+            if v is not None:
+                f[k] = v
+    return data
+
+
+def read(path):
+    with TransitionStore.open(path) as st:
+        return st.read(), st.episodes()
+
+
+def test_d4rl_timeouts_are_truncated_not_terminated(tmp_path):
+    data = d4rl_file(tmp_path / "d.hdf5")
+    summary = run_import(Hdf5Source(tmp_path / "d.hdf5"), tmp_path / "s.zarr", source="demo")
+    rows, eps = read(tmp_path / "s.zarr")
+    assert [(e["start"], e["end"]) for e in eps] == [(0, 5), (5, 12), (12, 20), (20, 26)]
+    assert summary["episodes"] == 4 and summary["transitions"] == 26
+    assert np.flatnonzero(rows["terminated"]).tolist() == [4, 19]
+    assert np.flatnonzero(rows["truncated"]).tolist() == [11, 25]   # the timeout, the file end
+    for f, key in (("obs", "observations"), ("next_obs", "next_observations"),
+                   ("action", "actions"), ("reward", "rewards")):
+        assert np.array_equal(rows[f], data[key])
+    assert (rows["source"] == 0).all()
+    assert np.allclose([e["return"] for e in eps],
+                       [data["rewards"][s:e].sum() for s, e in ((0, 5), (5, 12), (12, 20), (20, 26))])
+
+
+def test_d4rl_without_next_observations_drops_rows_without_a_successor(tmp_path):
+    data = d4rl_file(tmp_path / "d.hdf5", next_obs=False)
+    summary = run_import(Hdf5Source(tmp_path / "d.hdf5"), tmp_path / "s.zarr")
+    rows, eps = read(tmp_path / "s.zarr")
+    # timeout row 11 and the file's last row 25 have no true next observation: dropped
+    assert [e["length"] for e in eps] == [5, 6, 8, 5] and summary["details"]["rows_dropped"] == 2
+    obs = data["observations"]
+    kept = [i for i in range(26) if i not in (11, 25)]
+    assert np.array_equal(rows["obs"], obs[kept])
+    assert np.array_equal(rows["next_obs"][:4], obs[1:5])
+    assert np.array_equal(rows["next_obs"][4], obs[4])            # terminal: its own obs
+    assert np.flatnonzero(rows["truncated"]).tolist() == [10, 23]  # the rows before the dropped
+    assert np.flatnonzero(rows["terminated"]).tolist() == [4, 18]
+
+
+def test_robomimic_layout_with_chosen_obs_keys(tmp_path):
+    rng = np.random.default_rng(1)
+    with h5py.File(tmp_path / "r.hdf5", "w") as f:
+        f.create_group("data").attrs["env_args"] = '{"env_name": "Lift"}'
+        for k, n in ((0, 6), (1, 4), (10, 5)):   # numeric order: demo_0, demo_1, demo_10
+            g = f.create_group(f"data/demo_{k}")
+            g["actions"] = rng.uniform(-1, 1, (n, 7))
+            g["rewards"] = np.r_[np.zeros(n - 1), 1.0 if k != 1 else 0.0]
+            g["dones"] = np.r_[np.zeros(n - 1), 1 if k != 1 else 0].astype(np.int64)
+            for key, dim in (("eef_pos", 3), ("gripper", 2), ("image", 12)):
+                full = rng.normal(size=(n + 1, dim))
+                g[f"obs/{key}"], g[f"next_obs/{key}"] = full[:-1], full[1:]
+    with pytest.raises(ImportInputError, match="--obs-keys.*eef_pos, gripper, image"):
+        Hdf5Source(tmp_path / "r.hdf5")
+    src = Hdf5Source(tmp_path / "r.hdf5", obs_keys=["gripper", "eef_pos"])
+    assert src.spec["obs_dim"] == 5 and src.spec["task"] == "Lift"
+    run_import(src, tmp_path / "s.zarr")
+    rows, eps = read(tmp_path / "s.zarr")
+    assert [e["length"] for e in eps] == [6, 4, 5]
+    with h5py.File(tmp_path / "r.hdf5") as f:
+        want = np.concatenate([f["data/demo_1/obs/gripper"][:], f["data/demo_1/obs/eef_pos"][:]], 1)
+    assert np.allclose(rows["obs"][6:10], want)
+    assert rows["terminated"][5] and rows["truncated"][9] and not rows["terminated"][9]
+
+
+def test_mismatched_dims_refused_naming_the_key_and_store_unchanged(tmp_path):
+    d4rl_file(tmp_path / "a.hdf5")
+    run_import(Hdf5Source(tmp_path / "a.hdf5"), tmp_path / "s.zarr")
+    before = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()}
+    d4rl_file(tmp_path / "wide.hdf5", obs_dim=5)
+    with pytest.raises(ImportInputError, match="obs_dim: the store has 4, .* has 5"):
+        run_import(Hdf5Source(tmp_path / "wide.hdf5"), tmp_path / "s.zarr")
+    d4rl_file(tmp_path / "act.hdf5", act_dim=3)
+    with pytest.raises(ImportInputError, match="act_dim: the store has 2"):
+        run_import(Hdf5Source(tmp_path / "act.hdf5"), tmp_path / "s.zarr")
+    after = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_bad_values_and_out_of_bounds_actions_leave_nothing_behind(tmp_path):
+    rewards = np.zeros(26, np.float32)
+    rewards[22] = np.nan                      # in the last episode: found before any write
+    d4rl_file(tmp_path / "nan.hdf5", rewards=rewards)
+    with pytest.raises(SourceFileError, match="episode 3: reward: contains NaN"):
+        run_import(Hdf5Source(tmp_path / "nan.hdf5"), tmp_path / "s.zarr")
+    assert not (tmp_path / "s.zarr").exists()
+    # bounds come from the store's spec: a store created with [-0.5, 0.5] refuses [-1, 1] data
+    TransitionStore.create(tmp_path / "b.zarr", 4, 2, spec={"action_low": [-0.5, -0.5],
+                                                            "action_high": [0.5, 0.5]}).close()
+    d4rl_file(tmp_path / "ok.hdf5")
+    with pytest.raises(ImportInputError, match="action: .* episode 0 row 0 dim .* outside"):
+        run_import(Hdf5Source(tmp_path / "ok.hdf5"), tmp_path / "b.zarr")
+    with TransitionStore.open(tmp_path / "b.zarr") as st:
+        assert len(st) == 0 and st.notes == {}
+
+
+def test_unreadable_and_malformed_files_are_refused(tmp_path):
+    (tmp_path / "junk.hdf5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(SourceFileError, match="cannot read as HDF5"):
+        Hdf5Source(tmp_path / "junk.hdf5")
+    d4rl_file(tmp_path / "short.hdf5", rewards=np.zeros(7, np.float32))
+    with pytest.raises(SourceFileError, match="'rewards' has 7 rows, 'observations' has 26"):
+        Hdf5Source(tmp_path / "short.hdf5")
+    d4rl_file(tmp_path / "noterm.hdf5", terminals=None)
+    with pytest.raises(SourceFileError, match="missing dataset 'terminals'"):
+        Hdf5Source(tmp_path / "noterm.hdf5")
+    with pytest.raises(ImportInputError, match="no such file"):
+        Hdf5Source(tmp_path / "absent.hdf5")
+
+
+def test_cli_exit_codes_for_a_bad_file_and_a_mismatched_store(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "o2o_robot.cli", "data", "import", "hdf5",
+                               *map(str, args)], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=300)
+
+    d4rl_file(tmp_path / "a.hdf5")
+    ok = cli(tmp_path / "a.hdf5", "--store", tmp_path / "s.zarr")
+    assert ok.returncode == 0 and "imported 4 episodes (26 transitions)" in ok.stdout, ok.stderr
+    d4rl_file(tmp_path / "wide.hdf5", obs_dim=6)
+    wide = cli(tmp_path / "wide.hdf5", "--store", tmp_path / "s.zarr")
+    assert wide.returncode == 2 and "obs_dim: the store has 4" in wide.stderr
+    (tmp_path / "junk.hdf5").write_bytes(b"junk")
+    junk = cli(tmp_path / "junk.hdf5", "--store", tmp_path / "s.zarr")
+    assert junk.returncode == 1 and "cannot read as HDF5" in junk.stderr
