@@ -282,9 +282,105 @@ class SimConfig(Model):
     seed: int = 0
 
 
+class JoyAxis(Model):
+    """One action dimension driven by one sensor_msgs/Joy axis (values in [-1, 1])."""
+
+    axis: int = Field(ge=0, description="index in Joy.axes")
+    scale: float = Field(1.0, gt=0, le=1, description="share of the way from rest to the action "
+                         "bound reached at full deflection")
+    deadzone: float = Field(0.05, ge=0, lt=1, description="|value| below this reads as 0; the "
+                            "rest of the travel is rescaled to 0..1")
+    invert: bool = Field(False, description="flip the sign")
+
+
+class JoyProfile(Model):
+    """How Joy messages drive teleop. Every field overrides the device's shipped profile
+    (`JOY_PROFILES`) one by one; `axes` is replaced as a whole."""
+
+    axes: list[JoyAxis | None] = Field(default_factory=list, description=(
+        "one entry per action dimension, in order (null: that dimension rests); a robot with "
+        "fewer dimensions uses the first entries"))
+    deadman_button: int | None = Field(None, ge=0, description="held: teleop engaged (the "
+                                       "operator's action replaces the policy's)")
+    engage_on_motion: bool = Field(False, description="engaged while any mapped axis is outside "
+                                   "its deadzone (spacemouse style; with or without a deadman)")
+    success_button: int | None = Field(None, ge=0, description="press: this episode succeeded")
+    failure_button: int | None = Field(None, ge=0, description="press: give up on this episode "
+                                       "(it ends, the robot resets)")
+    estop_button: int | None = Field(None, ge=0, description="press: e-stop (latched by the "
+                                     "actor until ~/clear_estop)")
+
+    def problems(self) -> list[str]:
+        """What makes this profile unusable, as 'key: why' lines (empty when usable)."""
+        out = []
+        if not self.axes or all(a is None for a in self.axes):
+            out.append("axes: no axis mapped")
+        if self.deadman_button is None and not self.engage_on_motion:
+            out.append("deadman_button: none, and engage_on_motion is false: nothing engages")
+        seen: dict[int, str] = {}
+        for key in ("deadman_button", "success_button", "failure_button", "estop_button"):
+            index = getattr(self, key)
+            if index in seen:
+                out.append(f"{key}: button {index} is also {seen[index]}")
+            elif index is not None:
+                seen[index] = key
+        return out
+
+
+# Shipped profiles, selected by `teleop.device`. Joy axes of ROS drivers read +1 at left / up.
+JOY_PROFILES: dict[str, dict] = {
+    # Xbox-style pad through the `joy` driver (joy_node): left stick up/down and left/right,
+    # right stick up/down and left/right, d-pad up/down and left/right. Hold LB to drive;
+    # A = success, B = failure (reset), X = e-stop.
+    "gamepad": {"axes": [{"axis": a} for a in (1, 0, 4, 3, 7, 6)], "deadman_button": 4,
+                "success_button": 0, "failure_button": 1, "estop_button": 2},
+    # 3Dconnexion SpaceMouse through `spacenav` (its joy topic: x y z roll pitch yaw, then two
+    # buttons). Moving the cap engages; left button = success, right = failure (reset).
+    "spacemouse": {"axes": [{"axis": a, "deadzone": 0.1} for a in range(6)],
+                   "engage_on_motion": True, "success_button": 0, "failure_button": 1},
+    # The terminal keyboard (`keyboard_teleop`, o2o_robot.teleop.keyboard publishes this layout):
+    # button 0 is the space-bar toggle, keys give exact deflections (no deadzone).
+    "keyboard": {"axes": [{"axis": a, "deadzone": 0.0} for a in range(6)], "deadman_button": 0,
+                 "success_button": 1, "failure_button": 2, "estop_button": 3},
+}
+
+
 class TeleopConfig(Model):
+    """Teleoperation: a Joy device (gamepad, spacemouse), the terminal keyboard, or the sim
+    task's scripted expert; for demonstrations and for interventions during fine-tuning."""
+
     device: Literal["gamepad", "spacemouse", "keyboard", "scripted"] = "scripted"
     expert_noise: float = Field(0.1, ge=0, description="scripted expert: Gaussian action noise")
+    joy: JoyProfile | None = Field(None, description="overrides of the device's shipped profile")
+    joy_topic: str = Field("joy", description="sensor_msgs/Joy input of teleop_node")
+    rate_hz: float = Field(20.0, gt=0, le=1000, description="teleop/action publish rate (also "
+                           "the keyboard's Joy rate)")
+    joy_timeout_ms: float = Field(500.0, gt=0, description="no Joy message for this long: teleop "
+                                  "goes silent (an engaged actor then holds)")
+    record_failures: bool = Field(True, description="demo collection: keep episodes that end "
+                                  "without success (labelled as failures)")
+    intervene_every: int = Field(0, ge=0, description="scripted operator in `o2o-robot finetune`: "
+                                 "take over episodes 0, k, 2k, ... (0 = never)")
+    intervene_steps: int | None = Field(None, ge=1, description="... for their first N steps "
+                                        "(null = the whole episode)")
+
+    def joy_profile(self, device: str | None = None) -> JoyProfile:
+        """The shipped profile of `device` (default: `self.device`) with `joy`'s overrides."""
+        data = dict(JOY_PROFILES.get(device or self.device, {}))
+        if self.joy is not None:
+            data.update(self.joy.model_dump(include=self.joy.model_fields_set))
+        return JoyProfile.model_validate(data)
+
+    @model_validator(mode="after")
+    def _usable(self) -> "TeleopConfig":
+        if self.device in JOY_PROFILES:
+            problems = self.joy_profile().problems()
+            if problems:
+                raise ValueError("; ".join(f"joy.{p}" for p in problems))
+        if self.intervene_every and self.device != "scripted":
+            raise ValueError(f"intervene_every: only the scripted operator intervenes on a "
+                             f"schedule (device is {self.device!r})")
+        return self
 
 
 class TrainConfig(Model):

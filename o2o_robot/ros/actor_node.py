@@ -15,8 +15,14 @@ config, DESIGN.md "ROS 2 interface"):
        done topic (Bool, True = terminal state; `qos.done_topic`: the sim bridge's signal)
   out  `robot.action.topic` (Float64MultiArray, data = action, no layout), every tick
        `~/status` (String, JSON, 1 Hz, latched)
+       `~/episode` (String, JSON) one event per episode start ({"event": "start", "episode": i})
+                                             and end (the episode's summary, "event": "end")
   srv  `~/clear_estop`, `~/rollback_policy` (Trigger); client of `reset` (Trigger)
-  params  config (read-only), policy_path, learning_enabled, deterministic
+  params  config (read-only), mode (read-only), policy_path, learning_enabled, deterministic
+
+Modes: "finetune" (the policy acts, an engaged operator intervenes: rows are online /
+intervention, handed to the learner) and "collect" (demonstrations: no policy, only the engaged
+operator acts, rows are demo, handed to a `DemoRecorder` that writes whole episodes to the store).
 
 Threads: every callback that touches the ControlCore is in one mutually exclusive group, so the
 core sees one caller at a time. Parameter sets (policy validation, ~100 ms) run in the default
@@ -29,6 +35,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Protocol
 
 import numpy as np
@@ -50,6 +57,8 @@ from o2o_robot.ros import convert, qos
 from o2o_robot.ros.spin import spin_node
 
 NODE_NAME = "o2o_actor"
+MODES = ("finetune", "collect")
+EPISODE_TOPIC = "~/episode"
 DEFAULT_CONFIG = "sim_reach.yaml"
 LATENCY_BUDGET_SHARE = 0.5    # a policy may use at most half a control period (p99)
 POLL_PERIOD_S = 0.25          # learner.poll_policy() cadence
@@ -154,6 +163,12 @@ class ActorNode(Node):
             "hand transitions to the learner and take the policies it exports"))
         self.declare_parameter("deterministic", False, text(
             "act with zero exploration noise (evaluation)"))
+        self.declare_parameter("mode", "finetune", text(
+            "finetune: the policy acts, the operator may intervene; collect: record "
+            "demonstrations (teleop only, no policy)", read_only=True))
+        self.mode = self.get_parameter("mode").value
+        if self.mode not in MODES:
+            raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
         if config is None:
             config = load_config(resolve_config_path(self.get_parameter("config").value))
         self.cfg = cfg = config
@@ -164,12 +179,16 @@ class ActorNode(Node):
                                latency_budget_s=budget)
         self.swaps = {"accepted": 0, "rejected": 0, "last_rejection": ""}
         start_policy = self.get_parameter("policy_path").value
+        if start_policy and self.mode == "collect":
+            raise ValueError("policy_path: must be empty in mode 'collect' (demonstrations come "
+                             "from the operator only)")
         if start_policy:
             self._record_swap(self.slot.propose(start_policy), "policy_path")
             if self.slot.current is None:
                 raise PolicyRejected(self.swaps["last_rejection"])
         self.core = ControlCore(robot, control, cfg.safety, None,
                                 teleop_timeout_ms=control.teleop_timeout_ms,
+                                teleop_source="demo" if self.mode == "collect" else "intervention",
                                 intervention_window=control.intervention_window,
                                 terminate_on_success=control.terminate_on_success,
                                 failure_is_terminal=control.failure_is_terminal)
@@ -226,6 +245,7 @@ class ActorNode(Node):
         self._action_msg = Float64MultiArray()
         self._action_pub = self.create_publisher(Float64MultiArray, cfg.robot.action.topic, qos.STREAM)
         self._status_pub = self.create_publisher(String, qos.STATUS_TOPIC, qos.STATUS)
+        self._episode_pub = self.create_publisher(String, EPISODE_TOPIC, qos.STREAM)
         self._reset_client = self.create_client(Trigger, qos.RESET_SERVICE, callback_group=group)
         self.create_service(Trigger, qos.CLEAR_ESTOP_SERVICE, self._on_clear_estop,
                             callback_group=group)
@@ -310,6 +330,9 @@ class ActorNode(Node):
         for param in params:
             if param.name != "policy_path":
                 continue
+            if self.mode == "collect":
+                return SetParametersResult(successful=False, reason=(
+                    "policy_path: no policy runs in mode 'collect'"))
             if not param.value:
                 return SetParametersResult(successful=False, reason=(
                     "policy_path: empty; call ~/rollback_policy to return to the previous policy"))
@@ -354,6 +377,11 @@ class ActorNode(Node):
             if result.episode_done:   # the learner records the episode's outcome in the store
                 row = {**row, "episode_success": self.core.episode.history[-1].success}
             self._submit(row)
+        elif result.episode_done and self._learning and hasattr(self.learner, "end_episode"):
+            self.learner.end_episode(self.core.episode.history[-1].success)  # its last row was dropped
+        if result.episode_done:
+            summary = self.core.episode.history[-1]
+            self._publish_episode({"event": "end", "episode": summary.index, **asdict(summary)})
         if result.needs_reset:
             self._advance_reset(now)
         else:
@@ -379,6 +407,7 @@ class ActorNode(Node):
             ages = self.core.observations.ages_ms(now).values()
             if max(ages) < (now - st["ok"]) * 1e3:
                 self.core.episode_reset_done()
+                self._publish_episode({"event": "start", "episode": self.core.episode.index})
                 self.reset_counts["done"] += 1
                 self._reset = None
             return
@@ -413,6 +442,7 @@ class ActorNode(Node):
             self.get_logger().warning("no 'reset' service: the next episode starts from the current "
                                    "state", throttle_duration_sec=60.0)
             self.core.episode_reset_done()
+            self._publish_episode({"event": "start", "episode": self.core.episode.index})
             self.reset_counts["skipped_no_service"] += 1
             self._reset = None
 
@@ -452,7 +482,7 @@ class ActorNode(Node):
                       "signal": core["safety"]["estop_signal"]},
             "malformed": dict(self.malformed), "malformed_reasons": dict(self.malformed_reasons),
             "safety": core["safety"]["counts"],
-            "learning_enabled": self._learning,
+            "learning_enabled": self._learning, "mode": self.mode,
             "learner": {**self.learner_counts, "stats": learner},
             "reset": dict(self.reset_counts),
             "core": core,
@@ -460,6 +490,9 @@ class ActorNode(Node):
 
     def _publish_status(self) -> None:
         self._status_pub.publish(convert.status_to_msg(self.status()))
+
+    def _publish_episode(self, event: dict) -> None:
+        self._episode_pub.publish(convert.status_to_msg(event))
 
     def destroy_node(self) -> None:
         if self._proposer is not None:
@@ -472,7 +505,8 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
 
     `learner_factory(cfg)` builds the learner for the loaded config; by default, when the
     `learning_enabled` parameter is true, a `LearnerClient` writing to `train.run_dir` (store
-    at `store.path`). Returns the process exit status."""
+    at `store.path`), or in mode "collect" a `DemoRecorder` on `store.path` that logs a line
+    per episode. Returns the process exit status."""
     rclpy.init(args=args)
     try:
         node = ActorNode()
@@ -480,12 +514,26 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
         get_logger(NODE_NAME).fatal(str(exc))
         rclpy.try_shutdown()
         return 1
-    if learner_factory is None and node._learning:  # `ros2 run` / launch: the configured learner
+    if learner_factory is None and node._learning and node.mode == "collect":
+        from o2o_robot.teleop.recorder import DemoRecorder, episode_line
+
+        log = node.get_logger()
+        learner_factory = lambda cfg: DemoRecorder.for_config(  # noqa: E731
+            cfg, on_episode=lambda info: log.info(episode_line(info)))
+    elif learner_factory is None and node._learning:  # `ros2 run` / launch: the configured learner
         from o2o_robot.learner import LearnerClient
 
         learner_factory = lambda cfg: LearnerClient(cfg, cfg.train.run_dir)  # noqa: E731
     if learner_factory is not None:
-        node.attach_learner(learner_factory(node.cfg))
+        from o2o_robot.data.store import StoreError
+
+        try:
+            node.attach_learner(learner_factory(node.cfg))
+        except (StoreError, OSError) as exc:   # the recorder's store: locked, other dims, ...
+            get_logger(NODE_NAME).fatal(f"{node.cfg.store.path}: {exc}")
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 1
     # The price of the single-threaded executor (see spin_node): validating a `policy_path`
     # set (tens of ms) delays the ticks while it runs.
     try:

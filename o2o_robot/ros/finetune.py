@@ -19,6 +19,13 @@ progress line about once a second and logs to the run directory:
                                  the ROS-free `o2o-robot train`
   store.zarr, checkpoints/, policies/   written by the learner (see o2o_robot/learner.py)
 
+Interventions: with `teleop.intervene_every: k` (device "scripted") a scripted operator
+(`ScriptedTeleopNode` in mode "intervene") takes over episodes 0, k, 2k, ... (their first
+`teleop.intervene_steps` steps, or all): its rows are stored as source "intervention" and
+sampled on the demo side. A person intervenes the same way through `teleop_node` (Joy) on the
+same ROS domain. The actor's intervention rate (its `~/status`, over the last
+`control.intervention_window` acting ticks) is in the progress line and the "status" records.
+
 Modes. Real time (`sim.lockstep: false`, the default): the sim steps at `sim.sim_rate_hz` and the
 actor ticks at `control.control_rate_hz`, as on hardware; the learner gets the UTD it can
 (reported as achieved UTD). Lock-step (`sim.lockstep: true`, for tests and quick experiments):
@@ -57,6 +64,7 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.parameter import Parameter
 
 from o2o_robot.config import ConfigError, O2OConfig, load_config, resolve_config_path
 from o2o_robot.control.rewards import TopicReward
@@ -243,6 +251,7 @@ class _Session:
         values = {"rate_hz": status.get("rate_hz"), "jitter_p50_ms": jitter.get("p50"),
                   "jitter_p99_ms": jitter.get("p99"), "jitter_max_ms": jitter.get("max"),
                   "policy_version": status.get("policy", {}).get("version"),
+                  "intervention_rate": status.get("intervention_rate"),
                   **{k: learner.get(k) for k in ("achieved_utd", "updates", "queue_dropped",
                                                   "pending_updates", "critic_updates_per_s")}}
         self.logger.log("status", env_step, {k: v for k, v in values.items() if v is not None})
@@ -262,7 +271,8 @@ class _Session:
         print(f"[finetune] step {env_step}/{self.cfg.train.total_env_steps}  ep {self.episodes}  "
               f"success {fmt(self.success_rate, '.2f')} (last {len(self.recent)})  eval "
               f"{fmt(ev.get('success_rate'), '.2f')}  return {fmt(self.last_return, '.2f')}  "
-              f"policy v{fmt(values['policy_version'], 'd')}  utd "
+              f"policy v{fmt(values['policy_version'], 'd')}  interv "
+              f"{fmt(values['intervention_rate'], '.2f')}  utd "
               f"{fmt(learner.get('achieved_utd'), '.1f')}/{self.cfg.learner.utd_ratio}  {timing}  "
               f"learner {learner.get('state', '?')}  {time.monotonic() - self.started:.0f} s",
               flush=True)
@@ -314,6 +324,12 @@ def run_finetune(cfg: O2OConfig, *, progress: bool = True, max_wall_s: float | N
         sim = SimBridgeNode(cfg, context=context, namespace=namespace)
         spinning.append((SingleThreadedExecutor(context=context), [sim], None))
         actor = FinetuneActor(cfg, learner=learner, context=context, namespace=namespace)
+        if cfg.teleop.intervene_every:   # the scripted operator steps with the sim
+            from o2o_robot.ros.scripted_teleop_node import ScriptedTeleopNode
+
+            spinning[0][1].append(ScriptedTeleopNode(
+                cfg, context=context, namespace=namespace,
+                parameter_overrides=[Parameter("mode", value="intervene")]))
         if cfg.sim.lockstep:
             spinning[0][1].append(actor)
         else:
@@ -340,6 +356,8 @@ def run_finetune(cfg: O2OConfig, *, progress: bool = True, max_wall_s: float | N
             "success_rate_last_n": session.success_rate, "last_n": len(session.recent),
             "last_eval": session.last_eval, "solved_at": session.solved_at,
             "policy_version": actor.slot.version, "achieved_utd": final.get("achieved_utd"),
+            "interventions": actor.core.counts["intervention"],
+            "intervention_rate": actor.core.intervention_rate,
             "updates": final.get("updates"), "learner_state": final.get("state"),
             "learner_error": final.get("error", ""), "queue_dropped": final.get("queue_dropped"),
             "lockstep": cfg.sim.lockstep, "demos": demos, "run_dir": str(run_dir),

@@ -1,0 +1,193 @@
+"""DemoRecorder: the actor's rows in collect mode -> the store as demo episodes, off the tick.
+
+It stands where the learner stands in fine-tuning (the actor node's `Learner` interface:
+`submit` never blocks, a full queue drops the row and counts it; `poll_policy` never has a
+policy), and a writer thread owns the store (its single writer).
+
+Why a thread and not the learner's worker process: collection has no learning to isolate. The
+writer does a store commit per episode (a few ms of mostly I/O, during the reset that follows
+the episode), needs no torch, and starts at once; the learner's process would import torch,
+build an agent and export a policy that collect mode must not run.
+
+Episodes are written whole. Rows are kept in memory until the row that ends the episode
+(terminated or truncated, carrying the operator's `episode_success` label) arrives; then the
+episode is appended as one validated block, closed with its label and committed (durable when
+`on_episode` reports it). So the store never holds half a demonstration: an episode still open
+when the recorder closes is discarded (counted), an episode without success is dropped when
+`keep_failures` is False, and episodes beyond `max_episodes` are dropped.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from o2o_robot.config import O2OConfig
+from o2o_robot.data.schema import FIELDS, SOURCE_CODE
+
+_END = "__end_episode__"     # queue marker: the episode ended on a row that was not recorded
+
+
+class DemoRecorder:
+    """Rows in (any thread), demo episodes out (its writer thread). See the module docstring.
+
+    `on_episode(info)` is called from the writer thread after each finished episode with
+    {episode, steps, return, success, terminated, stored, why, stored_episodes}."""
+
+    def __init__(self, store_path: str | Path, obs_dim: int, act_dim: int, *,
+                 flush_every: int = 1000, spec: dict | None = None, keep_failures: bool = True,
+                 max_episodes: int | None = None, queue_size: int = 10000,
+                 on_episode: Callable[[dict], None] | None = None):
+        from o2o_robot.data.store import TransitionStore
+
+        if max_episodes is not None and max_episodes < 1:
+            raise ValueError(f"max_episodes: must be >= 1 or None, got {max_episodes}")
+        # Opened here, not in the thread: a bad or locked store fails the caller at once.
+        self.store = TransitionStore.open_or_create(store_path, obs_dim, act_dim,
+                                                    flush_every=flush_every, spec=spec)
+        self.path = str(store_path)
+        self.keep_failures, self.max_episodes = keep_failures, max_episodes
+        self.on_episode = on_episode
+        self.counts = dict.fromkeys(
+            ["rows", "episodes", "stored_episodes", "stored_rows", "successes", "dropped_failures",
+             "dropped_over_limit", "discarded_partial", "rejected_episodes", "queue_dropped"], 0)
+        self.state, self.error, self.last_problem = "running", "", ""
+        self._rows: list[dict] = []
+        self._inbox: queue.Queue = queue.Queue(queue_size)
+        self._stop = threading.Event()
+        self._mu = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="demo-recorder", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_config(cls, cfg: O2OConfig, **kwargs) -> "DemoRecorder":
+        """A recorder on `cfg.store` for `cfg.robot`, keeping failures per `teleop.record_failures`."""
+        kwargs.setdefault("keep_failures", cfg.teleop.record_failures)
+        return cls(cfg.store.path, cfg.robot.obs_dim, cfg.robot.act_dim,
+                   flush_every=cfg.store.flush_every, **kwargs)
+
+    # --------------------------------------------------------------------- actor side
+    def submit(self, transition: dict) -> bool:
+        """Queue one row without blocking; False (counted) when the queue is full."""
+        try:
+            self._inbox.put_nowait(transition)
+        except queue.Full:
+            with self._mu:
+                self.counts["queue_dropped"] += 1
+            return False
+        return True
+
+    def end_episode(self, success: bool | None = None) -> None:
+        """The episode ended on a row the actor could not record (e.g. no reward for it)."""
+        self.submit({_END: True, "episode_success": success})
+
+    def poll_policy(self) -> None:
+        """Collect mode runs no policy."""
+        return None
+
+    def stats(self) -> dict:
+        with self._mu:
+            return {"state": self.state, "store": self.path, **self.counts,
+                    "open_episode_rows": len(self._rows), "last_problem": self.last_problem,
+                    **({"error": self.error} if self.error else {})}
+
+    def close(self, timeout_s: float = 60.0) -> dict:
+        """Write what is queued, discard an unfinished episode, commit and close the store."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return self.stats()
+
+    # -------------------------------------------------------------------- writer side
+    def _run(self) -> None:
+        try:
+            while not (self._stop.is_set() and self._inbox.empty()):
+                try:
+                    row = self._inbox.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                self._take(row)
+            with self._mu:
+                self.counts["discarded_partial"] += bool(self._rows)
+                self._rows = []
+                self.state = "stopped"
+        except Exception:   # reported through stats(); the actor keeps running meanwhile
+            with self._mu:
+                self.state, self.error = "crashed", traceback.format_exc(limit=6)
+        finally:
+            self.store.close()   # commits what was written; releases the lock
+
+    def _take(self, row: dict) -> None:
+        if row.get(_END):
+            if self._rows:
+                self._finish(row.get("episode_success"), terminated=False)
+            return
+        success = row.pop("episode_success", None)
+        with self._mu:
+            self._rows.append(row)
+            self.counts["rows"] += 1
+        if row.get("terminated") or row.get("truncated"):
+            self._finish(success, terminated=bool(row.get("terminated")))
+
+    def _finish(self, success: bool | None, terminated: bool) -> None:
+        with self._mu:
+            rows, self._rows = self._rows, []
+            self.counts["episodes"] += 1
+            index = self.counts["episodes"] - 1
+        ret = float(sum(float(r.get("reward", 0.0)) for r in rows))
+        stored, why = False, ""
+        if not success and not self.keep_failures:
+            why, key = "no success (teleop.record_failures is false)", "dropped_failures"
+        elif self.max_episodes is not None and self.counts["stored_episodes"] >= self.max_episodes:
+            why, key = f"{self.max_episodes} episodes already recorded", "dropped_over_limit"
+        else:
+            why, key = self._write(rows, success), "rejected_episodes"
+            stored = not why
+        with self._mu:
+            if stored:
+                self.counts["stored_episodes"] += 1
+                self.counts["stored_rows"] += len(rows)
+                self.counts["successes"] += bool(success)
+            else:
+                self.counts[key] += 1
+        if self.on_episode is not None:
+            self.on_episode({"episode": index, "steps": len(rows), "return": ret,
+                             "success": bool(success), "terminated": terminated,
+                             "stored": stored, "why": why,
+                             "stored_episodes": self.counts["stored_episodes"]})
+
+    def _write(self, rows: list[dict], success: bool | None) -> str:
+        """Append one episode as demo rows and commit it; '' on success, else why not."""
+        from o2o_robot.data.store import StoreValueError
+
+        try:
+            block = {f: np.stack([np.asarray(r[f]) for r in rows]) for f in FIELDS}
+        except (KeyError, ValueError) as exc:
+            problem = f"malformed row ({type(exc).__name__}: {exc})"
+        else:
+            try:
+                if np.any(block["source"] != SOURCE_CODE["demo"]):   # a policy acted: no demo
+                    raise StoreValueError("source: rows not from the operator (collect mode "
+                                          "records demos only)")
+                self.store.append_rows(block)
+            except StoreValueError as exc:
+                problem = f"refused: {exc}"
+            else:
+                self.store.end_episode(success=None if success is None else bool(success))
+                self.store.flush()
+                return ""
+        with self._mu:
+            self.last_problem = problem
+        return problem
+
+
+def episode_line(info: dict) -> str:
+    """One `on_episode` report as the per-episode summary line the operator reads."""
+    label = "success" if info["success"] else "failure"
+    fate = (f"recorded ({info['stored_episodes']} so far)" if info["stored"]
+            else f"NOT recorded: {info['why']}")
+    return (f"demo episode {info['episode']}: {info['steps']} steps, {label}, return "
+            f"{info['return']:.2f}, {fate}")
