@@ -58,18 +58,24 @@ def as_reward(value) -> float:
 def load_reward_function(path: str, obs_dim: int, act_dim: int) -> RewardFn:
     """Import `package.module:function`, check it is callable and probe it with zero inputs.
 
-    Raises RewardFunctionError naming `path` and the problem: bad format, import failure,
-    missing attribute, not callable, or a probe call that raises or returns a non-number/non-finite.
+    Raises RewardFunctionError naming `control.reward.function`, `path` and the problem: bad
+    format, import failure, missing attribute, not callable, or a probe call that raises or
+    returns a non-number/non-finite.
     """
-    where = f"reward.function {path!r}"
+    where = f"control.reward.function {path!r}"
     module_name, sep, attr = str(path).partition(":")
     if not sep or not module_name or not attr:
         raise RewardFunctionError(f"{where}: expected 'package.module:function'")
     try:
         fn = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure (syntax, missing dependency) is a config error
+        # The module itself not found (not one it imports): say where Python looks for it.
+        missing = getattr(exc, "name", None) or ""
+        hint = (" (install it, or add its folder to PYTHONPATH)"
+                if isinstance(exc, ModuleNotFoundError) and missing
+                and (module_name + ".").startswith(missing + ".") else "")
         raise RewardFunctionError(f"{where}: cannot import module {module_name!r}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                                  f"{type(exc).__name__}: {exc}{hint}") from exc
     for part in attr.split("."):   # "Class.method" style attributes resolve too
         if not hasattr(fn, part):
             raise RewardFunctionError(f"{where}: module {module_name!r} has no attribute {attr!r}")
