@@ -56,17 +56,21 @@ setup(
                 "ros-jazzy-sensor-msgs==5.3.6", "ros-jazzy-geometry-msgs==5.3.6",
                 "ros-jazzy-std-srvs==5.3.6"],
         "dev": ["pytest>=8", "cyclonedds==11.0.1"],
+        # `o2o-robot data import {minari,rosbag,hdf5}` and `data export --minari`.
+        "import": ["minari>=0.5", "h5py>=3.10", "rosbags>=0.10"],
     },
     zip_safe=True,
     maintainer="o2o_robot developers",
     description="Offline-to-online RL on real robots through ROS 2",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "o2o-robot = o2o_robot.cli:main",
             "actor_node = o2o_robot.ros.actor_node:main",
             "sim_bridge = o2o_robot.ros.sim_bridge_node:main",
+            "teleop_node = o2o_robot.ros.teleop_node:main",
+            "keyboard_teleop = o2o_robot.ros.keyboard_teleop:main",
+            "scripted_teleop = o2o_robot.ros.scripted_teleop_node:main",
         ],
     },
 )

@@ -28,17 +28,32 @@ def _print_json(obj) -> None:
 
 
 # ------------------------------------------------------------------------------------ config
+def _check_reward_function(cfg, label) -> None:
+    """Import and probe `control.reward.function` as the actor node does at start."""
+    reward = cfg.control.reward
+    if reward.source != "function":
+        return
+    from o2o_robot.control.rewards import RewardFunctionError, load_reward_function
+
+    try:
+        load_reward_function(reward.function, cfg.robot.obs_dim, cfg.robot.act_dim)
+    except RewardFunctionError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+
+
 def cmd_config_validate(args) -> int:
-    cfg = load_config(args.file)
-    print(f"{args.file}: ok (obs_dim {cfg.robot.obs_dim}, act_dim {cfg.robot.act_dim}, "
-          f"algorithm {cfg.algorithm.name})")
+    path = resolve_config_path(args.file)   # a file name also finds the packaged configs
+    cfg = load_config(path)
+    _check_reward_function(cfg, path)
+    print(f"{path}: ok (obs_dim {cfg.robot.obs_dim}, act_dim {cfg.robot.act_dim}, "
+          f"algorithm {cfg.algorithm.name}, reward {cfg.control.reward.source})")
     return 0
 
 
 def cmd_config_show(args) -> int:
     import yaml
 
-    cfg = load_config(args.file)
+    cfg = load_config(resolve_config_path(args.file))
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
     return 0
 
@@ -115,6 +130,12 @@ def cmd_demos_generate(args) -> int:
     return 0
 
 
+def cmd_demos_collect(args) -> int:
+    from o2o_robot.ros.collect import cmd_demos_collect as run  # rclpy: only for this command
+
+    return run(args)
+
+
 # ------------------------------------------------------------------------------ train, policy
 def cmd_train(args) -> int:
     from o2o_robot.train import train
@@ -126,6 +147,21 @@ def cmd_train(args) -> int:
         cfg.train.total_env_steps = args.steps
     result = train(cfg, resume=args.resume)
     _print_json(result)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from o2o_robot.pretrain import PretrainError, apply_overrides, run_pretrain
+
+    cfg = apply_overrides(_config(args.config), args.run_dir)
+    try:
+        summary = run_pretrain(cfg, steps=args.steps)
+    except PretrainError as exc:
+        raise CliError(str(exc)) from None
+    _print_json(summary)
+    print(f"next: o2o-robot train --config {args.config or DEFAULT_CONFIG} --resume"
+          + (f" --run-dir {args.run_dir}" if args.run_dir else "")
+          + " (or o2o-robot finetune with the same run dir)", file=sys.stderr)
     return 0
 
 
@@ -173,13 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="validate or show a config file").add_subparsers(
         dest="action", required=True)
-    for name, fn, text in (("validate", cmd_config_validate, "exit 0 when valid, else 2"),
+    for name, fn, text in (("validate", cmd_config_validate, "exit 0 when valid (a reward "
+                            "function is imported and probed), else 2"),
                            ("show", cmd_config_show, "print the resolved config")):
         q = cfg.add_parser(name, help=text)
         q.add_argument("file")
         q.set_defaults(fn=fn)
 
-    data = sub.add_parser("data", help="inspect a transition store").add_subparsers(
+    data = sub.add_parser("data", help="inspect, import into, export a transition store").add_subparsers(
         dest="action", required=True)
     q = data.add_parser("info", help="transitions/episodes per source, spec, returns")
     q.add_argument("store")
@@ -188,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = data.add_parser("validate", help="exit 0 when consistent, else 1")
     q.add_argument("store")
     q.set_defaults(fn=cmd_data_validate)
+    from o2o_robot.data.importers.cli import add_data_commands  # import, export (argparse only)
+
+    add_data_commands(data)
 
     demos = sub.add_parser("demos", help="demonstrations").add_subparsers(dest="action",
                                                                          required=True)
@@ -199,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--config", default=None)
     q.set_defaults(fn=cmd_demos_generate)
+    q = demos.add_parser("collect", help="record teleoperated demos (gamepad, spacemouse, "
+                         "keyboard or the scripted expert) into the store, in sim or on a robot")
+    q.add_argument("--config", default=None,
+                   help=f"config file (default: the packaged {DEFAULT_CONFIG})")
+    q.add_argument("--teleop", choices=("joy", "keyboard", "scripted"), default=None,
+                   help="teleop source (default: from teleop.device); joy = a Joy driver "
+                   "started elsewhere, with the teleop.device profile (gamepad if not a Joy device)")
+    q.add_argument("--episodes", type=int, default=None,
+                   help="stop after this many recorded episodes (default: until Ctrl-C)")
+    q.add_argument("--store", default=None, help="override store.path")
+    q.add_argument("--no-sim", action="store_true",
+                   help="do not start the sim bridge: record from the robot's topics")
+    q.set_defaults(fn=cmd_demos_collect)
 
     q = sub.add_parser("finetune", help="sim bridge + actor + learner: fine-tune in simulation")
     q.add_argument("--config", default=None,
@@ -216,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=None, help="override train.total_env_steps")
     q.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
     q.set_defaults(fn=cmd_train)
+
+    q = sub.add_parser("pretrain", help="offline pre-training on the store's demonstrations "
+                       "(OEMA's TD3+BC) -> run_dir/checkpoints/latest.pt")
+    q.add_argument("--config", default=None)
+    q.add_argument("--run-dir", default=None)
+    q.add_argument("--steps", type=int, default=None, help="override algorithm.pretrain_steps")
+    q.set_defaults(fn=cmd_pretrain)
 
     q = sub.add_parser("export", help="checkpoint -> validated ONNX policy")
     q.add_argument("checkpoint")
