@@ -46,6 +46,7 @@ from o2o_robot.config import O2OConfig
 REPORT_PERIOD_S = 1.0
 STEP_SOURCES = (1, 2)            # schema codes of "online" and "intervention": env steps
 ENV_STEPS, UPDATES, VERSION, SEEN_STEPS = range(4)   # slots of the shared counters
+END_EPISODE = "end_episode"      # key of the marker row that closes an episode without a row
 
 AgentFactory = Callable[[O2OConfig, int, int, str], object]
 
@@ -76,6 +77,10 @@ class LearnerClient:
             self._stop = ctx.Event()
             worker = ctx.Process
         else:
+            # torch imported here, before the worker thread imports it too: two threads importing
+            # torch at once (the worker, and e.g. TensorBoard in the caller) can see it half-built.
+            import torch  # noqa: F401
+
             self._in, self._policies, self._stats = (queue.Queue(cfg.learner.queue_size),
                                                      queue.Queue(), queue.Queue())
             self._stop = threading.Event()
@@ -96,6 +101,11 @@ class LearnerClient:
         self.submitted += 1
         self.submitted_steps += is_env_step(transition)
         return True
+
+    def end_episode(self, success: bool | None = None) -> bool:
+        """The episode ended on a row the actor could not record (e.g. no reward for it): the
+        worker closes the store episode, so the next episode's rows never merge into it."""
+        return self.submit({END_EPISODE: True, "episode_success": success})
 
     def poll_policy(self) -> bytes | None:
         """The newest exported policy since the last call, else None (older ones are skipped)."""
@@ -289,6 +299,11 @@ class _Worker:
             n += 1
             self.seen_steps += is_env_step(row)
             success = row.pop("episode_success", None)
+            if row.get(END_EPISODE):
+                if self.open_rows:
+                    self.store.end_episode(success=success)
+                    self.open_rows = 0
+                continue
             try:
                 self.store.append(**row)
             except (StoreValueError, TypeError) as exc:   # a bad row is dropped, not fatal

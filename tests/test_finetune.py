@@ -123,6 +123,28 @@ def test_learner_stores_rows_trains_at_the_utd_and_exports_increasing_versions(t
     assert [e["success"] for e in online] == [False, True, False]
 
 
+def test_an_episode_whose_last_row_was_dropped_is_closed_by_the_end_marker(tmp_path):
+    """The actor could not record an episode's last row (e.g. no reward): `end_episode` closes
+    the store episode, so the next episode's rows start a new one instead of merging into it."""
+    cfg = tiny_config(tmp_path, learner={"warmup_steps": 1000})
+    rows = online_rows(20, episode_len=10)
+    first = [{**r, "truncated": False} for r in rows[:9]]      # episode 1 without its last row
+    client = LearnerClient(cfg, tmp_path, mode="thread")
+    try:
+        for row in first:
+            assert client.submit(row)
+        assert client.end_episode(success=True)
+        assert client.end_episode(success=False)                # nothing open: ignored
+        for row in rows[10:]:
+            assert client.submit(row)
+        wait_for(lambda: client.progress()["env_steps"] == 19, 30.0, "19 rows stored")
+    finally:
+        client.close()
+    with TransitionStore.open(cfg.store.path) as store:
+        online = [e for e in store.episodes() if e["source"] == "online"]
+    assert [(e["length"], e["success"]) for e in online] == [(9, True), (10, True)]
+
+
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_a_learner_crash_is_reported_and_the_client_keeps_working(tmp_path, mode):
     cfg = tiny_config(tmp_path, learner={"export_every_updates": 1, "queue_size": 50})

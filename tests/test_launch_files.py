@@ -99,7 +99,8 @@ def check_launch_file(path: Path, scripts: dict[str, str], root: Path = ROOT) ->
 
 
 def test_launch_files_exist():
-    assert {p.name for p in LAUNCH_FILES} >= {"finetune.launch.py", "sim.launch.py"}
+    assert {p.name for p in LAUNCH_FILES} >= {"finetune.launch.py", "sim.launch.py",
+                                                "collect_demos.launch.py"}
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)

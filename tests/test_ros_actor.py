@@ -256,6 +256,7 @@ def test_learner_gets_transitions_and_its_policy_is_swapped_in(g):
     assert row["action"].shape == (3,) and row["source"] == 1 and not row["terminated"]
     np.testing.assert_allclose(row["next_obs"], OBS)
     assert any(a["next_obs"] is b["obs"] for a, b in zip(rows, rows[1:]))   # rows chain
+    assert abs(row["timestamp"] - time.time()) < 60.0      # seconds since the epoch (the schema)
     g.learner.next_policy = g.p3.data
     wait_for(lambda: _acting(g, g.p3.ref), 10.0, "the learner's policy in action")
     st = _status_after(g, time.monotonic())

@@ -75,6 +75,7 @@ class Learner(Protocol):
                                                            # an episode's last row also has
                                                            # `episode_success` (bool)
     def poll_policy(self) -> bytes | None: ...             # a new ONNX policy, or None
+    # Optional: end_episode(success) -> bool closes a store episode whose last row was dropped.
     def stats(self) -> dict: ...                           # achieved UTD, store sizes, ...
 
 
@@ -204,6 +205,7 @@ class ActorNode(Node):
         self._reset: dict | None = None          # bookkeeping of the reset in progress
         self._reset_seen = False
         self._timing = TickTiming(period)
+        self._epoch_offset_s = time.time() - time.monotonic()
         self._proposer: _Proposer | None = None
         self._control = MutuallyExclusiveCallbackGroup()
         self._make_interfaces(period)
@@ -373,7 +375,10 @@ class ActorNode(Node):
         result = self.core.tick(now)
         self._action_pub.publish(convert.array_to_msg(result.action, self._action_msg))
         if result.transition is not None and self._learning and self.learner is not None:
-            row = result.transition
+            # Rows carry wall-clock seconds since the epoch (the store schema); ticks run on
+            # the monotonic clock.
+            row = {**result.transition,
+                   "timestamp": result.transition["timestamp"] + self._epoch_offset_s}
             if result.episode_done:   # the learner records the episode's outcome in the store
                 row = {**row, "episode_success": self.core.episode.history[-1].success}
             self._submit(row)
