@@ -5,15 +5,23 @@ use_sim:=true.
     ros2 launch o2o_robot finetune.launch.py use_sim:=true namespace:=arm1
 
 Arguments: config (a path, or a file name in the package's config/ folder), use_sim, namespace,
-policy_path (an ONNX policy to start from; empty = hold until one arrives), learning_enabled.
+policy_path (an ONNX policy to start from; empty = hold until one arrives), learning_enabled,
+teleop (none | joy | keyboard: a teleop mapper for interventions; while its deadman is held the
+operator's action replaces the policy's and rows are stored as source=intervention) and device
+(the Joy profile for teleop:=joy; empty = the config's teleop.device). teleop:=keyboard starts
+the mapper only: run `ros2 run o2o_robot keyboard_teleop` in a terminal of its own.
 Without a ROS 2 install the same graph runs from `o2o-robot finetune`.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+
+def _teleop_is(name: str) -> IfCondition:
+    return IfCondition(PythonExpression(["'", LaunchConfiguration("teleop"), f"' == {name!r}"]))
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -30,6 +38,11 @@ def generate_launch_description() -> LaunchDescription:
                               description="ONNX policy to start from (empty: none yet)"),
         DeclareLaunchArgument("learning_enabled", default_value="true",
                               description="train and hot-swap new policies"),
+        DeclareLaunchArgument("teleop", default_value="none",
+                              description="teleop for interventions: none | joy | keyboard"),
+        DeclareLaunchArgument("device", default_value="",
+                              description="Joy profile for teleop:=joy (gamepad | spacemouse; "
+                                          "empty: the config's teleop.device)"),
         Node(package="o2o_robot", executable="actor_node", name="o2o_actor",
              namespace=namespace, output="screen", emulate_tty=True,
              parameters=[{
@@ -42,4 +55,13 @@ def generate_launch_description() -> LaunchDescription:
              namespace=namespace, output="screen", emulate_tty=True,
              parameters=[{"config": config}],
              condition=IfCondition(LaunchConfiguration("use_sim"))),
+        Node(package="o2o_robot", executable="teleop_node", name="o2o_teleop",
+             namespace=namespace, output="screen", emulate_tty=True,
+             parameters=[{"config": config, "device": ParameterValue(
+                 LaunchConfiguration("device"), value_type=str)}],
+             condition=_teleop_is("joy")),
+        Node(package="o2o_robot", executable="teleop_node", name="o2o_teleop",
+             namespace=namespace, output="screen", emulate_tty=True,
+             parameters=[{"config": config, "device": "keyboard"}],
+             condition=_teleop_is("keyboard")),
     ])

@@ -112,9 +112,9 @@ def test_launch_file_is_consistent_with_setup_and_nodes(path):
 def test_finetune_takes_config_use_sim_and_namespace():
     tree = ast.parse((ROOT / "launch" / "finetune.launch.py").read_text())
     declared = {_first_str(c) for c in _calls(tree, "DeclareLaunchArgument")}
-    assert declared >= {"config", "use_sim", "namespace"}
+    assert declared >= {"config", "use_sim", "namespace", "teleop", "device"}
     executables = {getattr(_kw(c, "executable"), "value", None) for c in _calls(tree, "Node")}
-    assert executables == {"actor_node", "sim_bridge"}
+    assert executables == {"actor_node", "sim_bridge", "teleop_node"}
 
 
 def test_checker_catches_broken_launch_files(tmp_path):
