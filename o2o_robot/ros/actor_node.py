@@ -54,7 +54,7 @@ from o2o_robot.control import ControlCore
 from o2o_robot.policy.runtime import PolicyRejected
 from o2o_robot.policy.slot import PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.spin import spin_node
+from o2o_robot.ros.spin import spin_node, start_node
 
 NODE_NAME = "o2o_actor"
 MODES = ("finetune", "collect")
@@ -512,12 +512,9 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
     `learning_enabled` parameter is true, a `LearnerClient` writing to `train.run_dir` (store
     at `store.path`), or in mode "collect" a `DemoRecorder` on `store.path` that logs a line
     per episode. Returns the process exit status."""
-    rclpy.init(args=args)
-    try:
-        node = ActorNode()
-    except (ValueError, PolicyRejected) as exc:   # ConfigError, RewardFunctionError, bad policy
-        get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
+    # ConfigError, RewardFunctionError (ValueErrors), a bad start policy (PolicyRejected)
+    node = start_node(ActorNode, NODE_NAME, (ValueError, PolicyRejected), args)
+    if node is None:
         return 1
     if learner_factory is None and node._learning and node.mode == "collect":
         from o2o_robot.teleop.recorder import DemoRecorder, episode_line

@@ -23,15 +23,13 @@ import time
 import tty
 from collections.abc import Callable
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from sensor_msgs.msg import Joy
 
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.ros import qos
-from o2o_robot.ros.spin import spin_node
+from o2o_robot.ros.spin import spin_node, start_node
 from o2o_robot.teleop.keyboard import HELP, KeyboardJoy, split_keys
 
 NODE_NAME = "o2o_keyboard"
@@ -118,12 +116,8 @@ def main(args=None) -> int:
     if not sys.stdin.isatty():
         print(NOT_A_TTY, file=sys.stderr, flush=True)
         return 1
-    rclpy.init(args=args)
-    try:
-        node = KeyboardTeleopNode()
-    except ValueError as exc:   # ConfigError
-        get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
+    node = start_node(KeyboardTeleopNode, NODE_NAME, (ValueError,), args)   # ConfigError
+    if node is None:
         return 1
     with TerminalReader(node.feed):
         return spin_node(node)

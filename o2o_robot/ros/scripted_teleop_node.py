@@ -22,10 +22,8 @@ from __future__ import annotations
 import json
 import time
 
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
@@ -33,7 +31,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control.observation import ObservationAssembler
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.spin import spin_node
+from o2o_robot.ros.spin import spin_node, start_node
 from o2o_robot.teleop.scripted import InterventionSchedule, ScriptedOperator, scripted_expert
 
 NODE_NAME = "o2o_scripted_teleop"
@@ -152,14 +150,9 @@ class ScriptedTeleopNode(Node):
 
 def main(args=None) -> int:
     """Console entry point: `scripted_teleop --ros-args -p config:=sim_reach.yaml`."""
-    rclpy.init(args=args)
-    try:
-        node = ScriptedTeleopNode()
-    except (ValueError, RuntimeError) as exc:   # ConfigError, a task without a scripted expert
-        get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        return 1
-    return spin_node(node)
+    # ConfigError (a ValueError), or a task without a scripted expert (RuntimeError)
+    node = start_node(ScriptedTeleopNode, NODE_NAME, (ValueError, RuntimeError), args)
+    return 1 if node is None else spin_node(node)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
@@ -46,7 +44,7 @@ from std_srvs.srv import Trigger
 
 from o2o_robot.config import O2OConfig, RobotSpec, load_config, resolve_config_path
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.spin import spin_node
+from o2o_robot.ros.spin import spin_node, start_node
 from o2o_robot.sim.envs import make_env
 from o2o_robot.sim.reach import ReachEnv
 
@@ -220,14 +218,9 @@ class SimBridgeNode(Node):
 
 def main(args=None) -> int:
     """Console entry point: `sim_bridge --ros-args -p config:=config/sim_reach.yaml`."""
-    rclpy.init(args=args)
-    try:
-        node = SimBridgeNode()
-    except (ValueError, RuntimeError) as exc:   # ConfigError, a task the sim cannot run
-        get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        return 1
-    return spin_node(node)
+    # ConfigError (a ValueError), or a task the sim cannot run (RuntimeError)
+    node = start_node(SimBridgeNode, NODE_NAME, (ValueError, RuntimeError), args)
+    return 1 if node is None else spin_node(node)
 
 
 if __name__ == "__main__":

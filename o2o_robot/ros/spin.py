@@ -22,3 +22,17 @@ def spin_node(node) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def start_node(make_node, name: str, errors: tuple[type[BaseException], ...] = (ValueError,),
+               args=None):
+    """`rclpy.init(args)`, then `make_node()`; a construction error of the kinds in `errors`
+    (a bad config, a task the node cannot run) is logged as fatal under `name`, rclpy is shut
+    down and None returned, so the entry point exits 1 with that message."""
+    rclpy.init(args=args)
+    try:
+        return make_node()
+    except errors as exc:
+        rclpy.logging.get_logger(name).fatal(str(exc))
+        rclpy.try_shutdown()
+        return None

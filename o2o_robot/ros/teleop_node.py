@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import time
 
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from sensor_msgs.msg import Joy
 from std_msgs.msg import Bool, Float64MultiArray, String
 
 from o2o_robot.config import JOY_PROFILES, O2OConfig, load_config, resolve_config_path
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.spin import spin_node
+from o2o_robot.ros.spin import spin_node, start_node
 from o2o_robot.teleop.joy import JoyError, JoyMapper, JoyOutput
 
 NODE_NAME = "o2o_teleop"
@@ -141,14 +139,9 @@ class TeleopNode(Node):
 
 def main(args=None) -> int:
     """Console entry point: `teleop_node --ros-args -p config:=my_robot.yaml -p device:=gamepad`."""
-    rclpy.init(args=args)
-    try:
-        node = TeleopNode()
-    except ValueError as exc:   # ConfigError, a profile that does not fit the robot
-        get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        return 1
-    return spin_node(node)
+    # ConfigError, or a profile that does not fit the robot (both ValueErrors)
+    node = start_node(TeleopNode, NODE_NAME, (ValueError,), args)
+    return 1 if node is None else spin_node(node)
 
 
 if __name__ == "__main__":
