@@ -8,10 +8,12 @@ pre-training. Shared by the ROS-free harness (`train.py`) and the background lea
   `sampler.batch_size` rows, each exactly `sampler.offline_ratio` demo-side rows (demo,
   intervention, offline). That is RLPD's symmetric sampling; for OBAC it is our O2O adaptation
   (the paper trains on one online buffer).
-* oema: balanced replay (see `o2o_robot.agents.oema`).
+* oema: `BalancedReplayBatches`, OEMA's balanced replay (see `o2o_robot.agents.oema`).
 
 A plan has `ready()` (the mirror holds the rows it needs), `draw(rng)` (the argument of
-`agent.update`) and `after_update(agent, batch)` (feedback such as OEMA's priorities).
+`agent.update`) and `after_update(agent, batch)` (feedback such as OEMA's priorities). A plan
+with learning state of its own (OEMA's priorities) also has `state_dict()`/`load_state_dict()`;
+`plan_state`/`restore_plan` save and restore it (None for plans without).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from o2o_robot.config import O2OConfig
-from o2o_robot.data.replay import ReplayMirror
+from o2o_robot.data.replay import PrioritySampler, ReplayMirror
 
 
 class BatchPlan(Protocol):
@@ -52,8 +54,54 @@ class MixedBatches:
         return None
 
 
+class BalancedReplayBatches:
+    """OEMA's batches (ALGORITHMS.md 3.2), `learner.utd_ratio` iterations of N rows each:
+
+    * B_rl (obs, action, reward, next_obs, mask, index): P(slot) proportional to its priority,
+      over every mirror row (demo side + online), no IS weights; new rows enter at the running
+      max priority; `after_update` writes the agent's `last_priorities` for these slots.
+    * B_off / B_on (off_obs, off_action / on_obs, on_action): uniform over one side.
+    * B_r (recent_obs): uniform over the newest `algorithm.recent_window` online rows.
+
+    The priorities are learning state that lives here, with the slots they belong to, not in
+    the agent: `state_dict()` is plain data that train.py checkpoints beside the agent and
+    restores into the mirror it rebuilt from the store in the same row order. The sampler's
+    clip range is the config's [priority_min, priority_max]. `sampler.offline_ratio` is not
+    used (it only tells the harness that demonstrations are needed).
+    """
+
+    def __init__(self, cfg: O2OConfig, mirror: ReplayMirror):
+        algo = cfg.algorithm
+        self.mirror, self.window = mirror, int(algo.recent_window)
+        self.rows = cfg.sampler.batch_size * cfg.learner.utd_ratio
+        self.sampler = PrioritySampler(mirror, min_priority=algo.priority_min,
+                                       max_priority=algo.priority_max)
+
+    def ready(self) -> bool:
+        return self.mirror.size("offline") > 0 and self.mirror.size("online") > 0
+
+    def draw(self, rng: np.random.Generator) -> dict[str, Any]:
+        m, n = self.mirror, self.rows
+        batch = m.gather(self.sampler.sample(n, rng))
+        off, on = m.sample_mixed(n, 1.0, rng), m.sample_mixed(n, 0.0, rng)
+        batch.update(off_obs=off["obs"], off_action=off["action"], on_obs=on["obs"],
+                     on_action=on["action"],
+                     recent_obs=m.sample_recent(n, self.window, rng)["obs"])
+        return batch
+
+    def after_update(self, agent: Any, batch: dict[str, Any]) -> None:
+        self.sampler.update(batch["index"], agent.last_priorities)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"priorities": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["priorities"])
+
+
 def _plans() -> dict[str, type]:
-    plans: dict[str, type] = {"rlpd": MixedBatches, "obac": MixedBatches}
+    plans: dict[str, type] = {"rlpd": MixedBatches, "obac": MixedBatches,
+                              "oema": BalancedReplayBatches}
     return plans
 
 
@@ -64,6 +112,18 @@ def batch_plan(cfg: O2OConfig, mirror: ReplayMirror) -> BatchPlan:
     if name not in plans:
         raise ValueError(f"algorithm.name: no batch plan for {name!r} (known: {sorted(plans)})")
     return plans[name](cfg, mirror)
+
+
+def plan_state(plan: BatchPlan) -> dict[str, Any] | None:
+    """The plan's own learning state as plain data (checkpoint extra), None if it has none."""
+    state_dict = getattr(plan, "state_dict", None)
+    return state_dict() if state_dict is not None else None
+
+
+def restore_plan(plan: BatchPlan, state: dict[str, Any] | None) -> None:
+    """Undo `plan_state` (no-op for None or a plan without state)."""
+    if state is not None and hasattr(plan, "load_state_dict"):
+        plan.load_state_dict(state)
 
 
 def warmup_action(agent: Any, obs: np.ndarray, act_dim: int,
@@ -80,10 +140,14 @@ def pretrain(agent: Any, cfg: O2OConfig, mirror: ReplayMirror, rng: np.random.Ge
     """Offline pre-training for agents that have one (OEMA's TD3+BC): `agent.pretrain_update(batch)`
     on demo-side batches of `sampler.batch_size` until `agent.pretrain_steps_done` reaches
     `algorithm.pretrain_steps`. A no-op (empty metrics) for agents without `pretrain_update`
-    or once done, so a resumed run never pre-trains twice. `log(step, metrics)` every 1000 steps."""
+    or once done, so a resumed run never pre-trains twice. `log(step, metrics)` every 1000 steps.
+    Done means `pretrain_steps_done` reached the total, or the agent says `pretrain_finished`
+    (fine-tuning started, or `o2o-robot pretrain --steps N` ended its pre-training early); at
+    the end the agent's `finish_pretraining()` (OEMA: targets become copies) is called."""
     update = getattr(agent, "pretrain_update", None)
     total = int(getattr(cfg.algorithm, "pretrain_steps", 0))
-    if update is None or agent.pretrain_steps_done >= total:
+    if update is None or getattr(agent, "pretrain_finished", False) or \
+            agent.pretrain_steps_done >= total:
         return {}
     if mirror.size("offline") == 0:
         raise ValueError(f"algorithm.pretrain_steps: {total} pre-training steps need demo, "
@@ -99,4 +163,7 @@ def pretrain(agent: Any, cfg: O2OConfig, mirror: ReplayMirror, rng: np.random.Ge
         if log is not None and agent.pretrain_steps_done % 1000 == 0:
             log(agent.pretrain_steps_done, metrics)
     bar.close()
+    finish = getattr(agent, "finish_pretraining", None)
+    if finish is not None:
+        finish()
     return metrics

@@ -25,7 +25,7 @@ import torch
 
 from o2o_robot.agents import build_agent, resolve_device
 from o2o_robot.agents.checkpoint import load_checkpoint, save_checkpoint
-from o2o_robot.batches import batch_plan, pretrain, warmup_action
+from o2o_robot.batches import batch_plan, plan_state, pretrain, restore_plan, warmup_action
 from o2o_robot.config import ActionSpace, O2OConfig, ObservationSource, RobotSpec
 from o2o_robot.data.replay import ReplayMirror
 from o2o_robot.data.schema import OFFLINE_SIDE_CODES, SOURCE_CODE
@@ -69,7 +69,7 @@ def robot_for_env(cfg: O2OConfig, spec: dict) -> O2OConfig:
     return cfg.model_copy(update={"robot": robot})
 
 
-def _load_mirror(store: TransitionStore, cfg: O2OConfig, scaler: ActionScaler,
+def load_mirror(store: TransitionStore, cfg: O2OConfig, scaler: ActionScaler,
                  online_ranges: list[list[int]]) -> ReplayMirror:
     """Demo-side rows of the whole store, then this run's online rows, actions in [-1, 1]."""
     mirror = ReplayMirror(store.obs_dim, store.act_dim,
@@ -120,7 +120,7 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
     device = resolve_device(cfg.learner.device)
 
     state = {"env_step": 0, "episode": 0, "online_ranges": [], "updates": 0,
-             "solved_at": None, "np_rng": None}
+             "solved_at": None, "np_rng": None, "plan_state": None}
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
@@ -139,7 +139,7 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
     logger = RunLogger(run_dir)
     try:
         ensure_demos(store, cfg, label="train")
-        mirror = _load_mirror(store, cfg, scaler, state["online_ranges"])
+        mirror = load_mirror(store, cfg, scaler, state["online_ranges"])
         pretrained = pretrain(agent, cfg, mirror, rng, progress=progress,
                               log=lambda step, m: logger.log("pretrain", step, m))
         if pretrained:
@@ -161,6 +161,7 @@ def _loop(cfg, agent, env, eval_env, scaler, store, mirror, rng, state, segment,
           ckpt_path, progress) -> dict:
     lc, tc = cfg.learner, cfg.train
     plan = batch_plan(cfg, mirror)
+    restore_plan(plan, state["plan_state"])   # OEMA's replay priorities (exact resume)
     online = SOURCE_CODE["online"]
     bar = _Progress(tc.total_env_steps, state["env_step"], progress)
     obs, _ = env.reset(seed=episode_seed(tc.seed, state["episode"]))
@@ -216,12 +217,14 @@ def _loop(cfg, agent, env, eval_env, scaler, store, mirror, rng, state, segment,
             ep_return, ep_len = 0.0, 0
             obs, _ = env.reset(seed=episode_seed(tc.seed, state["episode"]))
             if t - last_ckpt >= lc.checkpoint_every_steps or t >= tc.total_env_steps:
+                state["plan_state"] = plan_state(plan)
                 _checkpoint(ckpt_path, agent, cfg, store, rng, state)
                 last_ckpt = t
         bar.update({"ep": state["episode"], "eval_success": last_eval.get("success_rate"),
                     "alpha": round(metrics.get("temperature", float("nan")), 4)})
     bar.close()
     if state["env_step"] != last_ckpt:
+        state["plan_state"] = plan_state(plan)
         _checkpoint(ckpt_path, agent, cfg, store, rng, state)
     return {"env_steps": state["env_step"], "episodes": state["episode"],
             "updates": state["updates"], "final_eval": last_eval, "solved_at": state["solved_at"],

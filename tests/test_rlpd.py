@@ -320,7 +320,10 @@ def test_act_and_export_parity():
 
 # --------------------------------------------------------------------------- registry, presets
 def test_registry_and_device():
-    assert ALGORITHMS == {"rlpd": RLPD}
+    from o2o_robot.agents.obac import OBAC
+    from o2o_robot.agents.oema import OEMA
+
+    assert ALGORITHMS == {"rlpd": RLPD, "obac": OBAC, "oema": OEMA}
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     agent = build_agent(load_config(PRESETS / "rlpd_antmaze.yaml"), OBS, ACT)

@@ -22,8 +22,10 @@ def resolve_device(device: Any = "auto") -> str:
 
 
 def _registry() -> dict[str, type]:
+    from o2o_robot.agents.obac import OBAC
+    from o2o_robot.agents.oema import OEMA
     from o2o_robot.agents.rlpd import RLPD
-    return {"rlpd": RLPD}
+    return {"rlpd": RLPD, "obac": OBAC, "oema": OEMA}
 
 
 def __getattr__(name: str):

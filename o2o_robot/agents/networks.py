@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -318,3 +319,115 @@ def ensemble_mean(q: torch.Tensor) -> torch.Tensor:
 def ensemble_min(q: torch.Tensor) -> torch.Tensor:
     """min over all members of q [E, B] -> [B] (clipped double Q for E = 2)."""
     return q.min(dim=0).values
+
+
+# ============================================================== OBAC additions (agents/obac.py)
+class StateValue(nn.Module):
+    """V(s) as an ensemble of one EnsembleMLP member: [B, obs_dim] -> [B] (OBAC's V_mu)."""
+
+    def __init__(self, obs_dim: int, hidden_dims: Sequence[int], norm: Norm = "none",
+                 activation: str | Callable = "relu", ln_eps: float = LN_EPS):
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.net = EnsembleMLP(obs_dim, hidden_dims, 1, 1, norm, activation, ln_eps)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)[0, :, 0]
+
+
+def log_density_pretanh(actor: TanhGaussianActor, obs: torch.Tensor, action: torch.Tensor,
+                        low: float = LOG_STD_MIN, high: float = LOG_STD_MAX) -> torch.Tensor:
+    """Per-dimension log N(a_j; mu_j(s), sigma_j(s)^2) of a unit action a under the pre-tanh
+    Gaussian (no atanh, no tanh Jacobian), clamped to [low, high]: [B, act_dim].
+
+    OBAC's behaviour term (official `get_log_density` + clamp). The clamp passes no gradient
+    where it is active: once a dimension's log-density exceeds `high`, the term stops shrinking
+    that dimension's sigma."""
+    mu, log_std = actor(obs)
+    z = (action - mu) * torch.exp(-log_std)
+    log_density = -0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)
+    return log_density.clamp(low, high)
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """mean(|tau - 1[u < 0]| * u^2) of u = target - prediction (IQL); tau = 0.5 is MSE / 2."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.square()).mean()
+
+
+def batch_tensors(big_batch: Mapping[str, Any], keys: Sequence[str], obs_dim: int, act_dim: int,
+                  device: torch.device | str) -> dict[str, torch.Tensor]:
+    """`keys` of a batch (numpy arrays or tensors) as float32 tensors on `device`, with shapes
+    checked where data enters an agent: obs/next_obs [B, obs_dim], action [B, act_dim], else [B]."""
+    missing = [k for k in keys if k not in big_batch]
+    if missing:
+        raise KeyError(f"big batch: missing key(s) {', '.join(missing)}")
+    out = {k: torch.as_tensor(big_batch[k] if torch.is_tensor(big_batch[k])
+                              else np.asarray(big_batch[k]), dtype=torch.float32, device=device)
+           for k in keys}
+    rows = out[keys[0]].shape[0] if out[keys[0]].dim() else 0
+    for k, v in out.items():
+        want = ((rows, obs_dim) if k in ("obs", "next_obs") else
+                (rows, act_dim) if k == "action" else (rows,))
+        if tuple(v.shape) != want:
+            raise ValueError(f"big batch: {k} has shape {list(v.shape)}, expected {list(want)}")
+    return out
+
+
+@torch.no_grad()
+def policy_actions(policy: Callable[[torch.Tensor], torch.Tensor], obs: Any, obs_dim: int,
+                   device: torch.device | str) -> np.ndarray:
+    """`policy` applied to obs [obs_dim] or [B, obs_dim] (array-like), as a numpy array of the
+    same leading shape: the `act` of every agent."""
+    o = torch.as_tensor(np.asarray(obs, np.float32), device=device)
+    single = o.dim() == 1
+    o = o[None] if single else o
+    if o.dim() != 2 or o.shape[1] != obs_dim:
+        raise ValueError(f"act: obs must be [{obs_dim}] or [B, {obs_dim}], "
+                         f"got {list(np.shape(obs))}")
+    a = policy(o).cpu().numpy()
+    return a[0] if single else a
+# ========================================================== end of OBAC additions
+
+
+# ============================================================== OEMA additions (agents/oema.py)
+_OUTPUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": lambda x: x, "relu": F.relu, "tanh": torch.tanh}
+
+
+class ConcatMLP(nn.Module):
+    """y = out_scale * out(head(trunk(concat(inputs)))): one ReLU MLP on concatenated inputs.
+
+    OEMA's density-ratio net w_psi(s, a) >= 0 (out="relu") and its perturbation net
+    xi_omega(s, a) = Phi * tanh(f_omega(s, a)) (out="tanh", out_scale=Phi, a_max = 1).
+    Xavier-uniform weights and zero biases, as every shared piece here.
+    """
+
+    def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int, out: str = "none",
+                 out_scale: float = 1.0):
+        super().__init__()
+        if out not in _OUTPUTS:
+            raise ValueError(f"out: expected one of {sorted(_OUTPUTS)}, got {out!r}")
+        if not hidden_dims:
+            raise ValueError("hidden_dims: expected at least one hidden layer")
+        self.in_dim, self.out_dim, self.out, self.out_scale = in_dim, out_dim, out, float(out_scale)
+        self.trunk = _mlp(in_dim, hidden_dims)
+        self.head = _xavier_linear(hidden_dims[-1], out_dim)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        x = torch.cat(inputs, dim=-1) if len(inputs) > 1 else inputs[0]
+        y = _OUTPUTS[self.out](self.head(self.trunk(x)))
+        return y * self.out_scale if self.out_scale != 1.0 else y
+
+
+def q_upper_bound(q: torch.Tensor, k: float) -> torch.Tensor:
+    """Optimistic value mean_i Q_i + k * std_i Q_i of q [E, B] -> [B] (OEMA's Q_UB, k = beta_UB).
+
+    The std is the population one; for the twin critic it is |Q1 - Q2| / 2, computed so (as the
+    official code does) because its gradient stays finite where Q1 = Q2."""
+    if q.shape[0] == 2:
+        spread = (q[0] - q[1]).abs() / 2.0
+    else:
+        spread = q.std(dim=0, correction=0)
+    return q.mean(dim=0) + k * spread
+# ========================================================== end of OEMA additions

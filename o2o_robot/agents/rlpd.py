@@ -35,7 +35,8 @@ from torch import nn
 
 from o2o_robot.agents import resolve_device
 from o2o_robot.agents.networks import (EnsembleCritic, TanhGaussianActor, TanhGaussianExport,
-                                       ensemble_mean, polyak_update, sample_subsets)
+                                       batch_tensors, ensemble_mean, policy_actions,
+                                       polyak_update, sample_subsets)
 from o2o_robot.config import RLPDConfig
 
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "mask")
@@ -184,20 +185,7 @@ class RLPD:
             return self._loss_backward(name, *args, inputs=inputs, **kwargs)
 
     def _to_batch(self, big_batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        missing = [k for k in BATCH_KEYS if k not in big_batch]
-        if missing:
-            raise KeyError(f"big batch: missing key(s) {', '.join(missing)}")
-        out = {k: torch.as_tensor(np.asarray(big_batch[k]) if not torch.is_tensor(big_batch[k])
-                                  else big_batch[k], dtype=torch.float32, device=self.device)
-               for k in BATCH_KEYS}
-        rows = out["obs"].shape[0]
-        want = {"obs": (rows, self.obs_dim), "next_obs": (rows, self.obs_dim),
-                "action": (rows, self.act_dim), "reward": (rows,), "mask": (rows,)}
-        for k, shape in want.items():
-            if tuple(out[k].shape) != shape:
-                raise ValueError(f"big batch: {k} has shape {list(out[k].shape)}, "
-                                 f"expected {list(shape)}")
-        return out
+        return batch_tensors(big_batch, BATCH_KEYS, self.obs_dim, self.act_dim, self.device)
 
     def _autocast(self):
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
@@ -260,19 +248,12 @@ class RLPD:
         return metrics
 
     # ---------------------------------------------------------------------------- acting
-    @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Action(s) in [-1, 1] for obs [obs_dim] or [B, obs_dim]: tanh(mu) or a sample."""
-        o = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)
-        single = o.dim() == 1
-        o = o[None] if single else o
-        if o.dim() != 2 or o.shape[1] != self.obs_dim:
-            raise ValueError(f"act: obs must be [{self.obs_dim}] or [B, {self.obs_dim}], "
-                             f"got {list(np.shape(obs))}")
         actor = self.nets.actor
-        a = actor.mode(o) if deterministic else actor.sample(o, self.act_generator)[0]
-        a = a.cpu().numpy()
-        return a[0] if single else a
+        return policy_actions(
+            actor.mode if deterministic else lambda o: actor.sample(o, self.act_generator)[0],
+            obs, self.obs_dim, self.device)
 
     def export_actor(self) -> nn.Module:
         """CPU copy in eval mode: forward(obs [B, obs_dim], noise [B, act_dim]) -> action."""

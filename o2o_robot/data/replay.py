@@ -298,8 +298,13 @@ class PrioritySampler:
 
     MIN_PRIORITY, MAX_PRIORITY = 0.001, 1000.0
 
-    def __init__(self, mirror: ReplayMirror):
+    def __init__(self, mirror: ReplayMirror, *, min_priority: float = MIN_PRIORITY,
+                 max_priority: float = MAX_PRIORITY):
+        if not 0 < min_priority < max_priority:
+            raise ValueError(f"priority clip: expected 0 < min < max, got {min_priority}, "
+                             f"{max_priority}")
         self.mirror = mirror
+        self.clip = (float(min_priority), float(max_priority))
         self.max_priority = 1.0
         self._leaves = 1
         self._tree = np.zeros(2, np.float64)
@@ -361,14 +366,36 @@ class PrioritySampler:
         return np.minimum(node - self._leaves, self._size - 1)
 
     def update(self, indices: np.ndarray, priorities: np.ndarray) -> None:
-        """Set priorities (clipped to [0.001, 1000]) of slots; raises on NaN or bad slots."""
+        """Set priorities (clipped to `clip`, default [0.001, 1000]) of slots; raises on NaN or
+        bad slots."""
         indices = np.asarray(indices, np.int64)
         priorities = np.asarray(priorities, np.float64).reshape(indices.shape)
         if not np.all(np.isfinite(priorities)):
             raise ValueError("priorities: contains NaN or inf")
         if indices.size and (indices.min() < 0 or indices.max() >= self._size):
             raise IndexError(f"indices: slot out of range [0, {self._size})")
-        clipped = np.clip(priorities, self.MIN_PRIORITY, self.MAX_PRIORITY)
+        clipped = np.clip(priorities, *self.clip)
         self._set(indices, clipped)
         if clipped.size:
             self.max_priority = max(self.max_priority, float(clipped.max()))
+
+    # ------------------------------------------------------------ state (exact resume, OEMA)
+    def state_dict(self) -> dict:
+        """Plain data (checkpoint-safe): the priority of every slot (float64 bytes) and the
+        running max. Slots are the mirror's, so restore into a mirror rebuilt in the same row
+        order (train.py's `load_mirror` is)."""
+        leaves = self._tree[self._leaves:self._leaves + self._size]
+        return {"rows": int(self._size), "priorities": leaves.astype(np.float64).tobytes(),
+                "max_priority": float(self.max_priority)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()`; ValueError when it does not fit the mirror's rows."""
+        rows = int(state["rows"])
+        values = np.frombuffer(state["priorities"], np.float64)
+        if rows != self._size or len(values) != rows:
+            raise ValueError(f"priority state: {rows} rows ({len(values)} priorities), the mirror "
+                             f"holds {self._size}")
+        if not np.all(np.isfinite(values)) or (rows and values.min() <= 0):
+            raise ValueError("priority state: priorities must be finite and > 0")
+        self._set(np.arange(rows, dtype=np.int64), values)
+        self.max_priority = float(state["max_priority"])

@@ -1,0 +1,150 @@
+"""`o2o-robot pretrain --config FILE [--steps N] [--run-dir D]`: offline pre-training alone.
+
+For algorithms with an offline phase (OEMA: TD3+BC on the demonstrations), this runs it on the
+store's demo-side rows (demo, intervention, offline) and writes `<run_dir>/checkpoints/latest.pt`,
+the checkpoint that the next stage continues from without pre-training again:
+
+* `o2o-robot train --config FILE --resume` (the ROS-free harness): the checkpoint holds the
+  harness's resume state at env step 0 (same seeds and draws as `train` with the pre-training
+  inside it, so the two give the same run);
+* `o2o-robot finetune` / the robot learner: it loads `latest.pt` from its run dir at start.
+
+Which rows: a store recorded from a sim task (its spec names the task), or no store yet, is
+handled as `train` does (the sim task's spaces; scripted demos are generated when the store has
+none); a store recorded on the robot (no task in its spec) is read with `robot`'s action bounds.
+`--steps N` replaces `algorithm.pretrain_steps`; pre-training then counts as finished, so a later
+stage does not top it up to the config's value. An existing checkpoint is never overwritten.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from o2o_robot.config import O2OConfig
+
+
+class PretrainError(ValueError):
+    """Bad input for `o2o-robot pretrain` (the CLI prints it and exits with 2)."""
+
+
+def _sim_store(cfg: O2OConfig):
+    """(cfg with the sim task's robot spec, scaler, open store with demos) as in train.py."""
+    from o2o_robot.data.store import TransitionStore
+    from o2o_robot.sim.demos import ensure_demos
+    from o2o_robot.sim.envs import env_spec, make_env
+    from o2o_robot.spaces import ActionScaler
+    from o2o_robot.train import robot_for_env
+
+    env = make_env(cfg.sim)
+    try:
+        spec = env_spec(env)
+    finally:
+        env.close()
+    cfg = robot_for_env(cfg, spec)
+    store = TransitionStore.open_or_create(cfg.store.path, spec["obs_dim"], spec["act_dim"],
+                                           flush_every=cfg.store.flush_every, spec=spec)
+    try:
+        ensure_demos(store, cfg, label="pretrain")
+    except BaseException:
+        store.close()
+        raise
+    return cfg, ActionScaler(spec["action_low"], spec["action_high"]), store
+
+
+def _robot_store(cfg: O2OConfig, store):
+    from o2o_robot.spaces import ActionScaler
+
+    robot = cfg.robot
+    if (store.obs_dim, store.act_dim) != (robot.obs_dim, robot.act_dim):
+        store.close()
+        raise PretrainError(f"{cfg.store.path}: store has obs_dim {store.obs_dim}, act_dim "
+                            f"{store.act_dim}; the config's robot has {robot.obs_dim}, "
+                            f"{robot.act_dim}")
+    return cfg, ActionScaler(robot.action.low, robot.action.high), store
+
+
+def _open(cfg: O2OConfig):
+    from o2o_robot.data.store import TransitionStore
+
+    path = Path(cfg.store.path)
+    if path.exists():
+        with TransitionStore.open(path, "r") as probe:
+            recorded_on_robot = "task" not in (probe.spec or {})
+        if recorded_on_robot:
+            return _robot_store(cfg, TransitionStore.open(path, "r"))
+    return _sim_store(cfg)
+
+
+def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = True) -> dict:
+    """Pre-train the configured agent and write its checkpoint; returns a summary."""
+    from o2o_robot.agents import build_agent, resolve_device
+    from o2o_robot.agents.checkpoint import save_checkpoint
+    from o2o_robot.batches import pretrain
+    from o2o_robot.runlog import RunLogger
+    from o2o_robot.train import load_mirror
+
+    name = cfg.algorithm.name
+    if not hasattr(cfg.algorithm, "pretrain_steps"):
+        raise PretrainError(f"algorithm.name: {name!r} has no offline pre-training "
+                            f"(`o2o-robot pretrain` is for oema); train it directly")
+    if steps is not None:
+        if steps < 1:
+            raise PretrainError(f"--steps: must be >= 1, got {steps}")
+        cfg = cfg.model_copy(deep=True)
+        cfg.algorithm.pretrain_steps = steps
+    total = cfg.algorithm.pretrain_steps
+    if total < 1:
+        raise PretrainError(f"algorithm.pretrain_steps: is {total}: nothing to pre-train")
+    run_dir = Path(cfg.train.run_dir)
+    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+    if ckpt_path.exists():
+        raise PretrainError(f"{ckpt_path}: a checkpoint exists already; pre-training would "
+                            f"replace it (use another --run-dir, or remove it)")
+    torch.set_num_threads(cfg.learner.torch_threads)
+    cfg, scaler, store = _open(cfg)
+    logger = None
+    try:
+        mirror = load_mirror(store, cfg, scaler, [])
+        if mirror.size("offline") == 0:
+            raise PretrainError(f"{cfg.store.path}: no demo, intervention or offline rows to "
+                                f"pre-train on")
+        agent = build_agent(cfg, mirror.obs_dim, mirror.act_dim,
+                            device=resolve_device(cfg.learner.device), seed=cfg.train.seed)
+        rng = np.random.default_rng(cfg.train.seed)   # as train.py: the same draws
+        logger = RunLogger(run_dir)
+        every = max(1000, (total // 10) // 1000 * 1000)
+
+        def log(step: int, metrics: dict) -> None:
+            logger.log("pretrain", step, metrics)
+            if step % every == 0 or step == total:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                print(f"[pretrain] {step}/{total}: {shown}", flush=True)
+
+        started = time.perf_counter()
+        metrics = pretrain(agent, cfg, mirror, rng, progress=progress, log=log)
+        wall = time.perf_counter() - started
+        # The state train.py keeps in its checkpoints, at env step 0 (`train --resume` reads it).
+        state = {"env_step": 0, "episode": 0, "online_ranges": [], "updates": 0,
+                 "solved_at": None, "np_rng": rng.bit_generator.state, "plan_state": None,
+                 "policy_version": 0}
+        save_checkpoint(ckpt_path, agent, cfg, **state)
+    finally:
+        store.close()
+        if logger is not None:
+            logger.close()
+    return {"algorithm": name, "pretrain_steps": agent.pretrain_steps_done,
+            "demo_side_rows": mirror.size("offline"), "checkpoint": str(ckpt_path),
+            "wall_s": round(wall, 2), "ms_per_step": round(1000 * wall / max(total, 1), 3),
+            "final_metrics": metrics}
+
+
+def apply_overrides(cfg: O2OConfig, run_dir: str | None) -> O2OConfig:
+    """`--run-dir` replaces `train.run_dir` (only: the store stays, as for `o2o-robot train`)."""
+    if not run_dir:
+        return cfg
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.run_dir = run_dir
+    return cfg
