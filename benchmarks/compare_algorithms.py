@@ -87,14 +87,14 @@ def plot(runs: dict[str, list[dict]], threshold: float, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="override train.total_env_steps")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "compare")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs: must be >= 1, got {args.jobs}")
     args.out.mkdir(parents=True, exist_ok=True)
