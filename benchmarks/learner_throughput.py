@@ -9,7 +9,9 @@ machine hits all of them alike:
 * naive: a plain PyTorch loop over 10 separate critic nn.Modules (per-member forward, a loop of
   MSEs, torch.optim.Adam with default settings, a Python loop for the target EMA);
 * rlpd eager fp32, rlpd compiled fp32 (torch.compile of the losses and of Adam+EMA);
-* with --bf16: rlpd eager bf16 autocast (and compiled bf16 unless --no-compile).
+* with --bf16: rlpd eager bf16 autocast (and compiled bf16 unless --no-compile);
+* fp32 matmul ceiling: only the matrix products of the update at their real shapes
+  (`MatmulCeiling`), the most any fp32 implementation of this math could reach here.
 
 Reported per variant: the best window and the median window (updates/s). The official JAX RLPD
 figure (92-95 updates/s on the 2-core reference machine) is an anchor stated in the issue, NOT
@@ -109,6 +111,33 @@ class NaiveRLPD:
         self.temp_opt.step()
 
 
+class MatmulCeiling:
+    """Only the matrix products of one critic step, each at its real shape and layout: online
+    critic forward (E members) and backward (weight grads of every layer, input grads of the
+    hidden layers), and the target forward (Z members). `update` runs G such steps, so its rate
+    is the fp32 ceiling of any implementation of the same math on this machine: everything else
+    (LayerNorm, ReLU, the loss, Adam, the EMA) is assumed free."""
+
+    def __init__(self):
+        dims = [OBS + ACT, *HIDDEN, 1]
+        self.x = torch.randn(N, dims[0]).unsqueeze(0).expand(E, -1, -1)
+        self.w = [torch.randn(E, i, o) for i, o in zip(dims[:-1], dims[1:])]
+        self.h = [torch.randn(E, N, d) for d in dims[1:]]
+
+    def update(self, batch) -> None:
+        for _ in range(G):
+            for members in (Z, E):                                  # target, then online forward
+                x = self.x[:members]
+                for w in self.w:
+                    x = torch.bmm(x, w[:members])
+            inputs = [self.x, *self.h[:-1]]
+            for layer in reversed(range(len(self.w))):              # backward
+                g = self.h[layer]
+                torch.bmm(inputs[layer].transpose(1, 2), g)         # weight grad
+                if layer:
+                    torch.bmm(g, self.w[layer].transpose(1, 2))     # input grad
+
+
 def measure(variants: dict, batch, seconds: float, window: float) -> dict[str, list[float]]:
     """Round-robin windows of about `window` s per variant until each had `seconds`."""
     rates: dict[str, list[float]] = {name: [] for name in variants}
@@ -172,14 +201,17 @@ def main(argv: list[str] | None = None) -> None:
     for agent in variants.values():  # second warm-up: allocator and caches settle
         agent.update(batch)
 
+    variants["fp32 matmul ceiling"] = MatmulCeiling()
     rates = measure(variants, batch, args.seconds, args.window)
-    base = rates.get("naive loop fp32")
+    base, ceiling = rates.get("naive loop fp32"), rates.get("fp32 matmul ceiling")
     print(f"\ncritic updates/s over {len(next(iter(rates.values())))} windows of ~{args.window} s "
           f"per variant (best window / median window)")
     for name, r in rates.items():
         best, med = max(r), statistics.median(r)
         line = f"  {name:22s} best {best:7.1f}   median {med:7.1f}"
-        if base and name != "naive loop fp32":
+        if ceiling and name != "fp32 matmul ceiling":
+            line += f"   {best / max(ceiling):.0%} of ceiling"
+        if base and name not in ("naive loop fp32", "fp32 matmul ceiling"):
             line += f"   vs naive loop: {best / max(base):.2f}x best, {med / statistics.median(base):.2f}x median"
         line += f"   vs JAX anchor {JAX_ANCHOR[0]:.0f}-{JAX_ANCHOR[1]:.0f}/s (stated): {best / JAX_ANCHOR[1]:.2f}-{best / JAX_ANCHOR[0]:.2f}x"
         print(line)
