@@ -18,6 +18,9 @@ from o2o_robot.agents.obac import (OBAC, actor_loss, behaviour_gate, offline_cri
                                    value_loss)
 from o2o_robot.config import O2OConfig, OBACConfig, load_config
 
+import agent_batches
+from agent_batches import tensors
+
 torch.set_num_threads(1)
 OBS, ACT = 5, 3
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,17 +31,7 @@ def small_cfg(**kw) -> OBACConfig:
 
 
 def make_batch(rows: int, seed: int = 0, mask: float | None = None) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {"obs": rng.standard_normal((rows, OBS), np.float32),
-            "action": rng.uniform(-0.9, 0.9, (rows, ACT)).astype(np.float32),
-            "reward": rng.standard_normal(rows).astype(np.float32),
-            "next_obs": rng.standard_normal((rows, OBS), np.float32),
-            "mask": (np.full(rows, mask, np.float32) if mask is not None
-                     else (rng.random(rows) > 0.1).astype(np.float32))}
-
-
-def tensors(batch: dict) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(v) for k, v in batch.items()}
+    return agent_batches.make_batch(rows, OBS, ACT, seed, mask, action_bound=0.9)
 
 
 def head_bias(critic) -> torch.Tensor:
