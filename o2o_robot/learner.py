@@ -258,7 +258,11 @@ class _Worker:
         self.rng = np.random.default_rng(cfg.train.seed)
         self.update_time, self.metrics = 0.0, {}
         self.plan = batch_plan(cfg, self.mirror)
-        if pretrain(self.agent, cfg, self.mirror, self.rng, progress=False):
+        total = int(getattr(cfg.algorithm, "pretrain_steps", 0))
+        log = lambda step, metrics: self.stats_out.put(  # noqa: E731  (every 1000 steps)
+            {"state": "pretraining", "pretrain_steps_done": step, "pretrain_steps": total,
+             "metrics": {k: float(v) for k, v in metrics.items()}})
+        if pretrain(self.agent, cfg, self.mirror, self.rng, progress=False, log=log):
             self._checkpoint()   # a restarted learner does not pre-train again
         self._publish_progress()
 

@@ -17,7 +17,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
 from o2o_robot.agents import build_agent
-from o2o_robot.config import load_config, resolve_config_path
+from o2o_robot.config import OEMAConfig, load_config, resolve_config_path
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.learner import LearnerClient
 from o2o_robot.policy.runtime import META_VERSION
@@ -121,6 +121,26 @@ def test_learner_stores_rows_trains_at_the_utd_and_exports_increasing_versions(t
     assert counts["demo"]["episodes"] == 2
     assert (counts["online"]["transitions"], counts["online"]["episodes"]) == (60, 3)
     assert [e["success"] for e in online] == [False, True, False]
+
+
+def test_the_learner_reports_its_offline_pretraining_before_the_first_policy(tmp_path):
+    """OEMA pre-trains on the demos when the learner starts: stats() says so, with progress."""
+    cfg = tiny_config(tmp_path).model_copy(update={"algorithm": OEMAConfig(
+        hidden_dims=[32, 32], pretrain_steps=3000)})
+    ensure_demos(cfg, progress=False)
+    client = LearnerClient(cfg, tmp_path, mode="thread")
+    seen = []
+    try:
+        def exported() -> bool:
+            st = client.stats()
+            if st.get("state") == "pretraining":
+                seen.append(st["pretrain_steps_done"])
+            return client.poll_policy() is not None
+        wait_for(exported, 120.0, "the first policy after pre-training")
+    finally:
+        client.close()
+    assert seen and set(seen) <= {1000, 2000, 3000}, seen
+    assert client.stats()["state"] == "stopped"
 
 
 def test_an_episode_whose_last_row_was_dropped_is_closed_by_the_end_marker(tmp_path):

@@ -255,6 +255,15 @@ class _Session:
                   **{k: learner.get(k) for k in ("achieved_utd", "updates", "queue_dropped",
                                                   "pending_updates", "critic_updates_per_s")}}
         self.logger.log("status", env_step, {k: v for k, v in values.items() if v is not None})
+        if learner.get("state") == "pretraining":    # OEMA: offline phase before any policy
+            done = learner.get("pretrain_steps_done")
+            if done != getattr(self, "_pretrain_shown", None):
+                self._pretrain_shown = done
+                self.logger.log("pretrain", done, learner.get("metrics") or {})
+                if self.progress:
+                    print(f"[finetune] learner pre-training on the demonstrations: {done}/"
+                          f"{learner.get('pretrain_steps')} steps", flush=True)
+            return
         if learner.get("metrics"):
             self.logger.log("train", env_step, learner["metrics"])
         if learner.get("state") in ("crashed", "died") and not self.learner_error:
