@@ -4,6 +4,8 @@
   and validates (`runtime.validate_policy`) on the caller's (non-control) thread and then
   publishes with one attribute store; the previous policy is kept for `rollback`.
 * `DirectoryWatcher`: proposes each new `*.onnx` file that appears in a folder.
+* `PolicyProposer`: validates offered policies (e.g. a learner's) on its own thread, keeping only
+  the newest one waiting, and reports each result.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -189,3 +191,37 @@ class DirectoryWatcher:
             except OSError:
                 self.errors += 1
             self._stop.wait(self.poll_s)
+
+
+class PolicyProposer:
+    """Validates learner policies on its own thread; only the newest waiting one is kept."""
+
+    def __init__(self, slot: PolicySlot, on_result: Callable[[SwapResult], None]):
+        self.slot, self.on_result = slot, on_result
+        self.superseded = 0
+        self._next: bytes | None = None
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="policy-proposer", daemon=True)
+        self._thread.start()
+
+    def offer(self, data: bytes) -> None:
+        with self._cv:
+            self.superseded += self._next is not None
+            self._next = data
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=10.0)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._stop or self._next is not None)
+                if self._stop:
+                    return
+                data, self._next = self._next, None
+            self.on_result(self.slot.propose(data))   # propose never raises (rejections are results)

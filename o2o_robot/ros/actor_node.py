@@ -25,14 +25,14 @@ intervention, handed to the learner) and "collect" (demonstrations: no policy, o
 operator acts, rows are demo, handed to a `DemoRecorder` that writes whole episodes to the store).
 
 Threads: every callback that touches the ControlCore is in one mutually exclusive group, so the
-core sees one caller at a time. Parameter sets (policy validation, ~100 ms) run in the default
-group, the learner poll in a third, and learner policies are validated on a worker thread; with
-`main`'s two-thread executor none of them delays a tick. Times are `time.monotonic()`: message
+core sees one caller at a time. `main` spins a single-threaded executor (rclpy's multi-threaded
+one starved the tick, see `ros/spin.py`): a `policy_path` set validates its policy in the
+callback and delays the ticks while it runs (tens of ms); learner policies are validated on a
+worker thread (`PolicyProposer`) and never delay a tick. Times are `time.monotonic()`: message
 ages must not jump with the wall clock.
 """
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -51,8 +51,9 @@ from std_srvs.srv import Trigger
 
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control import ControlCore
+from o2o_robot.control.timing import TickTiming
 from o2o_robot.policy.runtime import PolicyRejected
-from o2o_robot.policy.slot import PolicySlot, SwapResult
+from o2o_robot.policy.slot import PolicyProposer, PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
 from o2o_robot.ros.spin import spin_node, start_node
 
@@ -77,71 +78,6 @@ class Learner(Protocol):
     def poll_policy(self) -> bytes | None: ...             # a new ONNX policy, or None
     # Optional: end_episode(success) -> bool closes a store episode whose last row was dropped.
     def stats(self) -> dict: ...                           # achieved UTD, store sizes, ...
-
-
-class TickTiming:
-    """Timing of the control timer over its last `window` ticks (a preallocated ring).
-
-    `summary` is a pure read: the achieved rate counts the ticks of the last `rate_window_s`."""
-
-    def __init__(self, period_s: float, window: int = 1000, rate_window_s: float = 2.0):
-        self.period_s, self.rate_window_s = period_s, rate_window_s
-        self._times = np.full(window, -np.inf)
-        self._pos = 0
-        self.ticks = self.missed = 0
-
-    def record(self, now: float) -> None:
-        last = self._times[self._pos - 1]
-        if now - last > 1.5 * self.period_s and np.isfinite(last):
-            self.missed += int(round((now - last) / self.period_s)) - 1   # periods not served
-        self._times[self._pos] = now
-        self._pos = (self._pos + 1) % self._times.size
-        self.ticks += 1
-
-    def summary(self, now: float) -> dict:
-        times = np.roll(self._times, -self._pos)        # oldest first
-        times = times[np.isfinite(times)]
-        jitter = np.abs(np.diff(times) - self.period_s) * 1e3
-        recent = times[times > now - self.rate_window_s]
-        rate = (recent.size - 1) / (recent[-1] - recent[0]) if recent.size > 2 else None
-        pct = (lambda q: float(np.percentile(jitter, q))) if jitter.size else (lambda q: None)
-        return {"rate_hz": rate, "target_rate_hz": 1.0 / self.period_s, "ticks": self.ticks,
-                "missed_ticks": self.missed, "period_jitter_ms": {
-                    "p50": pct(50), "p99": pct(99), "max": float(jitter.max()) if jitter.size else None}}
-
-
-class _Proposer:
-    """Validates learner policies on its own thread; only the newest waiting one is kept."""
-
-    def __init__(self, slot: PolicySlot, on_result: Callable[[SwapResult], None]):
-        self.slot, self.on_result = slot, on_result
-        self.superseded = 0
-        self._next: bytes | None = None
-        self._cv = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="policy-proposer", daemon=True)
-        self._thread.start()
-
-    def offer(self, data: bytes) -> None:
-        with self._cv:
-            self.superseded += self._next is not None
-            self._next = data
-            self._cv.notify()
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stop = True
-            self._cv.notify()
-        self._thread.join(timeout=10.0)
-
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                self._cv.wait_for(lambda: self._stop or self._next is not None)
-                if self._stop:
-                    return
-                data, self._next = self._next, None
-            self.on_result(self.slot.propose(data))   # propose never raises (rejections are results)
 
 
 class ActorNode(Node):
@@ -206,7 +142,7 @@ class ActorNode(Node):
         self._reset_seen = False
         self._timing = TickTiming(period)
         self._epoch_offset_s = time.time() - time.monotonic()
-        self._proposer: _Proposer | None = None
+        self._proposer: PolicyProposer | None = None
         self._control = MutuallyExclusiveCallbackGroup()
         self._make_interfaces(period)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -258,7 +194,7 @@ class ActorNode(Node):
     def attach_learner(self, learner: Learner) -> None:
         """Hand transitions to `learner` and poll it for policies (validated off the tick)."""
         self.learner = learner
-        self._proposer = _Proposer(self.slot, lambda r: self._record_swap(r, "learner"))
+        self._proposer = PolicyProposer(self.slot, lambda r: self._record_swap(r, "learner"))
         self.create_timer(POLL_PERIOD_S, self._poll_learner,
                           callback_group=MutuallyExclusiveCallbackGroup())
 
