@@ -302,10 +302,13 @@ def test_finetune_with_a_scripted_operator_stores_interventions_on_the_demo_side
         episodes = [e for e in store.episodes() if e["source"] != "demo"]
         rows = store.read(["source"])["source"]
         mirror = ReplayMirror.from_store(store)
-    # Episodes 0, 2, 4, ... are the operator's, whole; the others the policy's.
+    # Episodes 0, 2, 4, ... are the operator's, whole; the others the policy's. Episode 0 may
+    # start with a few policy rows: the operator's first flags can race DDS discovery.
     sources = [set(rows[e["start"]:e["end"]].tolist()) for e in episodes]
     assert len(sources) >= 8
-    assert sources == [{INTERVENTION} if i % 2 == 0 else {ONLINE} for i in range(len(sources))]
+    assert INTERVENTION in sources[0] and sources[0] <= {ONLINE, INTERVENTION}, sources[0]
+    assert sources[1:] == [{INTERVENTION} if i % 2 == 0 else {ONLINE}
+                           for i in range(1, len(sources))]
     n_int, n_on = int((rows == INTERVENTION).sum()), int((rows == ONLINE).sum())
     # The sampler's demo side holds demos + interventions; the online side only online rows.
     assert mirror.size("offline") == int((rows == DEMO).sum()) + n_int
