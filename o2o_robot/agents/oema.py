@@ -58,7 +58,9 @@ from torch.func import functional_call
 
 from o2o_robot.agents import resolve_device
 from o2o_robot.agents.networks import (ConcatMLP, DeterministicActor, EnsembleCritic,
-                                       ensemble_min, polyak_update, q_upper_bound)
+                                       ensemble_min, policy_actions, polyak_update,
+                                       q_upper_bound)
+from o2o_robot.agents.rlpd import minibatch_slices
 from o2o_robot.config import OEMAConfig
 
 Batch = Mapping[str, torch.Tensor]
@@ -372,14 +374,11 @@ class OEMA:
         B_rl rows (obs, action, reward, next_obs, mask) and of off_obs/off_action (B_off),
         on_obs/on_action (B_on) and recent_obs (B_r). Sets `last_priorities` [G * N]."""
         b = self._to_batch(batch, TD_KEYS + REPLAY_KEYS)
-        rows, n = b["obs"].shape[0], self.batch_size
-        if rows == 0 or rows % n:
-            raise ValueError(f"OEMA batch: {rows} rows is not a positive multiple of "
-                             f"batch_size {n}")
+        slices = minibatch_slices(b["obs"].shape[0], self.batch_size)
         self.finish_pretraining()
         stats, priorities = [], []
-        for g in range(rows // n):
-            info, prio = self._iteration({k: v[g * n:(g + 1) * n] for k, v in b.items()})
+        for sl in slices:
+            info, prio = self._iteration({k: v[sl] for k, v in b.items()})
             stats.append(torch.stack([torch.as_tensor(v, device=self.device).float()
                                       for v in info.values()]))
             priorities.append(prio)
@@ -389,26 +388,21 @@ class OEMA:
         self.negative_meta_weights = int(values.pop())
         self.last_priorities = torch.cat(priorities).cpu().numpy()
         metrics = dict(zip(info, values))
-        metrics.update(utd_ratio=float(rows // n), negative_meta_weights=self.negative_meta_weights)
+        metrics.update(utd_ratio=float(len(slices)),
+                       negative_meta_weights=self.negative_meta_weights)
         return metrics
 
     # ---------------------------------------------------------------------------- acting
-    @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Action(s) in [-1, 1] for obs [obs_dim] or [B, obs_dim]: pi(s), or the behaviour
         action a_E (with the agent's own noise generator)."""
-        o = torch.as_tensor(np.asarray(obs, np.float32), device=self.device)
-        single = o.dim() == 1
-        o = o[None] if single else o
-        if o.dim() != 2 or o.shape[1] != self.obs_dim:
-            raise ValueError(f"act: obs must be [{self.obs_dim}] or [B, {self.obs_dim}], "
-                             f"got {list(np.shape(obs))}")
-        a = self.nets.actor(o)
-        if not deterministic:
+        def policy(o: torch.Tensor) -> torch.Tensor:
+            a = self.nets.actor(o)
+            if deterministic:
+                return a
             noise = torch.randn(a.shape, generator=self.act_generator, device=self.device)
-            a = behaviour_action(self.nets.perturb, o, a, noise, self.cfg.explore_noise)
-        a = a.cpu().numpy()
-        return a[0] if single else a
+            return behaviour_action(self.nets.perturb, o, a, noise, self.cfg.explore_noise)
+        return policy_actions(policy, obs, self.obs_dim, self.device)
 
     def export_actor(self) -> nn.Module:
         """forward(obs, noise) -> unit action: the behaviour policy once fine-tuning has run an
