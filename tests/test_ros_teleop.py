@@ -264,7 +264,7 @@ def test_demos_collect_with_the_keyboard_records_what_the_operator_typed(tmp_pat
     assert not actions[:, 1:].any()                    # only joint 1 was driven
 
 
-def test_demos_collect_cli_exit_codes_for_no_terminal_and_a_locked_store(tmp_path):
+def test_demos_collect_cli_exit_codes_for_no_terminal_a_locked_store_and_a_bad_profile(tmp_path):
     store = tmp_path / "s.zarr"
     cmd = [sys.executable, "-m", "o2o_robot.cli", "demos", "collect", "--store", str(store),
            "--episodes", "1"]
@@ -275,6 +275,14 @@ def test_demos_collect_cli_exit_codes_for_no_terminal_and_a_locked_store(tmp_pat
     with TransitionStore.create(store, 12, 3):                   # another writer holds it
         out = run("--teleop", "scripted")
     assert out.returncode == 1 and str(store) in out.stderr, out.stderr
+    # A 7-joint arm with the 6-axis gamepad profile: a clear error naming the key, exit 2.
+    arm7 = tmp_path / "arm7.yaml"
+    arm7.write_text(f"base: {Path(ROOT) / 'config' / 'examples' / 'my_robot.yaml'}\nrobot:\n  action:\n"
+                    "    names: [j1, j2, j3, j4, j5, j6, j7]\n    low: [-0.5, -0.5, -0.5, -0.8, "
+                    "-0.8, -0.8, -0.8]\n    high: [0.5, 0.5, 0.5, 0.8, 0.8, 0.8, 0.8]\n")
+    out = run("--teleop", "joy", "--no-sim", "--config", str(arm7), "--store", str(tmp_path / "s7"))
+    assert out.returncode == 2 and "teleop.joy.axes" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
 
 
 # ---------------------------------------------------------------------- interventions

@@ -98,20 +98,26 @@ def run_collect(cfg: O2OConfig, *, teleop: str = "scripted", episodes: int | Non
     recorder = DemoRecorder.for_config(cfg, spec=spec, max_episodes=episodes,
                                        on_episode=on_episode)
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    kw = {"context": context, "namespace": namespace}
     spinning, ended, stop, started = [], "error", threading.Event(), time.monotonic()
-    handlers = _catch_signals(stop)
+    handlers: dict = {}
     try:
+        rclpy.init(context=context, domain_id=domain_id)
+        kw = {"context": context, "namespace": namespace}
+        handlers = _catch_signals(stop)
         with ExitStack() as stack:
-            others = []
-            if use_sim:
-                from o2o_robot.ros.sim_bridge_node import SimBridgeNode
+            try:
+                others = []
+                if use_sim:
+                    from o2o_robot.ros.sim_bridge_node import SimBridgeNode
 
-                others.append(SimBridgeNode(cfg, **kw))
-            others += _teleop_nodes(cfg, teleop, stack, **kw)
-            actor = ActorNode(cfg, learner=recorder, latency_budget_share=None,
-                              parameter_overrides=[Parameter("mode", value="collect")], **kw)
+                    others.append(SimBridgeNode(cfg, **kw))
+                others += _teleop_nodes(cfg, teleop, stack, **kw)
+                actor = ActorNode(cfg, learner=recorder, latency_budget_share=None,
+                                  parameter_overrides=[Parameter("mode", value="collect")], **kw)
+            except ConfigError:
+                raise
+            except ValueError as exc:   # a Joy profile, expert or reward that does not fit
+                raise ConfigError(str(exc)) from None
             for i, nodes in enumerate(([actor], others)):
                 executor = SingleThreadedExecutor(context=context)
                 for node in nodes:
