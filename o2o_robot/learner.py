@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from o2o_robot.config import O2OConfig
+from o2o_robot.data.schema import EPISODE_INDEX_KEY
 
 REPORT_PERIOD_S = 1.0
 STEP_SOURCES = (1, 2)            # schema codes of "online" and "intervention": env steps
@@ -234,7 +235,7 @@ class _Worker:
         robot = cfg.robot
         if self.store.open_episode_rows:   # cut by an earlier crash: never merge it with ours
             self.store.end_episode(success=None)
-        self.open_rows = 0
+        self.open_rows, self.open_episode = 0, None
         self.mirror = ReplayMirror(robot.obs_dim, robot.act_dim,
                                    online_capacity=cfg.sampler.online_capacity)
         rows = self.store.read()
@@ -245,7 +246,7 @@ class _Worker:
         self.policy_dir = self.run_dir / "policies"
         device = resolve_device(cfg.learner.device)
         self.counters = dict.fromkeys(["env_steps", "updates", "policy_version",
-                                       "rejected_rows", "export_errors"], 0)
+                                       "rejected_rows", "export_errors", "cut_episodes"], 0)
         self.seen_steps = 0   # env-step rows taken from the queue by this worker
         self.last_problem = ""
         if self.ckpt_path.exists():
@@ -303,6 +304,13 @@ class _Worker:
             n += 1
             self.seen_steps += is_env_step(row)
             success = row.pop("episode_success", None)
+            episode = row.pop(EPISODE_INDEX_KEY, None)
+            if episode is not None:
+                if self.open_rows and episode != self.open_episode:   # its last row was lost
+                    self.store.end_episode(success=None)
+                    self.open_rows = 0
+                    self.counters["cut_episodes"] += 1
+                self.open_episode = episode
             if row.get(END_EPISODE):
                 if self.open_rows:
                     self.store.end_episode(success=success)

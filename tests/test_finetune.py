@@ -18,6 +18,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 from o2o_robot.agents import build_agent
 from o2o_robot.config import OEMAConfig, load_config, resolve_config_path
+from o2o_robot.data.schema import EPISODE_INDEX_KEY
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.learner import LearnerClient
 from o2o_robot.policy.runtime import META_VERSION
@@ -163,6 +164,26 @@ def test_an_episode_whose_last_row_was_dropped_is_closed_by_the_end_marker(tmp_p
     with TransitionStore.open(cfg.store.path) as store:
         online = [e for e in store.episodes() if e["source"] == "online"]
     assert [(e["length"], e["success"]) for e in online] == [(9, True), (10, True)]
+
+
+def test_an_episode_whose_last_row_was_lost_is_closed_when_the_next_one_starts(tmp_path):
+    """Rows carry the actor's episode index: the next episode's first row closes an open
+    episode whose last row never arrived (e.g. a full queue), so the two never merge."""
+    cfg = tiny_config(tmp_path, learner={"warmup_steps": 1000})
+    rows = online_rows(20, episode_len=10)
+    first = [{**r, EPISODE_INDEX_KEY: 0} for r in rows[:9]]       # its last row was lost
+    second = [{**r, EPISODE_INDEX_KEY: 1} for r in rows[10:]]
+    client = LearnerClient(cfg, tmp_path, mode="thread")
+    try:
+        for row in first + second:
+            assert client.submit(row)
+        wait_for(lambda: client.progress()["env_steps"] == 19, 30.0, "19 rows stored")
+    finally:
+        final = client.close()
+    assert final["cut_episodes"] == 1
+    with TransitionStore.open(cfg.store.path) as store:
+        online = [e for e in store.episodes() if e["source"] == "online"]
+    assert [(e["length"], e["success"]) for e in online] == [(9, None), (10, True)]
 
 
 @pytest.mark.parametrize("mode", ["thread", "process"])

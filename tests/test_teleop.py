@@ -3,10 +3,13 @@ inversion, deadman, button edges), the keyboard's key state and its profile, the
 operator's schedule, and the demo recorder on a real store."""
 from __future__ import annotations
 
+import queue
+
 import numpy as np
 import pytest
 
 from o2o_robot.config import JoyProfile, load_config
+from o2o_robot.data.schema import EPISODE_INDEX_KEY
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.teleop.joy import JoyError, JoyMapper
 from o2o_robot.teleop.keyboard import HELP, KeyboardJoy, split_keys
@@ -206,6 +209,29 @@ def test_recorder_writes_whole_labelled_episodes_and_discards_the_unfinished(tmp
     assert [(s["steps"], s["success"], s["stored"]) for s in seen] == \
         [(3, True, True), (5, False, True), (2, False, True)]
     assert "demo episode 0: 3 steps, success, return 1.00, recorded (1 so far)" == episode_line(seen[0])
+
+
+def test_recorder_discards_an_episode_that_lost_a_row_on_the_way(tmp_path):
+    """A full queue drops a row: its episode is incomplete and is not stored, whether the lost
+    row was in the middle (seen at submit) or the last one (the next episode's rows arrive)."""
+    rec = DemoRecorder(tmp_path / "s.zarr", 4, 2)
+    episodes = [rows(4, success=True), rows(3, success=True), rows(5, success=True),
+                rows(2, success=True)]
+    lose = {(0, 1), (2, 4)}                                 # (episode, row): middle, last
+    put = rec._inbox.put_nowait
+
+    def full_for_lost_rows(row):
+        if (row[EPISODE_INDEX_KEY], row["obs"][0]) in lose:
+            raise queue.Full
+        put(row)
+    rec._inbox.put_nowait = full_for_lost_rows
+    for k, episode in enumerate(episodes):
+        for i, row in enumerate(episode):
+            assert rec.submit({**row, EPISODE_INDEX_KEY: k}) == ((k, i) not in lose)
+    final = rec.close()
+    assert (final["queue_dropped"], final["torn_discarded"], final["stored_episodes"]) == (2, 2, 2)
+    with TransitionStore.open(tmp_path / "s.zarr") as store:
+        assert [e["length"] for e in store.episodes()] == [3, 2]      # episodes 1 and 3, whole
 
 
 def test_recorder_drops_failures_when_asked_stops_at_the_limit_and_refuses_policy_rows(tmp_path):

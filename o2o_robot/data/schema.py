@@ -82,3 +82,9 @@ def validate_rows(rows: dict[str, np.ndarray], obs_dim: int, act_dim: int) -> di
                 raise ValueError(f"source: unknown code {bad.flat[0]!r}")
         out[field] = arr.astype(dtype, copy=False)
     return out
+
+
+# Key the actor adds to each row it hands on (not a stored field): the index of the episode the
+# row belongs to. A consumer that sees it change while an episode is still open knows that the
+# open episode's last row was dropped on the way, and closes (or discards) it.
+EPISODE_INDEX_KEY = "episode_index"

@@ -52,6 +52,7 @@ from std_srvs.srv import Trigger
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control import ControlCore
 from o2o_robot.control.timing import TickTiming
+from o2o_robot.data.schema import EPISODE_INDEX_KEY
 from o2o_robot.policy.runtime import PolicyRejected
 from o2o_robot.policy.slot import PolicyProposer, PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
@@ -313,10 +314,13 @@ class ActorNode(Node):
         if result.transition is not None and self._learning and self.learner is not None:
             # Rows carry wall-clock seconds since the epoch (the store schema); ticks run on
             # the monotonic clock.
+            episode = self.core.episode
             row = {**result.transition,
-                   "timestamp": result.transition["timestamp"] + self._epoch_offset_s}
+                   "timestamp": result.transition["timestamp"] + self._epoch_offset_s,
+                   EPISODE_INDEX_KEY: episode.history[-1].index if result.episode_done
+                   else episode.index}
             if result.episode_done:   # the learner records the episode's outcome in the store
-                row = {**row, "episode_success": self.core.episode.history[-1].success}
+                row = {**row, "episode_success": episode.history[-1].success}
             self._submit(row)
         elif result.episode_done and self._learning and hasattr(self.learner, "end_episode"):
             self.learner.end_episode(self.core.episode.history[-1].success)  # its last row was dropped

@@ -14,7 +14,10 @@ Episodes are written whole. Rows are kept in memory until the row that ends the 
 episode is appended as one validated block, closed with its label and committed (durable when
 `on_episode` reports it). So the store never holds half a demonstration: an episode still open
 when the recorder closes is discarded (counted), an episode without success is dropped when
-`keep_failures` is False, and episodes beyond `max_episodes` are dropped.
+`keep_failures` is False, and episodes beyond `max_episodes` are dropped. A row lost on the
+way (a full queue) makes its episode incomplete: rows carry the actor's episode index
+(`EPISODE_INDEX_KEY`), and an episode with a lost row, or one whose last row never came (the
+next episode's rows arrive while it is open), is discarded and counted as `torn_discarded`.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from o2o_robot.config import O2OConfig
-from o2o_robot.data.schema import FIELDS, SOURCE_CODE
+from o2o_robot.data.schema import EPISODE_INDEX_KEY, FIELDS, SOURCE_CODE
 
 _END = "__end_episode__"     # queue marker: the episode ended on a row that was not recorded
 
@@ -54,9 +57,12 @@ class DemoRecorder:
         self.on_episode = on_episode
         self.counts = dict.fromkeys(
             ["rows", "episodes", "stored_episodes", "stored_rows", "successes", "dropped_failures",
-             "dropped_over_limit", "discarded_partial", "rejected_episodes", "queue_dropped"], 0)
+             "dropped_over_limit", "discarded_partial", "rejected_episodes", "queue_dropped",
+             "torn_discarded"], 0)
         self.state, self.error, self.last_problem = "running", "", ""
         self._rows: list[dict] = []
+        self._open_episode = None           # actor's index of the episode in `_rows`
+        self._lost_in: set = set()          # episode indices that lost a row (full queue)
         self._inbox: queue.Queue = queue.Queue(queue_size)
         self._stop = threading.Event()
         self._mu = threading.Lock()
@@ -78,6 +84,7 @@ class DemoRecorder:
         except queue.Full:
             with self._mu:
                 self.counts["queue_dropped"] += 1
+                self._lost_in.add(transition.get(EPISODE_INDEX_KEY))
             return False
         return True
 
@@ -126,6 +133,12 @@ class DemoRecorder:
                 self._finish(row.get("episode_success"), terminated=False)
             return
         success = row.pop("episode_success", None)
+        episode = row.pop(EPISODE_INDEX_KEY, None)
+        if self._rows and episode != self._open_episode:   # the open episode's last row was lost
+            with self._mu:
+                self.counts["torn_discarded"] += 1
+                self._rows = []
+        self._open_episode = episode
         with self._mu:
             self._rows.append(row)
             self.counts["rows"] += 1
@@ -137,9 +150,12 @@ class DemoRecorder:
             rows, self._rows = self._rows, []
             self.counts["episodes"] += 1
             index = self.counts["episodes"] - 1
+            torn = self._open_episode is not None and self._open_episode in self._lost_in
         ret = float(sum(float(r.get("reward", 0.0)) for r in rows))
         stored, why = False, ""
-        if not success and not self.keep_failures:
+        if torn:
+            why, key = "a row was lost on the way (full queue)", "torn_discarded"
+        elif not success and not self.keep_failures:
             why, key = "no success (teleop.record_failures is false)", "dropped_failures"
         elif self.max_episodes is not None and self.counts["stored_episodes"] >= self.max_episodes:
             why, key = f"{self.max_episodes} episodes already recorded", "dropped_over_limit"
