@@ -52,6 +52,8 @@ class DemoRecorder:
         # Opened here, not in the thread: a bad or locked store fails the caller at once.
         self.store = TransitionStore.open_or_create(store_path, obs_dim, act_dim,
                                                     flush_every=flush_every, spec=spec)
+        if self.store.open_episode_rows:   # cut by an earlier crash: never merge it with ours
+            self.store.end_episode(success=None)
         self.path = str(store_path)
         self.keep_failures, self.max_episodes = keep_failures, max_episodes
         self.on_episode = on_episode
@@ -124,8 +126,9 @@ class DemoRecorder:
         except Exception:   # reported through stats(); the actor keeps running meanwhile
             with self._mu:
                 self.state, self.error = "crashed", traceback.format_exc(limit=6)
+            self.store.abort()   # drops what a failed write buffered; releases the lock
         finally:
-            self.store.close()   # commits what was written; releases the lock
+            self.store.close()   # commits what was written (a no-op after abort)
 
     def _take(self, row: dict) -> None:
         if row.get(_END):
@@ -188,11 +191,13 @@ class DemoRecorder:
                 if np.any(block["source"] != SOURCE_CODE["demo"]):   # a policy acted: no demo
                     raise StoreValueError("source: rows not from the operator (collect mode "
                                           "records demos only)")
-                self.store.append_rows(block)
+                # Buffered whole and committed after its end: a crash mid-write leaves the
+                # episode complete or absent, never half of it.
+                self.store.append_episode(block, success=None if success is None
+                                          else bool(success))
             except StoreValueError as exc:
                 problem = f"refused: {exc}"
             else:
-                self.store.end_episode(success=None if success is None else bool(success))
                 self.store.flush()
                 return ""
         with self._mu:
