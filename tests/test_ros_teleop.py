@@ -332,3 +332,23 @@ def test_finetune_with_a_scripted_operator_stores_interventions_on_the_demo_side
               if "intervention_rate" in r]
     assert logged and all(0 < v <= 1 for v in logged)            # metrics.jsonl + TensorBoard
     assert any("interv 0." in line for line in out.splitlines() if line.startswith("[finetune] step"))
+
+
+def test_the_keyboard_reader_reports_its_end_so_the_node_releases_teleop():
+    """The terminal goes away: the reader calls on_end (the node then drops its engaged flag)."""
+    from o2o_robot.ros.keyboard_teleop import TerminalReader
+
+    master, slave = pty.openpty()
+    ended, typed = [], []
+    with open(slave, "rb", buffering=0, closefd=False) as stream:
+        with TerminalReader(lambda text: typed.append(text) or [], stream=stream,
+                            on_end=ended.append):
+            os.write(master, b" ")
+            deadline = time.monotonic() + 5.0
+            while not typed and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.close(master)                              # the operator's terminal closes
+            while not ended and time.monotonic() < deadline:
+                time.sleep(0.01)
+    os.close(slave)
+    assert typed == [" "] and len(ended) == 1, (typed, ended)

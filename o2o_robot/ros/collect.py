@@ -70,7 +70,7 @@ def _teleop_nodes(cfg: O2OConfig, teleop: str, stack: ExitStack, **kw) -> list:
         from o2o_robot.ros.keyboard_teleop import KeyboardTeleopNode, TerminalReader
 
         nodes.append(KeyboardTeleopNode(cfg, **kw))
-        stack.enter_context(TerminalReader(nodes[-1].feed))
+        stack.enter_context(TerminalReader(nodes[-1].feed, on_end=nodes[-1].release))
     return nodes
 
 

@@ -65,6 +65,12 @@ class KeyboardTeleopNode(Node):
             notes = [self.keys.press(key, now) for key in split_keys(text)]
         return [n for n in notes if n]
 
+    def release(self, why: str) -> None:
+        """The keyboard is gone: stop driving (an engaged flag must not outlive its operator)."""
+        with self._mu:
+            self.keys.engaged = False
+        self.get_logger().warning(f"keyboard input ended ({why}): teleop released")
+
     def _publish(self) -> None:
         with self._mu:
             axes, buttons = self.keys.joy(time.monotonic())
@@ -77,11 +83,12 @@ class TerminalReader:
     """Context manager: stdin in cbreak mode, a thread handing typed text to `on_text` (which
     returns lines to print). The terminal is restored on exit, whatever happened."""
 
-    def __init__(self, on_text: Callable[[str], list[str]], stream=None):
+    def __init__(self, on_text: Callable[[str], list[str]], stream=None,
+                 on_end: Callable[[str], None] | None = None):
         self.stream = stream or sys.stdin
         if not self.stream.isatty():
             raise OSError(NOT_A_TTY)
-        self.on_text = on_text
+        self.on_text, self.on_end = on_text, on_end
         self._fd = self.stream.fileno()
         self._saved = None
         self._stop = threading.Event()
@@ -97,18 +104,29 @@ class TerminalReader:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(1.0)
-        termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+        try:
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
+        except termios.error:   # the terminal is gone: there is nothing left to restore
+            pass
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._fd], [], [], 0.1)
-            if not ready:
-                continue
-            data = os.read(self._fd, 64)
-            if not data:          # the terminal went away
-                return
-            for line in self.on_text(data.decode(errors="ignore")):
-                print(f"[keyboard] {line}", flush=True)
+        why = "stopped"
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([self._fd], [], [], 0.1)
+                if not ready:
+                    continue
+                data = os.read(self._fd, 64)
+                if not data:
+                    why = "the terminal went away"
+                    return
+                for line in self.on_text(data.decode(errors="ignore")):
+                    print(f"[keyboard] {line}", flush=True)
+        except Exception as exc:   # noqa: BLE001 (reported through on_end, then the thread ends)
+            why = f"{type(exc).__name__}: {exc}"
+        finally:
+            if self.on_end is not None:
+                self.on_end(why)
 
 
 def main(args=None) -> int:
@@ -119,7 +137,7 @@ def main(args=None) -> int:
     node = start_node(KeyboardTeleopNode, NODE_NAME, (ValueError,), args)   # ConfigError
     if node is None:
         return 1
-    with TerminalReader(node.feed):
+    with TerminalReader(node.feed, on_end=node.release):
         return spin_node(node)
 
 
