@@ -92,6 +92,14 @@ def test_robomimic_layout_with_chosen_obs_keys(tmp_path):
         want = np.concatenate([f["data/demo_1/obs/gripper"][:], f["data/demo_1/obs/eef_pos"][:]], 1)
     assert np.allclose(rows["obs"][6:10], want)
     assert rows["terminated"][5] and rows["truncated"][9] and not rows["terminated"][9]
+    with h5py.File(tmp_path / "r.hdf5", "a") as f:           # an empty demo: a clear refusal
+        g = f.create_group("data/demo_11")
+        g["actions"], g["rewards"], g["dones"] = np.zeros((0, 7)), np.zeros(0), np.zeros(0)
+        for key, dim in (("eef_pos", 3), ("gripper", 2), ("image", 12)):
+            g[f"obs/{key}"], g[f"next_obs/{key}"] = np.zeros((0, dim)), np.zeros((0, dim))
+    with pytest.raises(SourceFileError, match="demo_11: an empty demo"):
+        run_import(Hdf5Source(tmp_path / "r.hdf5", obs_keys=["gripper", "eef_pos"]),
+                   tmp_path / "s2.zarr")
 
 
 def test_mismatched_dims_refused_naming_the_key_and_store_unchanged(tmp_path):

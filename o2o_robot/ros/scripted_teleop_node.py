@@ -113,7 +113,7 @@ class ScriptedTeleopNode(Node):
     def _on_episode(self, msg: String) -> None:
         try:
             self.operator.on_episode(json.loads(msg.data))
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, AttributeError):   # not JSON, or not an object
             self.counts["bad_events"] += 1
             return
         # Tell the actor now, not at the next observation: it may start the next episode first.

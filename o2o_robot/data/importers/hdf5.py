@@ -148,6 +148,8 @@ class Hdf5Source:
             for name in self._demos(f):
                 demo = f["data"][name]
                 try:
+                    if len(demo["actions"]) == 0:
+                        raise SourceFileError(f"{self.path}: data/{name}: an empty demo (0 rows)")
                     obs = flat(demo["obs"])
                     nxt = flat(demo["next_obs"]) if "next_obs" in demo else None
                     done = np.asarray(demo["dones"][:], bool).reshape(-1)
