@@ -42,12 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from o2o_robot.config import O2OConfig
-from o2o_robot.data.schema import EPISODE_INDEX_KEY
+from o2o_robot.data.schema import END_EPISODE_KEY, EPISODE_INDEX_KEY
 
 REPORT_PERIOD_S = 1.0
 STEP_SOURCES = (1, 2)            # schema codes of "online" and "intervention": env steps
 ENV_STEPS, UPDATES, VERSION, SEEN_STEPS = range(4)   # slots of the shared counters
-END_EPISODE = "end_episode"      # key of the marker row that closes an episode without a row
 
 AgentFactory = Callable[[O2OConfig, int, int, str], object]
 
@@ -106,7 +105,7 @@ class LearnerClient:
     def end_episode(self, success: bool | None = None) -> bool:
         """The episode ended on a row the actor could not record (e.g. no reward for it): the
         worker closes the store episode, so the next episode's rows never merge into it."""
-        return self.submit({END_EPISODE: True, "episode_success": success})
+        return self.submit({END_EPISODE_KEY: True, "episode_success": success})
 
     def poll_policy(self) -> bytes | None:
         """The newest exported policy since the last call, else None (older ones are skipped)."""
@@ -311,7 +310,7 @@ class _Worker:
                     self.open_rows = 0
                     self.counters["cut_episodes"] += 1
                 self.open_episode = episode
-            if row.get(END_EPISODE):
+            if row.get(END_EPISODE_KEY):
                 if self.open_rows:
                     self.store.end_episode(success=success)
                     self.open_rows = 0

@@ -88,3 +88,6 @@ def validate_rows(rows: dict[str, np.ndarray], obs_dim: int, act_dim: int) -> di
 # row belongs to. A consumer that sees it change while an episode is still open knows that the
 # open episode's last row was dropped on the way, and closes (or discards) it.
 EPISODE_INDEX_KEY = "episode_index"
+# Key of the marker row (no data) the actor hands on when an episode ended on a row it could not
+# record (e.g. no reward for it): the consumer closes the open episode with the marker's label.
+END_EPISODE_KEY = "end_episode"

@@ -30,9 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from o2o_robot.config import O2OConfig
-from o2o_robot.data.schema import EPISODE_INDEX_KEY, FIELDS, SOURCE_CODE
-
-_END = "__end_episode__"     # queue marker: the episode ended on a row that was not recorded
+from o2o_robot.data.schema import END_EPISODE_KEY, EPISODE_INDEX_KEY, FIELDS, SOURCE_CODE
 
 
 class DemoRecorder:
@@ -92,7 +90,7 @@ class DemoRecorder:
 
     def end_episode(self, success: bool | None = None) -> None:
         """The episode ended on a row the actor could not record (e.g. no reward for it)."""
-        self.submit({_END: True, "episode_success": success})
+        self.submit({END_EPISODE_KEY: True, "episode_success": success})
 
     def poll_policy(self) -> None:
         """Collect mode runs no policy."""
@@ -131,7 +129,7 @@ class DemoRecorder:
             self.store.close()   # commits what was written (a no-op after abort)
 
     def _take(self, row: dict) -> None:
-        if row.get(_END):
+        if row.get(END_EPISODE_KEY):
             if self._rows:
                 self._finish(row.get("episode_success"), terminated=False)
             return
