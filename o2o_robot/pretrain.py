@@ -84,7 +84,7 @@ def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = T
     from o2o_robot.agents.checkpoint import save_checkpoint
     from o2o_robot.batches import pretrain
     from o2o_robot.runlog import RunLogger
-    from o2o_robot.train import load_mirror
+    from o2o_robot.train import fresh_state, load_mirror
 
     name = cfg.algorithm.name
     if not hasattr(cfg.algorithm, "pretrain_steps"):
@@ -127,9 +127,7 @@ def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = T
         metrics = pretrain(agent, cfg, mirror, rng, progress=progress, log=log)
         wall = time.perf_counter() - started
         # The state train.py keeps in its checkpoints, at env step 0 (`train --resume` reads it).
-        state = {"env_step": 0, "episode": 0, "online_ranges": [], "updates": 0,
-                 "solved_at": None, "np_rng": rng.bit_generator.state, "plan_state": None,
-                 "policy_version": 0}
+        state = {**fresh_state(), "np_rng": rng.bit_generator.state, "policy_version": 0}
         save_checkpoint(ckpt_path, agent, cfg, **state)
     finally:
         store.close()

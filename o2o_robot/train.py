@@ -107,6 +107,12 @@ class _Progress:
             self.bar.close()
 
 
+def fresh_state() -> dict:
+    """The harness's resume state before the first env step (what its checkpoints hold)."""
+    return {"env_step": 0, "episode": 0, "online_ranges": [], "updates": 0,
+            "solved_at": None, "np_rng": None, "plan_state": None}
+
+
 def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) the training loop described in the module docstring; return a summary."""
     run_dir = Path(cfg.train.run_dir)
@@ -119,8 +125,7 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
     scaler = ActionScaler(spec["action_low"], spec["action_high"])
     device = resolve_device(cfg.learner.device)
 
-    state = {"env_step": 0, "episode": 0, "online_ranges": [], "updates": 0,
-             "solved_at": None, "np_rng": None, "plan_state": None}
+    state = fresh_state()
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
