@@ -358,7 +358,8 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 def batch_tensors(big_batch: Mapping[str, Any], keys: Sequence[str], obs_dim: int, act_dim: int,
                   device: torch.device | str) -> dict[str, torch.Tensor]:
     """`keys` of a batch (numpy arrays or tensors) as float32 tensors on `device`, with shapes
-    checked where data enters an agent: obs/next_obs [B, obs_dim], action [B, act_dim], else [B]."""
+    checked where data enters an agent: a key ending in "obs" (obs, next_obs, off_obs, ...)
+    [B, obs_dim], one ending in "action" [B, act_dim], any other [B]."""
     missing = [k for k in keys if k not in big_batch]
     if missing:
         raise KeyError(f"big batch: missing key(s) {', '.join(missing)}")
@@ -367,8 +368,8 @@ def batch_tensors(big_batch: Mapping[str, Any], keys: Sequence[str], obs_dim: in
            for k in keys}
     rows = out[keys[0]].shape[0] if out[keys[0]].dim() else 0
     for k, v in out.items():
-        want = ((rows, obs_dim) if k in ("obs", "next_obs") else
-                (rows, act_dim) if k == "action" else (rows,))
+        want = ((rows, obs_dim) if k.endswith("obs") else
+                (rows, act_dim) if k.endswith("action") else (rows,))
         if tuple(v.shape) != want:
             raise ValueError(f"big batch: {k} has shape {list(v.shape)}, expected {list(want)}")
     return out

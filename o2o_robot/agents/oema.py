@@ -58,8 +58,8 @@ from torch.func import functional_call
 
 from o2o_robot.agents import resolve_device
 from o2o_robot.agents.networks import (ConcatMLP, DeterministicActor, EnsembleCritic,
-                                       ensemble_min, policy_actions, polyak_update,
-                                       q_upper_bound)
+                                       batch_tensors, ensemble_min, policy_actions,
+                                       polyak_update, q_upper_bound)
 from o2o_robot.agents.rlpd import minibatch_slices
 from o2o_robot.config import OEMAConfig
 
@@ -262,20 +262,7 @@ class OEMA:
 
     # ---------------------------------------------------------------------------- batches
     def _to_batch(self, batch: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        missing = [k for k in keys if k not in batch]
-        if missing:
-            raise KeyError(f"OEMA batch: missing key(s) {', '.join(missing)}")
-        out = {k: torch.as_tensor(batch[k] if torch.is_tensor(batch[k]) else np.asarray(batch[k]),
-                                  dtype=torch.float32, device=self.device) for k in keys}
-        rows = out["obs"].shape[0] if out["obs"].dim() else 0
-        for k, v in out.items():
-            width = (self.act_dim if k.endswith("action") else
-                     self.obs_dim if k.endswith("obs") else None)
-            want = (rows,) if width is None else (rows, width)
-            if tuple(v.shape) != want:
-                raise ValueError(f"OEMA batch: {k} has shape {list(v.shape)}, "
-                                 f"expected {list(want)}")
-        return out
+        return batch_tensors(batch, keys, self.obs_dim, self.act_dim, self.device)
 
     # --------------------------------------------------------------------------- pre-training
     def pretrain_update(self, batch: Mapping[str, Any]) -> dict[str, float]:
