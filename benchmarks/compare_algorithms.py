@@ -38,7 +38,7 @@ def run_one(name: str, seed: int, steps: int | None, out: Path) -> dict:
     """One training run; returns its eval curve, wall time and update timings."""
     from o2o_robot.config import load_config
     from o2o_robot.runlog import read_metrics
-    from o2o_robot.train import train
+    from o2o_robot.learning.harness import train
 
     run_dir = out / f"{name}_seed{seed}"
     train_over = {"run_dir": str(run_dir), "seed": seed}

@@ -56,7 +56,7 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noq
 from rclpy.parameter import Parameter  # noqa: E402
 
 from o2o_robot.config import load_config, resolve_config_path  # noqa: E402
-from o2o_robot.learner import LearnerClient  # noqa: E402
+from o2o_robot.learning.worker import LearnerClient  # noqa: E402
 from o2o_robot.ros.actor_node import ActorNode  # noqa: E402
 
 FEED_HZ = 100.0

@@ -138,7 +138,7 @@ def cmd_demos_collect(args) -> int:
 
 # ------------------------------------------------------------------------------ train, policy
 def cmd_train(args) -> int:
-    from o2o_robot.train import train
+    from o2o_robot.learning.harness import train
 
     cfg = _config(args.config)
     if args.run_dir:
@@ -151,7 +151,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from o2o_robot.pretrain import PretrainError, apply_overrides, run_pretrain
+    from o2o_robot.learning.pretrain import PretrainError, apply_overrides, run_pretrain
 
     cfg = apply_overrides(_config(args.config), args.run_dir)
     try:

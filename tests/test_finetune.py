@@ -20,7 +20,7 @@ from o2o_robot.agents import build_agent
 from o2o_robot.config import OEMAConfig, load_config, resolve_config_path
 from o2o_robot.data.schema import EPISODE_INDEX_KEY
 from o2o_robot.data.store import TransitionStore
-from o2o_robot.learner import LearnerClient
+from o2o_robot.learning.worker import LearnerClient
 from o2o_robot.policy.runtime import META_VERSION
 from o2o_robot.cli import build_parser
 from o2o_robot.ros.finetune import (FinetuneActor, apply_overrides,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from o2o_robot.config import load_config
 from o2o_robot.runlog import read_metrics
-from o2o_robot.train import train
+from o2o_robot.learning.harness import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

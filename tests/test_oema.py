@@ -15,7 +15,7 @@ from o2o_robot.agents.checkpoint import load_checkpoint, save_checkpoint
 from o2o_robot.agents.networks import q_upper_bound
 from o2o_robot.agents.oema import (OEMA, behaviour_action, density_ratio_loss, meta_beta,
                                    meta_gradient, normalised_priorities, td3bc_actor_loss)
-from o2o_robot.batches import BalancedReplayBatches, batch_plan
+from o2o_robot.learning.batches import BalancedReplayBatches, batch_plan
 from o2o_robot.config import O2OConfig, OEMAConfig, load_config
 from o2o_robot.data.replay import ReplayMirror
 from o2o_robot.data.schema import OFFLINE_SIDE_CODES, SOURCE_CODE
@@ -505,7 +505,7 @@ def tiny_config(run_dir: Path, total: int, warmup: int = 60):
 def test_warmup_acts_with_the_pretrained_actor_and_steps_no_optimizer(tmp_path):
     from o2o_robot.data.store import TransitionStore
     from o2o_robot.spaces import ActionScaler
-    from o2o_robot.train import train
+    from o2o_robot.learning.harness import train
 
     summary = train(tiny_config(tmp_path, 60, warmup=1000), progress=False)
     assert summary["env_steps"] >= 60 and summary["updates"] == 0
@@ -542,8 +542,8 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 def test_resume_and_pretrain_command_continue_exactly(tmp_path):
-    from o2o_robot.pretrain import run_pretrain
-    from o2o_robot.train import train
+    from o2o_robot.learning.pretrain import run_pretrain
+    from o2o_robot.learning.harness import train
 
     whole, split, staged = tmp_path / "whole", tmp_path / "split", tmp_path / "staged"
     summary = train(tiny_config(whole, 300), progress=False)
@@ -593,7 +593,7 @@ def test_pretrain_cli(tmp_path, capsys):
 
 def test_pretrain_reads_a_robot_store_with_the_robots_bounds(tmp_path):
     from o2o_robot.data.store import TransitionStore
-    from o2o_robot.pretrain import PretrainError, run_pretrain
+    from o2o_robot.learning.pretrain import PretrainError, run_pretrain
     from o2o_robot.sim.demos import generate_demos
 
     def cfg(name: str, **robot):

@@ -12,7 +12,7 @@ from o2o_robot.agents.checkpoint import load_checkpoint
 from o2o_robot.config import load_config
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.runlog import read_metrics
-from o2o_robot.train import train
+from o2o_robot.learning.harness import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

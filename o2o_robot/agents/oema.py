@@ -228,7 +228,7 @@ class BehaviourPolicyExport(nn.Module):
 # ------------------------------------------------------------------------------------ agent
 class OEMA:
     """The OEMA learner: `pretrain_update(batch)` per TD3+BC step, then `update(batch)` per env
-    step (the balanced-replay batch of `o2o_robot.batches.BalancedReplayBatches`); after each
+    step (the balanced-replay batch of `o2o_robot.learning.batches.BalancedReplayBatches`); after each
     update `last_priorities` holds the new priorities of the B_rl rows (the plan writes them
     into its sampler, which owns the priorities; see `BalancedReplayBatches`)."""
 

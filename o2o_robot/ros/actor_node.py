@@ -463,7 +463,7 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
         learner_factory = lambda cfg: DemoRecorder.for_config(  # noqa: E731
             cfg, on_episode=lambda info: log.info(episode_line(info)))
     elif learner_factory is None and node._learning:  # `ros2 run` / launch: the configured learner
-        from o2o_robot.learner import LearnerClient
+        from o2o_robot.learning.worker import LearnerClient
 
         learner_factory = lambda cfg: LearnerClient(cfg, cfg.train.run_dir)  # noqa: E731
     if learner_factory is not None:

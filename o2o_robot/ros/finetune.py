@@ -17,7 +17,7 @@ progress line about once a second and logs to the run directory:
                                  the tick never waits on it); `learning_curve.png` plots them and
                                  the first one at `train.success_threshold` is `solved_at`, as in
                                  the ROS-free `o2o-robot train`
-  store.zarr, checkpoints/, policies/   written by the learner (see o2o_robot/learner.py)
+  store.zarr, checkpoints/, policies/   written by the learner (see o2o_robot/learning/worker.py)
 
 Interventions: with `teleop.intervene_every: k` (device "scripted") a scripted operator
 (`ScriptedTeleopNode` in mode "intervene") takes over episodes 0, k, 2k, ... (their first
@@ -68,7 +68,7 @@ from rclpy.parameter import Parameter
 
 from o2o_robot.config import ConfigError, O2OConfig, load_config, resolve_config_path
 from o2o_robot.control.rewards import TopicReward
-from o2o_robot.learner import LearnerClient
+from o2o_robot.learning.worker import LearnerClient
 from o2o_robot.ros import convert
 from o2o_robot.ros.actor_node import LATENCY_BUDGET_SHARE, ActorNode
 from o2o_robot.ros.sim_bridge_node import SimBridgeNode

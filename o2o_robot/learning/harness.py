@@ -25,7 +25,7 @@ import torch
 
 from o2o_robot.agents import build_agent, resolve_device
 from o2o_robot.agents.checkpoint import load_checkpoint, save_checkpoint
-from o2o_robot.batches import batch_plan, plan_state, pretrain, restore_plan, warmup_action
+from o2o_robot.learning.batches import batch_plan, plan_state, pretrain, restore_plan, warmup_action
 from o2o_robot.config import ActionSpace, O2OConfig, ObservationSource, RobotSpec
 from o2o_robot.data.replay import ReplayMirror
 from o2o_robot.data.schema import OFFLINE_SIDE_CODES, SOURCE_CODE

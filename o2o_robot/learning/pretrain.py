@@ -36,7 +36,7 @@ def _sim_store(cfg: O2OConfig):
     from o2o_robot.sim.demos import ensure_demos
     from o2o_robot.sim.envs import env_spec, make_env
     from o2o_robot.spaces import ActionScaler
-    from o2o_robot.train import robot_for_env
+    from o2o_robot.learning.harness import robot_for_env
 
     env = make_env(cfg.sim)
     try:
@@ -82,9 +82,9 @@ def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = T
     """Pre-train the configured agent and write its checkpoint; returns a summary."""
     from o2o_robot.agents import build_agent, resolve_device
     from o2o_robot.agents.checkpoint import save_checkpoint
-    from o2o_robot.batches import pretrain
+    from o2o_robot.learning.batches import pretrain
     from o2o_robot.runlog import RunLogger
-    from o2o_robot.train import fresh_state, load_mirror
+    from o2o_robot.learning.harness import fresh_state, load_mirror
 
     name = cfg.algorithm.name
     if not hasattr(cfg.algorithm, "pretrain_steps"):

@@ -228,7 +228,7 @@ class _Worker:
     def _load(self, cfg: O2OConfig, agent_factory) -> None:
         from o2o_robot.agents import build_agent, resolve_device
         from o2o_robot.agents.checkpoint import load_checkpoint
-        from o2o_robot.batches import batch_plan, pretrain
+        from o2o_robot.learning.batches import batch_plan, pretrain
         from o2o_robot.data.replay import ReplayMirror
 
         robot = cfg.robot
