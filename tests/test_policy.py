@@ -26,7 +26,7 @@ from o2o_robot.policy import tools
 from o2o_robot.policy.export import ExportError, PolicyGraph, export_policy, write_policy
 from o2o_robot.policy.runtime import (NoPolicy, OnnxPolicy, PolicyRejected, policy_from_file,
                                       validate_policy)
-from o2o_robot.policy.slot import DirectoryWatcher, PolicySlot
+from o2o_robot.policy.slot import PolicySlot
 
 torch.set_num_threads(1)  # two shared cores; the exporter's matmuls are tiny
 OBS, ACT = 9, 3
@@ -365,27 +365,6 @@ def test_concurrent_swaps_never_mix_versions():
                                    rtol=0, atol=1e-6)
     # Control: the policies differ enough that a tick served by another version would show.
     assert np.abs(policies[0](obs_bank[0]) - policies[20](obs_bank[0])).max() > 1e-3
-
-
-def test_directory_watcher(tmp_path, good):
-    slot = make_slot()
-    write_policy(export(version=1), tmp_path / "old.onnx")
-    write_policy(export(version=3), tmp_path / "newest.onnx")
-    watcher = DirectoryWatcher(slot, tmp_path, poll_s=0.02)
-    assert watcher.poll_once().version == 3            # newest existing file on the first scan
-    assert watcher.poll_once() is None                 # nothing new
-    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
-    result = watcher.poll_once()
-    assert not result.accepted and result.reason.startswith("cannot load") and slot.version == 3
-    with watcher:                                       # the thread picks up a new file
-        write_policy(export(version=9), tmp_path / "v9.onnx")
-        deadline = time.monotonic() + 30
-        while slot.version != 9 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    assert slot.version == 9 and watcher.results[-1].source.endswith("v9.onnx")
-    assert not watcher._thread.is_alive()
-    skipping = DirectoryWatcher(make_slot(), tmp_path, propose_existing=False)
-    assert skipping.poll_once() is None and skipping.slot.version is None
 
 
 # ------------------------------------------------------------------------------------ tools

@@ -1,9 +1,8 @@
-"""Swap policies into a running control loop: `PolicySlot` and `DirectoryWatcher` (no torch).
+"""Swap policies into a running control loop: `PolicySlot` and `PolicyProposer` (no torch).
 
 * `PolicySlot`: the (policy, version) pair the control thread reads without a lock; `propose` loads
   and validates (`runtime.validate_policy`) on the caller's (non-control) thread and then
   publishes with one attribute store; the previous policy is kept for `rollback`.
-* `DirectoryWatcher`: proposes each new `*.onnx` file that appears in a folder.
 * `PolicyProposer`: validates offered policies (e.g. a learner's) on its own thread, keeping only
   the newest one waiting, and reports each result.
 """
@@ -128,69 +127,6 @@ class PolicySlot:
 
 def _read_name(source: bytes | str | Path) -> str:
     return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
-
-
-class DirectoryWatcher:
-    """Proposes to `slot` each new or rewritten `*.onnx` file in `directory`, polled every `poll_s`.
-
-    Within one poll only the newest file (by mtime, then name) is proposed: older ones are already
-    superseded. On the first poll that is the newest existing file, so a restart resumes from the
-    latest policy (`propose_existing=False` skips existing files). Writers should write a temporary
-    name and rename (`export.write_policy` does); a half-written file is rejected as unloadable and
-    proposed again once its size or mtime changes.
-    """
-
-    def __init__(self, slot: PolicySlot, directory: str | Path, poll_s: float = 0.5, *,
-                 propose_existing: bool = True, history_len: int = 100):
-        self.slot, self.directory, self.poll_s = slot, Path(directory), poll_s
-        self.results: deque[SwapResult] = deque(maxlen=history_len)
-        self.errors = 0  # scans that failed (e.g. folder missing); counted, never fatal
-        self._seen: dict[str, tuple[int, int]] = {}
-        self._skip_first = not propose_existing
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="policy-watcher", daemon=True)
-
-    def start(self) -> "DirectoryWatcher":
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def __enter__(self) -> "DirectoryWatcher":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def poll_once(self) -> SwapResult | None:
-        """One scan; proposes the newest new/changed file, if any."""
-        fresh = []
-        for path in self.directory.glob("*.onnx"):
-            try:
-                st = path.stat()
-            except FileNotFoundError:  # renamed or removed since the listing
-                continue
-            stamp = (st.st_mtime_ns, st.st_size)
-            if self._seen.get(path.name) != stamp:
-                self._seen[path.name] = stamp
-                fresh.append((st.st_mtime_ns, path.name, path))
-        skip, self._skip_first = self._skip_first, False
-        if not fresh or skip:
-            return None
-        result = self.slot.propose(max(fresh)[2])
-        self.results.append(result)
-        return result
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll_once()
-            except OSError:
-                self.errors += 1
-            self._stop.wait(self.poll_s)
 
 
 class PolicyProposer:
