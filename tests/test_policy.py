@@ -25,7 +25,7 @@ from o2o_robot.config import O2OConfig, RLPDConfig, RobotSpec
 from o2o_robot.policy import tools
 from o2o_robot.policy.export import ExportError, PolicyGraph, export_policy, write_policy
 from o2o_robot.policy.runtime import (NoPolicy, OnnxPolicy, PolicyRejected, policy_from_file,
-                                      validate_policy)
+                                      probe_observations, validate_policy)
 from o2o_robot.policy.slot import PolicySlot
 
 torch.set_num_threads(1)  # two shared cores; the exporter's matmuls are tiny
@@ -132,16 +132,14 @@ class ObsOnly(nn.Module):
         return torch.tanh(obs[:, :ACT]) + 0.0 * noise
 
 
-def test_scaling_and_normalisation_inside_graph():
+def test_scaling_inside_graph():
     policy = OnnxPolicy(export(NoiseOnly()), provider="cpu")
     np.testing.assert_allclose(policy(np.zeros(OBS)), (LOW + HIGH) / 2, atol=1e-6)   # a = 0 -> middle
     np.testing.assert_allclose(policy(np.zeros(OBS), np.full(ACT, 30.0)), HIGH, atol=1e-5)  # a -> 1
-    mean, std = np.arange(OBS, dtype=np.float64), np.full(OBS, 2.0)
-    policy = OnnxPolicy(export(ObsOnly(), obs_mean=mean, obs_std=std), provider="cpu")
+    policy = OnnxPolicy(export(ObsOnly()), provider="cpu")
     obs = np.linspace(-3, 3, OBS)
-    expected = LOW + (np.tanh((obs - mean) / std)[:ACT] + 1) * HALF
+    expected = LOW + (np.tanh(obs)[:ACT] + 1) * HALF   # the observation reaches the actor as is
     np.testing.assert_allclose(policy(obs), expected, atol=1e-5)
-    assert policy.spec["obs_normalisation"] is True
 
 
 class TraceMismatch(nn.Module):
@@ -168,8 +166,8 @@ def test_export_refuses_nan_actor_and_bad_spec():
         export(actor)
     with pytest.raises(ExportError, match="^spec: action bounds"):
         export(low=HIGH, high=LOW)
-    with pytest.raises(ExportError, match="^spec: obs_mean/obs_std"):
-        export(obs_mean=np.zeros(OBS + 1), obs_std=np.ones(OBS + 1))
+    with pytest.raises(ExportError, match="^spec: names has 2 entries"):
+        export(names=["j1", "j2"])
 
 
 def test_metadata_round_trip(tmp_path):
@@ -181,7 +179,7 @@ def test_metadata_round_trip(tmp_path):
     assert datetime.fromisoformat(policy.metadata["created"]).tzinfo is not None
     assert json.loads(policy.metadata["spec"]) == {
         "obs_dim": OBS, "act_dim": ACT, "low": LOW.tolist(), "high": HIGH.tolist(),
-        "names": ["j1", "j2", "gripper"], "obs_normalisation": False}
+        "names": ["j1", "j2", "gripper"]}
     np.testing.assert_array_equal(policy.bounds[0], LOW)
     assert (policy.obs_dim, policy.act_dim, policy.opset) == (OBS, ACT, 17)
     assert info["exporter"] == "torchscript" and max(info["parity_max_abs_error"].values()) <= 1e-5
@@ -200,6 +198,19 @@ def test_runtime_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_probe_observations_stored_then_random_in_the_box():
+    rng = np.random.default_rng(0)
+    stored = np.tile(np.arange(1000, dtype=np.float32)[:, None], (1, OBS))
+    obs = probe_observations(OBS, stored, rng, n_random=50)
+    assert obs.dtype == np.float32 and obs.shape == (256 + 50, OBS)
+    np.testing.assert_array_equal(obs[[0, 255], 0], [0, 999])      # evenly spaced, ends kept
+    centre, scale = obs[:256].mean(0), obs[:256].std(0) + 1e-3   # of the kept ones
+    assert (np.abs(obs[256:] - centre) <= 3 * scale).all()
+    assert (np.abs(obs[256:] - centre) > 2 * scale).any()           # the box is really used
+    unit = probe_observations(OBS, None, rng, n_random=500)
+    assert unit.shape == (500, OBS) and np.abs(unit).max() <= 3.0 and np.abs(unit).max() > 2.5
 
 
 def test_call_shapes(good):
@@ -396,21 +407,21 @@ def test_export_checkpoint_and_parity_check(tmp_path, monkeypatch):
     cfg = O2OConfig()
     robot = cfg.robot
     agent = RLPD(robot.obs_dim, robot.act_dim, RLPDConfig(critic_ensemble_size=2), seed=5)
-    extra = {"policy_version": 12, "obs_mean": torch.full((robot.obs_dim,), 0.5),
-             "obs_std": np.full(robot.obs_dim, 2.0)}
+    extra = {"policy_version": 12}
     monkeypatch.setattr(tools, "_load_checkpoint", lambda path: (agent, cfg, extra))
     result = tools.export_checkpoint("ckpt.pt", tmp_path / "out.onnx")
     assert result["policy_version"] == 12 and result["config_hash"] == cfg.config_hash()
     policy = policy_from_file(tmp_path / "out.onnx")
     assert policy.version == 12 and policy.metadata["algorithm"] == cfg.algorithm.name
-    assert policy.spec["obs_normalisation"] and policy.spec["low"] == robot.action.low
+    assert policy.spec["low"] == robot.action.low
     obs = np.random.default_rng(5).normal(size=(8, robot.obs_dim)).astype(np.float32)
     low, high = np.array(robot.action.low), np.array(robot.action.high)
-    expected = low + (agent.act((obs - 0.5) / 2.0, deterministic=True) + 1) * (high - low) / 2
+    expected = low + (agent.act(obs, deterministic=True) + 1) * (high - low) / 2
     np.testing.assert_allclose(policy(obs), expected, rtol=0, atol=1e-5 * (high - low).max())
 
     parity = tools.check_policy(tmp_path / "out.onnx", checkpoint="ckpt.pt")["parity"]
     assert parity["ok"] and max(parity["max_abs_error"].values()) <= 1e-5
-    extra["obs_std"] = np.full(robot.obs_dim, 3.0)  # control: a different normaliser is caught
+    with torch.no_grad():  # control: a checkpoint whose actor moved on is caught
+        agent.nets.actor.mu_head.bias += 0.1
     parity = tools.check_policy(tmp_path / "out.onnx", checkpoint="ckpt.pt")["parity"]
-    assert not parity["ok"]
+    assert not parity["ok"] and min(parity["max_abs_error"].values()) > 1e-3

@@ -7,7 +7,9 @@ numpy + onnxruntime only: this is what runs on the robot computer, next to the c
 * `validate_policy`: the checks a candidate passes before it may drive the robot; each failure is a
   `PolicyRejected` whose `reason` starts with a fixed tag ("cannot load:", "inputs:", "opset:",
   "obs dim:", "act dim:", "spec:", "output:", "non-finite:", "out of bounds:", "latency:").
-* `PolicySlot` and `DirectoryWatcher` (in `o2o_robot.policy.slot`) swap validated policies into
+* `probe_observations`: the one set of observations that validation, export parity and
+  `o2o-robot policy check` try a policy on.
+* `PolicySlot` and `PolicyProposer` (in `o2o_robot.policy.slot`) swap validated policies into
   the running loop.
 
 Threading: an `OnnxPolicy` reuses its buffers, so one thread at a time may call it. A slot's
@@ -27,6 +29,7 @@ import onnxruntime as ort
 INPUT_NAMES = ("obs", "noise")
 OUTPUT_NAME = "action"
 MIN_OPSET = 13
+N_RANDOM_PROBES, MAX_STORED_PROBES = 64, 256  # see `probe_observations`
 # metadata_props keys written by policy/export.py
 META_VERSION, META_ALGORITHM, META_SPEC = "policy_version", "algorithm", "spec"
 META_CONFIG_HASH, META_CREATED = "config_hash", "created"
@@ -263,22 +266,32 @@ def measure_latency(policy: OnnxPolicy, n: int = 200, warmup: int = 10, seed: in
     return times
 
 
-def _probe_observations(obs_dim: int, probe_obs: np.ndarray | None, n_random: int,
-                        rng: np.random.Generator) -> np.ndarray:
-    """Stored observations plus random ones around them (a unit box when none are stored): the
-    policy must behave on inputs somewhat outside what it was trained on, too."""
-    if probe_obs is None or len(probe_obs) == 0:
-        return rng.uniform(-3.0, 3.0, (n_random, obs_dim)).astype(np.float32)
-    stored = np.asarray(probe_obs, np.float32).reshape(-1, obs_dim)
-    centre, spread = stored.mean(0), stored.std(0) * 2.0 + 1e-3
-    random = centre + spread * rng.standard_normal((n_random, obs_dim))
+def probe_observations(obs_dim: int, stored: np.ndarray | None, rng: np.random.Generator,
+                       n_random: int = N_RANDOM_PROBES) -> np.ndarray:
+    """Observations to try a policy on (validation, export parity, `policy check`), float32.
+
+    The stored observations (at most MAX_STORED_PROBES, evenly spaced over the array) followed by
+    `n_random` drawn uniformly from the box centre +- 3 * scale, where centre and scale are the
+    kept stored observations' per-dimension mean and std (+ 1e-3, so a constant dimension still
+    varies), or 0 and 1 when none are stored (the box [-3, 3]^obs_dim): a policy must also behave on inputs somewhat
+    outside what it was trained on.
+    """
+    if stored is not None and len(stored):
+        stored = np.asarray(stored, np.float32).reshape(-1, obs_dim)
+        keep = np.linspace(0, len(stored) - 1, min(len(stored), MAX_STORED_PROBES)).astype(int)
+        stored = stored[keep]
+        centre, scale = stored.mean(0, dtype=np.float64), stored.std(0, dtype=np.float64) + 1e-3
+    else:
+        stored = np.zeros((0, obs_dim), np.float32)
+        centre, scale = np.zeros(obs_dim), np.ones(obs_dim)
+    random = centre + 3.0 * scale * rng.uniform(-1.0, 1.0, (n_random, obs_dim))
     return np.concatenate([stored, random.astype(np.float32)])
 
 
 def validate_policy(policy: OnnxPolicy | bytes | str | Path, *, obs_dim: int, act_dim: int,
                     action_low: Sequence[float] | None, action_high: Sequence[float] | None,
                     probe_obs: np.ndarray | None = None, latency_budget_s: float | None = None,
-                    n_random: int = 64, seed: int = 0) -> None:
+                    n_random: int = N_RANDOM_PROBES, seed: int = 0) -> None:
     """Raise `PolicyRejected` unless `policy` may drive this robot: it loads, has the contract's
     inputs/output, opset >= MIN_OPSET, the robot's dimensions (and, when the metadata has a spec,
     its bounds), finite in-bounds actions on probe observations with zero and random noise, and
@@ -302,7 +315,7 @@ def validate_policy(policy: OnnxPolicy | bytes | str | Path, *, obs_dim: int, ac
             raise PolicyRejected(f"spec: policy scales to low {p_low.tolist()} high {p_high.tolist()}, "
                                  f"robot bounds are {low.tolist()} {high.tolist()}")
     rng = np.random.default_rng(seed)
-    obs = _probe_observations(obs_dim, probe_obs, n_random, rng)
+    obs = probe_observations(obs_dim, probe_obs, rng, n_random)
     # Tolerance: tanh can round to exactly +-1, and the affine scaling adds a few ulps on top.
     tol = 1e-5 * np.maximum(1.0, np.where(np.isfinite(high - low), high - low, 1.0))
     for label, noise in (("zero noise", np.zeros((len(obs), act_dim), np.float32)),

@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..config import O2OConfig, RobotSpec, load_config
-from .runtime import PolicyRejected, measure_latency, policy_from_file, validate_policy
-
-N_PARITY_OBS = 256
+from .runtime import (PolicyRejected, measure_latency, policy_from_file, probe_observations,
+                      validate_policy)
 
 
 def _robot_spec(robot: RobotSpec | O2OConfig | str | Path) -> RobotSpec:
@@ -74,37 +73,37 @@ def check_policy(path: str | Path, *, checkpoint: str | Path | None = None,
 
 
 def _parity_vs_checkpoint(policy, checkpoint: str | Path) -> dict:
+    """`export.parity_errors` of the file against the checkpoint's actor, on the probe
+    observations (the checkpoint's `extra["probe_obs"]` when present), as a report."""
     try:
         agent, cfg, extra = _load_checkpoint(checkpoint)
     except ImportError as err:
         return {"skipped": f"cannot load checkpoints here ({err})"}
-    from .export import PARITY_TOL, PolicyGraph, parity_error, parity_observations  # noqa: PLC0415
+    from .export import PARITY_TOL, ExportError, PolicyGraph, parity_errors  # noqa: PLC0415
 
-    action = cfg.robot.action
-    low, high = np.asarray(action.low, np.float64), np.asarray(action.high, np.float64)
     if (policy.obs_dim, policy.act_dim) != (cfg.robot.obs_dim, cfg.robot.act_dim):
         raise PolicyRejected(f"obs dim: policy is {policy.obs_dim}->{policy.act_dim}, checkpoint "
                              f"is {cfg.robot.obs_dim}->{cfg.robot.act_dim}")
-    mean, std = _as_array(extra.get("obs_mean")), _as_array(extra.get("obs_std"))
-    graph = PolicyGraph(agent.export_actor().to("cpu").eval(), low, high, mean, std).eval()
+    action = cfg.robot.action
+    graph = PolicyGraph(agent.export_actor().to("cpu").eval(), action.low, action.high).eval()
     rng = np.random.default_rng(0)
-    obs = parity_observations(policy.obs_dim, None, mean, std, rng)
-    errors = {}
-    for label, noise in (("deterministic", np.zeros((len(obs), policy.act_dim), np.float32)),
-                         ("noisy", rng.standard_normal((len(obs), policy.act_dim)).astype(np.float32))):
-        errors[label] = parity_error(policy, graph, obs, noise, (high - low) / 2.0)
+    obs = probe_observations(policy.obs_dim, _as_array(extra.get("probe_obs")), rng)
+    versions = {"checkpoint_policy_version": extra.get("policy_version"),
+                "file_policy_version": policy.version}
+    try:
+        errors = parity_errors(policy, graph, obs, rng)
+    except ExportError as err:  # the checkpoint's actor itself is unusable
+        return {"error": err.reason, "tolerance": PARITY_TOL, "ok": False, **versions}
     return {"max_abs_error": errors, "tolerance": PARITY_TOL,
-            "ok": all(e <= PARITY_TOL for e in errors.values()),
-            "checkpoint_policy_version": extra.get("policy_version"),
-            "file_policy_version": policy.version}
+            "ok": all(e <= PARITY_TOL for e in errors.values()), **versions}
 
 
 def export_checkpoint(checkpoint_path: str | Path, out_path: str | Path) -> dict:
     """Export a checkpoint's actor to a validated `.onnx` file (written atomically).
 
     Bounds from `cfg.robot.action`, algorithm from `cfg.algorithm.name`, version from
-    `extra["policy_version"]` (0 if absent), config hash from `cfg.config_hash()`, observation
-    normalisation from `extra["obs_mean"]/["obs_std"]` when present. Raises `ExportError`.
+    `extra["policy_version"]` (0 if absent), config hash from `cfg.config_hash()`, parity probes
+    from `extra["probe_obs"]` when present. Raises `ExportError`.
     """
     from .export import export_policy, write_policy  # noqa: PLC0415 - torch only on this path
 
@@ -114,8 +113,7 @@ def export_checkpoint(checkpoint_path: str | Path, out_path: str | Path) -> dict
     data = export_policy(
         agent.export_actor(), obs_dim=robot.obs_dim, act_dim=robot.act_dim,
         action_low=robot.action.low, action_high=robot.action.high, algorithm=cfg.algorithm.name,
-        version=version, obs_mean=_as_array(extra.get("obs_mean")),
-        obs_std=_as_array(extra.get("obs_std")), config_hash=cfg.config_hash(),
+        version=version, config_hash=cfg.config_hash(),
         probe_obs=_as_array(extra.get("probe_obs")), names=robot.action.names or None, info=info)
     path = write_policy(data, out_path)
     return {"path": str(path), "checkpoint": str(checkpoint_path), "algorithm": cfg.algorithm.name,
