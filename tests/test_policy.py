@@ -23,7 +23,8 @@ from o2o_robot.agents.networks import TanhGaussianActor, TanhGaussianExport
 from o2o_robot.agents.rlpd import RLPD
 from o2o_robot.config import O2OConfig, RLPDConfig, RobotSpec
 from o2o_robot.policy import tools
-from o2o_robot.policy.export import ExportError, PolicyGraph, export_policy, write_policy
+from o2o_robot.policy.export import (ExportError, PolicyGraph, UniformWarmupActor, export_policy,
+                                     write_policy)
 from o2o_robot.policy.runtime import (NoPolicy, OnnxPolicy, PolicyRejected, policy_from_file,
                                       probe_observations, validate_policy)
 from o2o_robot.policy.slot import PolicySlot
@@ -189,6 +190,34 @@ def test_write_policy_is_atomic_rename(tmp_path, good):
     path = write_policy(good, tmp_path / "sub" / "p.onnx")
     write_policy(b"new", path)  # overwrite goes through a temporary file too
     assert path.read_bytes() == b"new" and [p.name for p in path.parent.iterdir()] == ["p.onnx"]
+
+
+def ks_uniform(actions: np.ndarray, low, high) -> np.ndarray:
+    """Kolmogorov-Smirnov distance per dimension between `actions` [n, d] and uniform[low, high]."""
+    u = np.sort((actions - low) / (high - low), axis=0)
+    n = len(u)
+    i = np.arange(1, n + 1)[:, None]
+    return np.maximum((i / n - u).max(0), (u - (i - 1) / n).max(0))
+
+
+def test_uniform_warmup_policy_is_uniform_over_the_bounds():
+    data = export(UniformWarmupActor(OBS, ACT), version=3, info=(info := {}))
+    assert max(info["parity_max_abs_error"].values()) <= 1e-5
+    validate_policy(data, obs_dim=OBS, act_dim=ACT, action_low=LOW, action_high=HIGH)
+    policy, n = OnnxPolicy(data, provider="cpu"), 20000
+    assert (policy.obs_dim, policy.act_dim) == (OBS, ACT)   # obs stays a graph input
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(n, OBS)).astype(np.float32)
+    noise = rng.standard_normal((n, ACT)).astype(np.float32)
+    actions = policy(obs, noise)
+    # KS critical value at p = 0.001 is 1.95 / sqrt(n) ~ 0.0138; the tanh-Gaussian gives ~0.05.
+    threshold = 1.95 / np.sqrt(n)
+    assert (ks_uniform(actions, LOW, HIGH) < threshold).all(), ks_uniform(actions, LOW, HIGH)
+    assert (actions >= LOW).all() and (actions <= HIGH).all()
+    tanh_gaussian = OnnxPolicy(export(NoiseOnly()), provider="cpu")(obs, noise)  # negative control
+    assert (ks_uniform(tanh_gaussian, LOW, HIGH) > 2 * threshold).all()
+    np.testing.assert_allclose(policy(obs[:4]), np.tile((LOW + HIGH) / 2, (4, 1)), atol=1e-6)
+    np.testing.assert_allclose(policy(obs[0]), (LOW + HIGH) / 2, atol=1e-6)   # zero noise: middle
 
 
 # ------------------------------------------------------------------------------------ runtime

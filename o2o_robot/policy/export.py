@@ -12,6 +12,8 @@ observations of `runtime.probe_observations`, with zero and random noise; a mism
 (in the actor's [-1, 1] units, i.e. divided by the half range, so the tolerance does not depend on
 the robot's units) raises `ExportError` and returns nothing.
 
+`UniformWarmupActor` is the learner's warm-up as a policy: uniform random actions over the bounds.
+
 Exporter: the TorchScript one (`dynamo=False`) takes ~10 ms for a 2x256 MLP against ~1 s for the
 torch.export one, and the learner exports every K updates; the torch.export exporter is the fallback
 for torch builds without the legacy one.
@@ -21,6 +23,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import time
 import warnings
 from datetime import datetime, timezone
@@ -64,6 +67,26 @@ class PolicyGraph(nn.Module):
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.low + (self.actor(obs, noise) + 1.0) * self.half_range
+
+
+class UniformWarmupActor(nn.Module):
+    """Uniform random actions, as the learner's warm-up takes them, for the robot to run.
+
+    forward(obs, noise) = erf(noise / sqrt(2)) = 2 * Phi(noise) - 1: uniform on [-1, 1] when the
+    noise is standard normal (the probability integral transform), 0 (the middle of the bounds)
+    for zero noise, the deterministic action. `obs` enters multiplied by zero so that the graph
+    keeps its `obs` input (the policy contract); a NaN observation still gives a NaN action, which
+    validation and the control loop's checks catch rather than acting on it.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        if obs_dim <= 0 or act_dim <= 0:
+            raise ValueError(f"obs_dim/act_dim: expected positive sizes, got {obs_dim}, {act_dim}")
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return torch.special.erf(noise / math.sqrt(2.0)) + 0.0 * obs[:, :1]
 
 
 def _check_inputs(act_dim: int, low, high, names) -> tuple[np.ndarray, np.ndarray]:
