@@ -30,7 +30,7 @@ FORBIDDEN: list[tuple[str, set[str]]] = [
 # (top-level module, the only places allowed to import it)
 ONLY_IN: list[tuple[str, tuple[str, ...]]] = [
     ("rclpy", ("ros/",)),
-    ("zarr", ("data/store.py",)),
+    ("zarr", ("data/store/zarr_io.py",)),
 ]
 # Internal: o2o_robot.ros drags rclpy along, so only the top of the stack may import it.
 ROS_IMPORTERS = ("ros/", "cli.py", "__main__.py")

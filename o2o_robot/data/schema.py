@@ -6,6 +6,8 @@ A row is one environment step. `terminated` (a true terminal: no bootstrap) and 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 SCHEMA_VERSION = 1
@@ -50,12 +52,28 @@ def source_code(source: str | int) -> int:
     return SOURCE_CODE[source]
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _shape_error(field: str, want, got) -> ValueError:
+    return ValueError(f"{field}: expected shape [{', '.join(map(str, want))}], got {list(got)}")
+
+
+def _nonfinite_error(field: str) -> ValueError:
+    return ValueError(f"{field}: contains NaN or inf")
+
+
 def validate_rows(rows: dict[str, np.ndarray], obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
     """Check a block of rows (every field, leading axis = rows) and return it cast to the schema.
 
-    Raises ValueError naming the field when a field is missing or unknown, has the wrong shape,
-    or holds NaN/inf. Nothing is modified in place.
+    `source` may hold names or codes. Raises ValueError naming the field when a field is missing
+    or unknown, has the wrong shape, holds NaN/inf or (given wider) values beyond float32 range,
+    or names an unknown source. Nothing is modified in place.
     """
+    src = np.asarray(rows.get("source", np.zeros(0)))
+    if src.dtype.kind in "USO":
+        codes = np.array([source_code(s) for s in src.ravel()], np.uint8).reshape(src.shape)
+        rows = {**rows, "source": codes}
     missing = [f for f in FIELDS if f not in rows]
     if missing:
         raise ValueError(f"missing field(s): {', '.join(missing)}")
@@ -64,24 +82,80 @@ def validate_rows(rows: dict[str, np.ndarray], obs_dim: int, act_dim: int) -> di
         raise ValueError(f"unknown field(s): {', '.join(extra)}")
     n = None
     out: dict[str, np.ndarray] = {}
+    narrowed = []
     for field, (dtype, _) in FIELDS.items():
         arr = np.asarray(rows[field])
         want = row_shape(field, obs_dim, act_dim)
         if arr.ndim != 1 + len(want) or tuple(arr.shape[1:]) != want:
-            raise ValueError(f"{field}: expected shape [N, {', '.join(map(str, want))}]"
-                             .replace(", ]", "]") + f", got {list(arr.shape)}")
+            raise _shape_error(field, ("N",) + want, arr.shape)
         if n is None:
             n = arr.shape[0]
         elif arr.shape[0] != n:
             raise ValueError(f"{field}: has {arr.shape[0]} rows, other fields have {n}")
         if field in FLOAT_FIELDS and not np.all(np.isfinite(arr)):
-            raise ValueError(f"{field}: contains NaN or inf")
+            raise _nonfinite_error(field)
         if field == "source":
             bad = arr[(arr < 0) | (arr >= len(SOURCES))] if arr.size else arr
             if bad.size:
                 raise ValueError(f"source: unknown code {bad.flat[0]!r}")
         out[field] = arr.astype(dtype, copy=False)
+        if field in FLOAT_FIELDS and arr.dtype != dtype:
+            narrowed.append(field)
+    for field in narrowed:   # finite in a wider float, inf once cast
+        if not np.isfinite(out[field]).all():
+            raise ValueError(f"{field}: contains values beyond float32 range")
     return out
+
+
+def _scalar(field: str, value, cast):
+    if not isinstance(value, (float, int, np.generic)) and np.ndim(value) != 0:
+        raise _shape_error(field, (), np.shape(value))
+    try:
+        return cast(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{field}: {e}") from None
+
+
+class RowValidator:
+    """The rules of `validate_rows` for one row given field by field (the per-step append path).
+
+    Built once per (obs_dim, act_dim). A call checks one row and returns it as schema values:
+    the three vectors as float32 views of one scratch row, which the next call overwrites (so a
+    single reduction checks them all for NaN/inf). Raises ValueError naming the field, as
+    `validate_rows` does; a float beyond float32 range reads "contains NaN or inf" here, as it
+    is inf once cast.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        o, a = obs_dim, act_dim
+        self._row = np.zeros(2 * o + a, np.float32)
+        self._views = {"obs": self._row[:o], "action": self._row[o:o + a],
+                       "next_obs": self._row[o + a:]}
+        self._shapes = {f: row_shape(f, obs_dim, act_dim) for f in self._views}
+
+    def __call__(self, obs, action, reward, next_obs, terminated, truncated, source,
+                 policy_version, timestamp) -> dict:
+        src = source_code(source)
+        views = self._views
+        for field, value in (("obs", obs), ("action", action), ("next_obs", next_obs)):
+            if np.shape(value) != self._shapes[field]:
+                raise _shape_error(field, self._shapes[field], np.shape(value))
+            try:
+                views[field][...] = value
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{field}: {e}") from None
+        if not math.isfinite(np.add.reduce(self._row, dtype=np.float64)):
+            raise _nonfinite_error(next(f for f, v in views.items() if not np.isfinite(v).all()))
+        r = _scalar("reward", reward, float)
+        if not abs(r) <= _F32_MAX:
+            raise _nonfinite_error("reward")
+        t = _scalar("timestamp", timestamp, float)
+        if not math.isfinite(t):
+            raise _nonfinite_error("timestamp")
+        return {"obs": views["obs"], "action": views["action"], "reward": r,
+                "next_obs": views["next_obs"], "terminated": _scalar("terminated", terminated, bool),
+                "truncated": _scalar("truncated", truncated, bool), "source": src,
+                "policy_version": _scalar("policy_version", policy_version, int), "timestamp": t}
 
 
 # Key the actor adds to each row it hands on (not a stored field): the index of the episode the

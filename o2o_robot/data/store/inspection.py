@@ -1,0 +1,82 @@
+"""Read-only summaries and checks of a store's committed data: `counts`, `info`, `validate`.
+
+Each takes the `TransitionStore` (for its committed rows and dimensions) and its `EpisodeLog`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from o2o_robot.data.schema import FIELDS, FLOAT_FIELDS, SCHEMA_VERSION, SOURCES, row_shape
+from o2o_robot.data.store.episodes import EpisodeLog
+from o2o_robot.data.store.layout import META
+
+
+def counts(store, log: EpisodeLog) -> dict:
+    """{source name: {"transitions": n, "episodes": m}} over committed data."""
+    rows = np.bincount(store.read(["source"])["source"], minlength=len(SOURCES))
+    eps = np.bincount(log.meta["episode_source"][:log.committed], minlength=len(SOURCES))
+    return {s: {"transitions": int(rows[i]), "episodes": int(eps[i])} for i, s in enumerate(SOURCES)}
+
+
+def info(store, log: EpisodeLog) -> dict:
+    """JSON-able summary of the store (committed data; `buffered_rows` for a writer)."""
+    sources = counts(store, log)
+    e = log.committed
+    rets, srcs = log.meta["episode_return"][:e], log.meta["episode_source"][:e]
+    for code, name in enumerate(SOURCES):
+        r = rets[srcs == code]
+        sources[name].update({k: (float(fn(r)) if len(r) else None) for k, fn in
+                              (("return_mean", np.mean), ("return_min", np.min), ("return_max", np.max))})
+    return {"path": str(store.path), "schema_version": SCHEMA_VERSION, "obs_dim": store.obs_dim,
+            "act_dim": store.act_dim, "spec": store.spec, "chunk_rows": store.chunk_rows,
+            "rows": len(store), "episodes": e,
+            "open_episode_rows": store.open_episode_rows, "buffered_rows": store.num_buffered,
+            "sources": sources}
+
+
+def validate(store, log: EpisodeLog, arrays: dict, attrs: dict) -> list[str]:
+    """Consistency problems of the committed data (an empty list means consistent): the
+    attributes, the arrays' lengths, shapes and dtypes, then the values, block-wise."""
+    problems, n, e = [], len(store), log.committed
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema_version {attrs.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    for name, arr in arrays.items():
+        length = n if name in FIELDS else e
+        want = row_shape(name, store.obs_dim, store.act_dim) if name in FIELDS else ()
+        dtype = FIELDS[name][0] if name in FIELDS else META[name]
+        if arr.shape[0] < length:
+            problems.append(f"{name}: {arr.shape[0]} rows < {length} committed")
+        if tuple(arr.shape[1:]) != want or arr.dtype != dtype:
+            problems.append(f"{name}: shape {arr.shape} {arr.dtype}, expected [N, *{want}] {dtype}")
+    if problems:
+        return problems
+    meta = log.meta
+    ends = meta["episode_ends"][:e]
+    if e and (ends[0] <= 0 or np.any(np.diff(ends) <= 0) or ends[-1] > n):
+        problems.append(f"meta/episode_ends: not strictly increasing within (0, {n}]")
+    if np.any(meta["episode_source"][:e] >= len(SOURCES)):
+        problems.append("meta/episode_source: unknown source code")
+    if not np.isin(meta["episode_success"][:e], (-1, 0, 1)).all():
+        problems.append("meta/episode_success: values other than -1, 0, 1")
+    step = 8 * store.chunk_rows
+    for lo in range(0, n, step):   # block-wise: bounded memory on large stores
+        block = store.read(start=lo, stop=min(lo + step, n))
+        for f in FLOAT_FIELDS:
+            if not np.isfinite(block[f]).all():
+                problems.append(f"{f}: NaN or inf in committed rows {lo}..{lo + len(block[f])}")
+        if np.any(block["source"] >= len(SOURCES)):
+            problems.append(f"source: unknown code in committed rows {lo}..{lo + len(block['source'])}")
+    if problems or not e or ends[-1] > n:
+        return problems
+    reward, source = store.read(["reward", "source"], 0, int(ends[-1])).values()
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    sums = np.add.reduceat(reward.astype(np.float64), starts)
+    bad = np.flatnonzero(~np.isclose(sums, meta["episode_return"][:e], rtol=1e-5, atol=1e-3))
+    if len(bad):
+        problems.append(f"meta/episode_return: differs from the sum of rewards in episode(s) "
+                        f"{bad[:5].tolist()}")
+    bad = np.flatnonzero(source[starts] != meta["episode_source"][:e])
+    if len(bad):
+        problems.append(f"meta/episode_source: differs from the first row's source in "
+                        f"episode(s) {bad[:5].tolist()}")
+    return problems

@@ -1,0 +1,189 @@
+"""Zarr I/O of a store directory, and the only module that imports zarr.
+
+Creates the array layout, opens the arrays, commits (chunks, fsynced, first; then the commit
+marker replaces the old one) and reads the marker. Chunk files are written by tmp + rename
+(+ fsync when durable) so a chunk is never torn, and the directories those renames changed are
+fsynced before the marker, so a row below the marker survives `kill -9` (and, durable, a power cut).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+from o2o_robot.data.schema import FIELDS, SCHEMA_VERSION, row_shape
+from o2o_robot.data.store.errors import StoreError
+from o2o_robot.data.store.layout import MARKER, META, META_CHUNK
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _DurableStore(LocalStore):
+    """LocalStore whose writes are tmp + rename (+ fsync when durable) and which remembers the
+    directories it changed, so a commit can make those renames durable before the marker."""
+
+    def __init__(self, root, *, read_only: bool = False, durable: bool = True):
+        super().__init__(root, read_only=read_only)
+        self.durable, self.dirty, self._mu = durable, set(), threading.Lock()
+
+    def with_read_only(self, read_only: bool = False):
+        return type(self)(self.root, read_only=read_only, durable=self.durable)
+
+    def _put(self, key: str, value) -> None:
+        path, dirty = self.root / key, [self.root / key]
+        if not path.parent.is_dir():   # new directories are entries of their parents too
+            dirty += [p for p in path.parents if not p.exists()]
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+        with open(tmp, "wb") as f:
+            f.write(value.as_buffer_like())
+            if self.durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        with self._mu:
+            self.dirty.update(p.parent for p in dirty)
+
+    async def set(self, key, value) -> None:
+        if not self._is_open:
+            await self._open()
+        self._check_writable()
+        await asyncio.to_thread(self._put, key, value)
+
+    def set_sync(self, key, value) -> None:
+        self._ensure_open_sync()
+        self._check_writable()
+        self._put(key, value)
+
+    async def sync_dirs(self) -> None:
+        """fsync the directories changed since the last call (makes their renames durable)."""
+        with self._mu:
+            dirs, self.dirty = self.dirty, set()
+        if self.durable:   # concurrently: the filesystem batches them into one journal commit
+            await asyncio.gather(*(asyncio.to_thread(_fsync_dir, d) for d in dirs))
+
+
+async def _write_block(arr, start: int, block: np.ndarray) -> None:
+    """Write `block` at row `start` (both chunk-aligned: zarr never reads a chunk back)."""
+    arr, need = arr.async_array, start + len(block)
+    if arr.shape[0] < need:   # grow by doubling: the metadata rewrite is rare, unused chunks are free
+        await arr.resize((max(need, 2 * arr.shape[0]),) + arr.shape[1:])
+    await arr.setitem(slice(start, need), block)
+
+
+async def _commit(jobs: list[tuple], zstore: _DurableStore, marker: dict) -> None:
+    """Chunks (fsynced) and their directories first, then the marker replaces the old one.
+
+    One event-loop call for all arrays pays zarr's per-call overhead once; the marker's temp
+    file is written and fsynced meanwhile, as it is invisible until the rename.
+    """
+    path, durable = Path(zstore.root) / MARKER, zstore.durable
+    _, tmp = await asyncio.gather(asyncio.gather(*(_write_block(*job) for job in jobs)),
+                                  asyncio.to_thread(_write_tmp, path, marker, durable))
+    await zstore.sync_dirs()
+    os.replace(tmp, path)
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _write_tmp(path: Path, obj: dict, durable: bool) -> Path:
+    """Write `obj` as JSON to a fresh temp file beside `path` (fsynced when durable)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, json.dumps(obj).encode())
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    return tmp
+
+
+def init_layout(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: int,
+                durable: bool) -> None:
+    """Create the empty arrays and attributes at `path`, then the first marker (creation done)."""
+    group = zarr.open_group(store=_DurableStore(path, durable=durable), mode="a")
+    common = dict(fill_value=0, overwrite=True, config={"write_empty_chunks": True},
+                  chunk_key_encoding={"name": "default", "separator": "."},
+                  compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")])
+    data, meta = group.require_group("data"), group.require_group("meta")
+    for field, (dtype, _) in FIELDS.items():
+        shape = row_shape(field, obs_dim, act_dim)
+        data.create_array(field, shape=(0,) + shape, chunks=(chunk_rows,) + shape,
+                          dtype=dtype, **common)
+    for name, dtype in META.items():
+        meta.create_array(name, shape=(0,), chunks=(META_CHUNK,), dtype=dtype, **common)
+    group.attrs["o2o_store"] = {"schema_version": SCHEMA_VERSION, "obs_dim": obs_dim,
+                                "act_dim": act_dim, "chunk_rows": chunk_rows, "spec": spec,
+                                "commit_marker": MARKER}
+    sync(_commit([], group.store, {"rows": 0, "episodes": 0}))   # creation complete
+
+
+class StoreFiles:
+    """One store directory opened through zarr: its attributes, arrays and commit marker.
+
+    `arrays` maps each schema field (data/<field>) and each META name (meta/<name>) to its
+    zarr array; a writer's arrays may be longer than the committed rows.
+    """
+
+    def __init__(self, path: Path, *, writable: bool, durable: bool = True):
+        self.path = path
+        self._zstore = (_DurableStore(path, durable=durable) if writable
+                        else LocalStore(path, read_only=True))
+        self._group = zarr.open_group(store=self._zstore, mode="r+" if writable else "r")
+        self.arrays: dict = {}
+
+    @property
+    def attrs(self) -> dict | None:
+        """The store's attributes ("o2o_store"), or None when the group has none."""
+        return dict(self._group.attrs).get("o2o_store")
+
+    def open_arrays(self) -> None:
+        """(Re)open every array, reading its current shape."""
+        self.arrays = {f: self._group[f"data/{f}"] for f in FIELDS}
+        self.arrays.update({m: self._group[f"meta/{m}"] for m in META})
+
+    def reopen(self) -> None:
+        """Reader: re-read the group and the arrays' shapes (after a writer grew them)."""
+        self._group = zarr.open_group(store=self._zstore, mode="r")
+        self.open_arrays()
+
+    def read_marker(self) -> tuple[int, int, dict]:
+        """(committed rows, committed episodes, notes) from the commit marker."""
+        try:
+            marker = json.loads((self.path / MARKER).read_text())
+            return int(marker["rows"]), int(marker["episodes"]), dict(marker.get("notes") or {})
+        except FileNotFoundError:
+            raise StoreError(f"{self.path}: no {MARKER}: its creation is in progress or was "
+                             f"interrupted (then create it again)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{self.path}: unreadable {MARKER} ({e})") from None
+
+    def commit(self, jobs: list[tuple[str, int, np.ndarray]], marker: dict) -> None:
+        """Write each (array name, start row, chunk-aligned block), then replace the marker."""
+        sync(_commit([(self.arrays[name], start, block) for name, start, block in jobs],
+                     self._zstore, marker))
+
+    def trim(self, lengths: dict[str, int]) -> None:
+        """Shrink arrays longer than their committed length (external readers then see exact
+        lengths) and make the metadata renames durable."""
+        for name, n in lengths.items():
+            arr = self.arrays[name]
+            if arr.shape[0] > n:
+                arr.resize((n,) + arr.shape[1:])
+        sync(self._zstore.sync_dirs())
