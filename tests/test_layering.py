@@ -128,14 +128,14 @@ def test_static_checker_catches_violations(tmp_path):
     assert "zarr" not in _top(names)                              # TYPE_CHECKING-only
     assert "o2o_robot.ros.actor_node" in names
     found = violations([("agents/bad.py", names), ("data/importers/minari.py", {"zarr.storage"}),
-                        ("data/store.py", {"zarr"}), ("ros/node.py", {"rclpy"}),
+                        ("data/store/zarr_io.py", {"zarr"}), ("ros/node.py", {"rclpy"}),
                         ("learner.py", {"o2o_robot.ros.node"}), ("cli.py", {"o2o_robot.ros"})])
     assert sorted(found) == sorted([
         "agents/bad.py imports rclpy (not allowed under agents/)",
         "agents/bad.py imports onnxruntime (not allowed under agents/)",
         "agents/bad.py imports rclpy (only ros/ may)",
         "agents/bad.py imports o2o_robot.ros (only ros/, cli.py, __main__.py may)",
-        "data/importers/minari.py imports zarr (only data/store.py may)",
+        "data/importers/minari.py imports zarr (only data/store/zarr_io.py may)",
         "learner.py imports o2o_robot.ros (only ros/, cli.py, __main__.py may)"])
 
 
