@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from o2o_robot.agents.networks import (LN_EPS, DeterministicActor, EnsembleCritic, EnsembleMLP,
-                                       TanhGaussianActor, TanhGaussianExport, ensemble_mean,
-                                       ensemble_min, polyak_update, sample_subsets, subset_min,
-                                       tanh_log_det)
+                                       TanhGaussianActor, TanhGaussianExport)
+from o2o_robot.agents.ops import (ensemble_mean, ensemble_min, polyak_update, sample_subsets,
+                                  subset_min, tanh_log_det)
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ import torch
 
 from o2o_robot.agents import ALGORITHMS, build_agent
 from o2o_robot.agents.checkpoint import load_checkpoint, save_checkpoint
-from o2o_robot.agents.networks import expectile_loss, log_density_pretanh
+from o2o_robot.agents.ops import expectile_loss, log_density_pretanh
 from o2o_robot.agents.obac import (OBAC, actor_loss, behaviour_gate, offline_critic_loss,
                                    online_critic_loss, target_entropy, temperature_loss,
                                    value_loss)
@@ -421,7 +421,10 @@ def test_registry_preset_and_architecture():
     assert ALGORITHMS["obac"] is OBAC
     cfg = load_config(ROOT / "config" / "presets" / "obac.yaml")
     agent = build_agent(cfg, OBS, ACT)
-    assert agent.batch_size == 512 and cfg.learner.utd_ratio == 1 and not agent.warmup_uses_actor
+    assert agent.batch_size == 512 and cfg.learner.utd_ratio == 1
+    # Uniform warm-up (a config key now) and no offline phase to act with (protocol fields).
+    assert cfg.learner.warmup_actions == "uniform"
+    assert (agent.pretrain_steps, agent.pretrain_finished, agent.batch_plan) == (0, True, "mixed")
     assert (cfg.learner.warmup_steps, cfg.sampler.offline_ratio) == (5000, 0.5)
     assert (agent.cfg.expectile, agent.cfg.bc_weight, agent.cfg.init_temperature) == \
         (0.9, 1e-3, 0.2)

@@ -12,7 +12,7 @@ import torch
 
 from o2o_robot.agents import ALGORITHMS, build_agent
 from o2o_robot.agents.checkpoint import load_checkpoint, save_checkpoint
-from o2o_robot.agents.networks import q_upper_bound
+from o2o_robot.agents.ops import q_upper_bound
 from o2o_robot.agents.oema import (OEMA, behaviour_action, density_ratio_loss, meta_beta,
                                    meta_gradient, normalised_priorities, td3bc_actor_loss)
 from o2o_robot.learning.batches import BalancedReplayBatches, batch_plan
@@ -273,10 +273,15 @@ def oema_config(**algo) -> O2OConfig:
                      learner={"utd_ratio": 3})
 
 
+def plan_for(cfg: O2OConfig, mirror: ReplayMirror):
+    """The batch plan an OEMA agent built from `cfg` declares (`agent.batch_plan`)."""
+    return batch_plan(OEMA(OBS, ACT, cfg.algorithm, batch_size=N), cfg, mirror)
+
+
 def test_balanced_replay_batches_and_recent_window():
     mirror = ReplayMirror(OBS, ACT)
     cfg = oema_config(recent_window=40)
-    plan = batch_plan(cfg, mirror)
+    plan = plan_for(cfg, mirror)
     assert isinstance(plan, BalancedReplayBatches) and not plan.ready()
     mirror.add_rows(id_rows(range(1000, 1100), DEMO))
     assert not plan.ready()
@@ -299,15 +304,18 @@ def test_after_update_writes_priorities_and_state_round_trips():
     mirror = ReplayMirror(OBS, ACT)
     mirror.add_rows(id_rows(range(50), DEMO))
     mirror.add_rows(id_rows(range(50, 100), ONLINE))
-    plan = batch_plan(oema_config(), mirror)
+    plan = plan_for(oema_config(), mirror)
     batch = plan.draw(np.random.default_rng(1))
 
     class Agent:
-        last_priorities = np.linspace(0.5, 5.0, 3 * N)
+        priorities = np.linspace(0.5, 5.0, 3 * N)
 
-    plan.after_update(Agent, batch)
+        def feedback(self) -> dict:
+            return {"priorities": self.priorities}
+
+    plan.after_update(Agent(), batch)
     idx, counts = np.unique(batch["index"], return_counts=True)
-    last = {slot: p for slot, p in zip(batch["index"], Agent.last_priorities)}
+    last = {slot: p for slot, p in zip(batch["index"], Agent.priorities)}
     np.testing.assert_allclose(plan.sampler.priorities(idx), [last[i] for i in idx])
     assert plan.sampler.max_priority == pytest.approx(5.0)
     mirror.add_rows(id_rows([100], ONLINE))                 # a new row enters at the max
@@ -316,15 +324,15 @@ def test_after_update_writes_priorities_and_state_round_trips():
     rebuilt = ReplayMirror(OBS, ACT)
     rebuilt.add_rows(id_rows(range(50), DEMO))
     rebuilt.add_rows(id_rows(range(50, 101), ONLINE))
-    twin = batch_plan(oema_config(), rebuilt)
+    twin = plan_for(oema_config(), rebuilt)
     twin.load_state_dict(state)
     a, b = plan.draw(np.random.default_rng(7)), twin.draw(np.random.default_rng(7))
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    fresh = batch_plan(oema_config(), rebuilt)               # negative control: no priorities
+    fresh = plan_for(oema_config(), rebuilt)               # negative control: no priorities
     assert not np.array_equal(fresh.draw(np.random.default_rng(7))["index"], a["index"])
     with pytest.raises(ValueError, match="rows"):
-        batch_plan(oema_config(), mirror).load_state_dict(
+        plan_for(oema_config(), mirror).load_state_dict(
             {"priorities": {**state["priorities"], "rows": 3}})
 
 
@@ -393,12 +401,14 @@ def test_finish_pretraining_copies_targets():
 # ------------------------------------------------------------------------------ update, state
 def test_counters_and_metrics_per_update():
     agent = OEMA(OBS, ACT, small_cfg(), batch_size=N)
+    assert agent.feedback() == {}                               # no update, no priorities yet
     for k in (1, 2):
         metrics = agent.update(make_batch(3 * N, seed=k))
         assert (agent.iterations, agent.critic_steps, agent.density_steps, agent.perturb_steps,
                 agent.actor_steps, agent.target_steps, agent.updates) == \
             (3 * k, 3 * k, 3 * k, 3 * k, 3 * k // 2, 3 * k // 2, k)
-    assert len(agent.last_priorities) == 3 * N and (agent.last_priorities > 0).all()
+    priorities = agent.feedback()["priorities"]
+    assert len(priorities) == 3 * N and (priorities > 0).all()
     assert {"critic_loss", "density_loss", "actor_loss", "meta_loss", "meta_weight", "meta_beta",
             "perturb_loss", "q_ub_mean", "priority_mean", "negative_meta_weights"} <= set(metrics)
     assert all(np.isfinite(v) for v in metrics.values())
@@ -423,7 +433,8 @@ def test_checkpoint_round_trip_gives_identical_next_updates(tmp_path):
     assert isinstance(restored, OEMA) and cfg2 == cfg and restored.pretrain_finished
     nxt = make_batch(2 * N, seed=9)
     assert agent.update(nxt) == restored.update(nxt)        # same metrics, bit for bit
-    np.testing.assert_array_equal(agent.last_priorities, restored.last_priorities)
+    np.testing.assert_array_equal(agent.feedback()["priorities"],
+                                  restored.feedback()["priorities"])
     for a, b in zip(agent.nets.state_dict().values(), restored.nets.state_dict().values()):
         assert torch.equal(a, b)
     assert np.array_equal(agent.act(np.ones(OBS)), restored.act(np.ones(OBS)))
@@ -449,6 +460,7 @@ def test_act_and_behaviour_policy_export_parity():
     det = agent.act(obs, deterministic=True)
     for n in (np.zeros_like(noise), noise):
         np.testing.assert_allclose(warmup(obs, n), low + (det + 1) * half, atol=1e-5 * half.max())
+    np.testing.assert_array_equal(agent.act(obs), det)        # act agrees: warm-up acts with pi(s)
     agent.update(make_batch(N))
     policy = onnx(agent.export_actor())
     with torch.no_grad():
@@ -494,8 +506,8 @@ def tiny_config(run_dir: Path, total: int, warmup: int = 60):
         "store": {"path": str(run_dir / "store.zarr"), "flush_every": 64},
         "algorithm": {"name": "oema", "hidden_dims": [32, 32], "pretrain_steps": 40,
                       "bc_alpha": 0.5, "recent_window": 100},
-        "learner": {"utd_ratio": 1, "warmup_steps": warmup, "checkpoint_every_steps": 100,
-                    "torch_threads": 1},
+        "learner": {"utd_ratio": 1, "warmup_steps": warmup, "warmup_actions": "policy",
+                    "checkpoint_every_steps": 100, "torch_threads": 1},
         "sampler": {"batch_size": 32},
         "train": {"total_env_steps": total, "eval_every": 100, "eval_episodes": 2,
                   "demo_episodes": 3, "run_dir": str(run_dir)},
@@ -534,7 +546,7 @@ def _final(run_dir: Path):
 def assert_same_run(a: Path, b: Path) -> None:
     agent_a, extra_a, evals_a = _final(a)
     agent_b, extra_b, evals_b = _final(b)
-    assert (extra_a["env_step"], extra_a["updates"]) == (extra_b["env_step"], extra_b["updates"])
+    assert (extra_a["env_steps"], extra_a["updates"]) == (extra_b["env_steps"], extra_b["updates"])
     for (k, x), y in zip(agent_a.nets.state_dict().items(), agent_b.nets.state_dict().values()):
         assert torch.equal(x, y), k
     assert extra_a["plan_state"] == extra_b["plan_state"]          # the replay priorities too
@@ -577,7 +589,7 @@ def test_pretrain_cli(tmp_path, capsys):
     oema = config("oema", {"name": "oema", "hidden_dims": [32, 32]})
     assert main(["pretrain", "--config", oema, "--steps", "30"]) == 0
     agent, cfg, extra = load_checkpoint(tmp_path / "oema" / "checkpoints" / "latest.pt")
-    assert (agent.pretrain_steps_done, agent.pretrain_finished, extra["env_step"]) == (30, True, 0)
+    assert (agent.pretrain_steps_done, agent.pretrain_finished, extra["env_steps"]) == (30, True, 0)
     assert cfg.algorithm.pretrain_steps == 30
     assert "--resume" in capsys.readouterr().err
     assert main(["pretrain", "--config", oema, "--steps", "30"]) == 2    # never overwritten

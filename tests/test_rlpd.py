@@ -11,9 +11,8 @@ import torch
 
 from o2o_robot.agents import ALGORITHMS, build_agent, resolve_device
 from o2o_robot.agents.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from o2o_robot.agents.networks import subset_min
-from o2o_robot.agents.rlpd import (RLPD, actor_loss, critic_loss, minibatch_slices,
-                                   target_entropy, temperature_loss)
+from o2o_robot.agents.ops import minibatch_slices, subset_min
+from o2o_robot.agents.rlpd import RLPD, actor_loss, critic_loss, target_entropy, temperature_loss
 from o2o_robot.config import O2OConfig, RLPDConfig, load_config
 
 import agent_batches
@@ -283,6 +282,12 @@ def test_checkpoint_errors(tmp_path):
     torch.save({**blob, "format": 99}, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="format 99"):
         load_checkpoint(tmp_path / "future.pt")
+    torch.save({**blob, "format": 1}, tmp_path / "old.pt")          # the per-algorithm layout
+    with pytest.raises(CheckpointError, match=r"old\.pt: checkpoint format 1.*reads format 2"):
+        load_checkpoint(tmp_path / "old.pt")
+    torch.save({**blob, "agent": {**blob["agent"], "algorithm": "obac"}}, tmp_path / "algo.pt")
+    with pytest.raises(CheckpointError, match="state of a 'obac' agent"):
+        load_checkpoint(tmp_path / "algo.pt")
     torch.save({**blob, "act_dim": ACT + 1}, tmp_path / "dims.pt")
     with pytest.raises(CheckpointError, match="does not fit"):
         load_checkpoint(tmp_path / "dims.pt")

@@ -1,7 +1,9 @@
 """Agent checkpoints: one torch file holding the agent's full state and the config that built it.
 
-Contents (format 1): {"format": 1, "algorithm": cfg.algorithm.name, "config": the resolved config
-as JSON-able data, "obs_dim", "act_dim", "agent": agent.state_dict(), **extra}. Writing is atomic
+Contents (format 2): {"format": 2, "algorithm": cfg.algorithm.name, "config": the resolved config
+as JSON-able data, "obs_dim", "act_dim", "agent": agent.state_dict(), **extra}, the agent state
+in the one shape every `Agent` uses (`agents/base.py`, `pack_state`). Format 1 held each
+algorithm's own state layout; it is refused with a message, not converted. Writing is atomic
 (a temporary file in the same directory, fsync, then os.replace), so a crash mid-save leaves the
 previous checkpoint intact and never a torn one.
 """
@@ -13,10 +15,11 @@ from typing import Any
 
 import torch
 
+from o2o_robot.agents.base import Agent
 from o2o_robot.config import O2OConfig
 from o2o_robot.fsutil import atomic_write_bytes
 
-FORMAT = 1
+FORMAT = 2
 _RESERVED = ("format", "algorithm", "config", "obs_dim", "act_dim", "agent")
 
 
@@ -24,7 +27,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit; the message names the file."""
 
 
-def save_checkpoint(path: str | Path, agent, cfg: O2OConfig, /, **extra: Any) -> Path:
+def save_checkpoint(path: str | Path, agent: Agent, cfg: O2OConfig, /, **extra: Any) -> Path:
     """Write `agent`'s state and `cfg` to `path` atomically; `extra` entries are stored beside.
 
     `extra` values must be plain data (numbers, strings, lists, dicts) or tensors: the loader
@@ -42,7 +45,7 @@ def save_checkpoint(path: str | Path, agent, cfg: O2OConfig, /, **extra: Any) ->
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, O2OConfig, dict]:
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Agent, O2OConfig, dict]:
     """(agent, cfg, extra) from a file written by `save_checkpoint`; CheckpointError if unusable."""
     from o2o_robot.agents import build_agent, resolve_device  # lazy: registry imports all algorithms
 
@@ -57,6 +60,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Any, O2OConf
                               f"{exc})") from None
     if not isinstance(blob, dict) or "format" not in blob:
         raise CheckpointError(f"{path}: not an o2o_robot checkpoint (no 'format' key)")
+    if blob["format"] == 1:
+        raise CheckpointError(f"{path}: checkpoint format 1 (per-algorithm agent state); this "
+                              f"version reads format {FORMAT} only (the common Agent state_dict): "
+                              f"re-run training or pre-training to write a format-{FORMAT} file")
     if blob["format"] != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {blob['format']!r}, this version reads "
                               f"format {FORMAT}")

@@ -1,13 +1,16 @@
-"""Shared network pieces for RLPD, OBAC and OEMA (ALGORITHMS.md section 4). torch only.
+"""Network modules shared by RLPD, OBAC and OEMA (ALGORITHMS.md section 4). torch only.
+
+Modules only; the pure functions they and the algorithms share live in `agents/ops.py`.
 
 * `EnsembleMLP`: E independent MLPs stored as batched weights [E, in, out], so a layer is one
   batched matmul for all members (no Python loop over members). Per-member LayerNorm.
 * `EnsembleCritic`: Q_i(s, a) for i = 1..E, returned as [E, B].
 * `TanhGaussianActor`: a = tanh(u), u ~ N(mu(s), sigma(s)^2), log sigma clipped to [-20, 2],
-  log pi(a|s) = log N(u; mu, sigma) - sum_j log(1 - tanh(u_j)^2), with the stable form
-  log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)).
+  log pi(a|s) = log N(u; mu, sigma) - sum_j log(1 - tanh(u_j)^2) (`ops.tanh_log_det`).
 * `DeterministicActor`: a = tanh(f(s)) (TD3).
-* `polyak_update`, and pure reducers over the ensemble axis (`subset_min`, `ensemble_mean`, ...).
+* `StateValue` (OBAC's V_mu), `ConcatMLP` (OEMA's w_psi and xi_omega).
+* export modules, forward(obs [B, obs_dim], noise [B, act_dim]) -> unit action:
+  `TanhGaussianExport` (RLPD, OBAC), `BehaviourPolicyExport` (OEMA).
 
 Initialisation everywhere (hidden layers and output heads): Xavier-uniform weights, zero biases,
 as the official RLPD code (`default_init`).
@@ -16,17 +19,17 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Callable, Literal, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from o2o_robot.agents.ops import behaviour_action, tanh_log_det
+
 Norm = Literal["none", "ln_all", "ln_first_tanh"]
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 LN_EPS = 1e-6  # Flax's LayerNorm epsilon, as in the official RLPD critic
-_LOG2 = math.log(2.0)
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu, "elu": F.elu, "tanh": torch.tanh, "gelu": F.gelu, "silu": F.silu}
 
@@ -193,11 +196,6 @@ class EnsembleCritic(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------- actors
-def tanh_log_det(u: torch.Tensor) -> torch.Tensor:
-    """sum_j log(1 - tanh(u_j)^2) = sum_j 2 (log 2 - u_j - softplus(-2 u_j)); exact and stable."""
-    return (2.0 * (_LOG2 - u - F.softplus(-2.0 * u))).sum(-1)
-
-
 class TanhGaussianActor(nn.Module):
     """pi(a|s): a = tanh(u), u ~ N(mu(s), exp(log_std(s))^2); log_std clipped to [-20, 2].
 
@@ -245,24 +243,6 @@ class TanhGaussianActor(nn.Module):
         return log_normal - tanh_log_det(u)
 
 
-class TanhGaussianExport(nn.Module):
-    """Exportable sampler: forward(obs [B, obs_dim], noise [B, act_dim]) = tanh(mu + sigma * noise).
-
-    A CPU deep copy in eval mode with gradients off; only ONNX-friendly ops (Linear, ReLU, clamp,
-    exp, tanh). noise = 0 gives the evaluation action tanh(mu).
-    """
-
-    def __init__(self, actor: TanhGaussianActor):
-        super().__init__()
-        self.actor = copy.deepcopy(actor).cpu().eval().requires_grad_(False)
-        self.obs_dim, self.act_dim = actor.obs_dim, actor.act_dim
-        self.eval()
-
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        mu, log_std = self.actor(obs)
-        return torch.tanh(mu + log_std.exp() * noise)
-
-
 class DeterministicActor(nn.Module):
     """a = tanh(f(s)), f a ReLU MLP (TD3's actor)."""
 
@@ -277,51 +257,7 @@ class DeterministicActor(nn.Module):
         return torch.tanh(self.head(self.trunk(obs)))
 
 
-# -------------------------------------------------------------------------- target and reducers
-@torch.no_grad()
-def polyak_update(target: nn.Module | Iterable[torch.Tensor],
-                  online: nn.Module | Iterable[torch.Tensor], tau: float) -> None:
-    """theta_bar <- (1 - tau) theta_bar + tau theta, in place, one fused foreach op."""
-    t = list(target.parameters()) if isinstance(target, nn.Module) else list(target)
-    o = list(online.parameters()) if isinstance(online, nn.Module) else list(online)
-    if len(t) != len(o):
-        raise ValueError(f"polyak_update: {len(t)} target vs {len(o)} online tensors")
-    torch._foreach_lerp_(t, o, float(tau))
-
-
-def sample_subsets(num: int, ensemble_size: int, subset_size: int,
-                   generator: torch.Generator | None = None,
-                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """`num` independent random subsets of {0..E-1} of size Z, without replacement: [num, Z].
-
-    argsort of i.i.d. uniforms is a uniform random permutation per row, so all `num` subsets
-    (one per critic step) come from one random draw and one sort.
-    """
-    if not 1 <= subset_size <= ensemble_size:
-        raise ValueError(f"subset_size: expected 1..{ensemble_size}, got {subset_size}")
-    keys = torch.rand(num, ensemble_size, generator=generator, device=device)
-    return keys.argsort(dim=1)[:, :subset_size]
-
-
-def subset_min(q: torch.Tensor, z: int, generator: torch.Generator | None = None,
-               members: torch.Tensor | None = None) -> torch.Tensor:
-    """min over a fresh random subset of Z members of q [E, B] -> [B] (or over given `members`)."""
-    if members is None:
-        members = sample_subsets(1, q.shape[0], z, generator, q.device)[0]
-    return q.index_select(0, members).min(dim=0).values
-
-
-def ensemble_mean(q: torch.Tensor) -> torch.Tensor:
-    """mean over members of q [E, B] -> [B] (RLPD's actor objective)."""
-    return q.mean(dim=0)
-
-
-def ensemble_min(q: torch.Tensor) -> torch.Tensor:
-    """min over all members of q [E, B] -> [B] (clipped double Q for E = 2)."""
-    return q.min(dim=0).values
-
-
-# ============================================================== OBAC additions (agents/obac.py)
+# ----------------------------------------------------------------------- value, concat MLP
 class StateValue(nn.Module):
     """V(s) as an ensemble of one EnsembleMLP member: [B, obs_dim] -> [B] (OBAC's V_mu)."""
 
@@ -335,63 +271,6 @@ class StateValue(nn.Module):
         return self.net(obs)[0, :, 0]
 
 
-def log_density_pretanh(actor: TanhGaussianActor, obs: torch.Tensor, action: torch.Tensor,
-                        low: float = LOG_STD_MIN, high: float = LOG_STD_MAX) -> torch.Tensor:
-    """Per-dimension log N(a_j; mu_j(s), sigma_j(s)^2) of a unit action a under the pre-tanh
-    Gaussian (no atanh, no tanh Jacobian), clamped to [low, high]: [B, act_dim].
-
-    OBAC's behaviour term (official `get_log_density` + clamp). The clamp passes no gradient
-    where it is active: once a dimension's log-density exceeds `high`, the term stops shrinking
-    that dimension's sigma."""
-    mu, log_std = actor(obs)
-    z = (action - mu) * torch.exp(-log_std)
-    log_density = -0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)
-    return log_density.clamp(low, high)
-
-
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """mean(|tau - 1[u < 0]| * u^2) of u = target - prediction (IQL); tau = 0.5 is MSE / 2."""
-    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
-    return (weight * diff.square()).mean()
-
-
-def batch_tensors(big_batch: Mapping[str, Any], keys: Sequence[str], obs_dim: int, act_dim: int,
-                  device: torch.device | str) -> dict[str, torch.Tensor]:
-    """`keys` of a batch (numpy arrays or tensors) as float32 tensors on `device`, with shapes
-    checked where data enters an agent: a key ending in "obs" (obs, next_obs, off_obs, ...)
-    [B, obs_dim], one ending in "action" [B, act_dim], any other [B]."""
-    missing = [k for k in keys if k not in big_batch]
-    if missing:
-        raise KeyError(f"big batch: missing key(s) {', '.join(missing)}")
-    out = {k: torch.as_tensor(big_batch[k] if torch.is_tensor(big_batch[k])
-                              else np.asarray(big_batch[k]), dtype=torch.float32, device=device)
-           for k in keys}
-    rows = out[keys[0]].shape[0] if out[keys[0]].dim() else 0
-    for k, v in out.items():
-        want = ((rows, obs_dim) if k.endswith("obs") else
-                (rows, act_dim) if k.endswith("action") else (rows,))
-        if tuple(v.shape) != want:
-            raise ValueError(f"big batch: {k} has shape {list(v.shape)}, expected {list(want)}")
-    return out
-
-
-@torch.no_grad()
-def policy_actions(policy: Callable[[torch.Tensor], torch.Tensor], obs: Any, obs_dim: int,
-                   device: torch.device | str) -> np.ndarray:
-    """`policy` applied to obs [obs_dim] or [B, obs_dim] (array-like), as a numpy array of the
-    same leading shape: the `act` of every agent."""
-    o = torch.as_tensor(np.asarray(obs, np.float32), device=device)
-    single = o.dim() == 1
-    o = o[None] if single else o
-    if o.dim() != 2 or o.shape[1] != obs_dim:
-        raise ValueError(f"act: obs must be [{obs_dim}] or [B, {obs_dim}], "
-                         f"got {list(np.shape(obs))}")
-    a = policy(o).cpu().numpy()
-    return a[0] if single else a
-# ========================================================== end of OBAC additions
-
-
-# ============================================================== OEMA additions (agents/oema.py)
 _OUTPUTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda x: x, "relu": F.relu, "tanh": torch.tanh}
 
@@ -421,14 +300,49 @@ class ConcatMLP(nn.Module):
         return y * self.out_scale if self.out_scale != 1.0 else y
 
 
-def q_upper_bound(q: torch.Tensor, k: float) -> torch.Tensor:
-    """Optimistic value mean_i Q_i + k * std_i Q_i of q [E, B] -> [B] (OEMA's Q_UB, k = beta_UB).
+# -------------------------------------------------------------------------------- export
+def _frozen(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module).cpu().eval().requires_grad_(False)
 
-    The std is the population one; for the twin critic it is |Q1 - Q2| / 2, computed so (as the
-    official code does) because its gradient stays finite where Q1 = Q2."""
-    if q.shape[0] == 2:
-        spread = (q[0] - q[1]).abs() / 2.0
-    else:
-        spread = q.std(dim=0, correction=0)
-    return q.mean(dim=0) + k * spread
-# ========================================================== end of OEMA additions
+
+class TanhGaussianExport(nn.Module):
+    """Exportable sampler: forward(obs [B, obs_dim], noise [B, act_dim]) = tanh(mu + sigma * noise).
+
+    A CPU deep copy in eval mode with gradients off; only ONNX-friendly ops (Linear, ReLU, clamp,
+    exp, tanh). noise = 0 gives the evaluation action tanh(mu).
+    """
+
+    def __init__(self, actor: TanhGaussianActor):
+        super().__init__()
+        self.actor = _frozen(actor)
+        self.obs_dim, self.act_dim = actor.obs_dim, actor.act_dim
+        self.eval()
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        mu, log_std = self.actor(obs)
+        return torch.tanh(mu + log_std.exp() * noise)
+
+
+class BehaviourPolicyExport(nn.Module):
+    """Exportable OEMA behaviour policy: forward(obs, noise) = clip(pi(s) + xi(s, pi(s)) +
+    explore_noise * noise, -1, 1) for a row whose noise is not all zeros; a row of zero noise
+    gives the deterministic pi(s), OEMA's evaluation policy, as the policy contract says of zero
+    noise (DESIGN.md). Standard-normal draws are never all zero, so exploring rows always carry
+    xi. With `perturb=None` it is pi(s) for every row (the noise input stays in the graph,
+    multiplied by 0): OEMA's warm-up policy. CPU deep copies in eval mode, gradients off."""
+
+    def __init__(self, actor: DeterministicActor, perturb: ConcatMLP | None, explore_noise: float):
+        super().__init__()
+        self.actor = _frozen(actor)
+        self.perturb = _frozen(perturb) if perturb is not None else None
+        self.explore_noise = float(explore_noise)
+        self.obs_dim, self.act_dim = actor.obs_dim, actor.act_dim
+        self.eval()
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        action = self.actor(obs)
+        if self.perturb is None:
+            return action + 0.0 * noise
+        exploring = (noise.abs().amax(dim=-1, keepdim=True) > 0).to(action.dtype)   # [B, 1]
+        return torch.lerp(action, behaviour_action(self.perturb, obs, action, noise,
+                                                   self.explore_noise), exploring)

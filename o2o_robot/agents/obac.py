@@ -51,19 +51,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from o2o_robot.agents import resolve_device
+from o2o_robot.agents.base import pack_state, resolve_device, unpack_state
 from o2o_robot.agents.networks import (EnsembleCritic, StateValue, TanhGaussianActor,
-                                       TanhGaussianExport, batch_tensors, ensemble_min,
-                                       expectile_loss, log_density_pretanh, policy_actions,
-                                       polyak_update)
-from o2o_robot.agents.rlpd import minibatch_slices
+                                       TanhGaussianExport)
+from o2o_robot.agents.ops import (batch_tensors, ensemble_min, expectile_loss,
+                                  log_density_pretanh, minibatch_slices, policy_actions,
+                                  polyak_update)
 from o2o_robot.config import OBACConfig
 
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "mask")
 Batch = Mapping[str, torch.Tensor]
 LN_EPS = 1e-5  # the official PyTorch code's nn.LayerNorm default
 _COUNTERS = ("updates", "grad_steps", "temp_steps", "gate_on_steps")
-_OPTIMISERS = ("critic_opt", "critic_mu_opt", "value_opt", "actor_opt", "temp_opt")
 
 
 class OBACNets(nn.Module):
@@ -160,12 +159,16 @@ def temperature_loss(nets: OBACNets, log_prob: torch.Tensor,
 
 # ------------------------------------------------------------------------------------ agent
 class OBAC:
-    """The OBAC learner: `update(big_batch)` per environment step; see the module docstring.
+    """The OBAC learner (`Agent` protocol): `update(big_batch)` per environment step; see the
+    module docstring. No offline pre-training phase; fed by the "mixed" batch plan.
 
     `compile` and `bf16` are accepted for a uniform constructor and not used (a warning says so):
     OBAC runs eager fp32."""
 
-    warmup_uses_actor = False  # warm-up acts uniformly at random (`learner.warmup_steps`)
+    name = "obac"
+    batch_plan = "mixed"
+    pretrain_steps = pretrain_steps_done = 0
+    pretrain_finished = True
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: OBACConfig, *, batch_size: int = 512,
                  device: str | torch.device = "cpu", compile: bool = False, bf16: bool = False,
@@ -211,7 +214,7 @@ class OBAC:
         l_v, i_v = value_loss(nets, mb, cfg)
         l_pi, i_pi = actor_loss(nets, mb, cfg, alpha, i_mu["q_mu_data"], noise=noise)
         l_t, i_t = temperature_loss(nets, i_pi.pop("log_prob"), self.target_entropy)
-        opts = [getattr(self, name) for name in _OPTIMISERS]
+        opts = list(self._optimisers().values())
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         (l_q + l_mu + l_v + l_t).backward()      # disjoint parameter sets, targets detached
@@ -259,26 +262,31 @@ class OBAC:
         the learner assumes (noise = 0: the evaluation action tanh(mu))."""
         return TanhGaussianExport(self.nets.actor)
 
+    # ------------------------------------------------------------------- protocol, no-ops
+    def feedback(self) -> dict[str, np.ndarray]:
+        """Nothing: the "mixed" batch plan needs nothing back from an update."""
+        return {}
+
+    def pretrain_update(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        raise RuntimeError("OBAC has no offline pre-training phase")
+
+    def finish_pretraining(self) -> None:
+        """No offline phase: nothing to finish."""
+
     # ---------------------------------------------------------------------------- state
+    def _optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.critic_opt, "critic_mu": self.critic_mu_opt,
+                "value": self.value_opt, "actor": self.actor_opt, "temperature": self.temp_opt}
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"update": self.generator, "act": self.act_generator}
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed for identical next updates: nets, optimisers, counters, RNG.
-        Tensors are the live ones (as nn.Module.state_dict): save or copy before updating again."""
-        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "batch_size": self.batch_size,
-                "nets": self.nets.state_dict(),
-                **{name: getattr(self, name).state_dict() for name in _OPTIMISERS},
-                "counters": {k: getattr(self, k) for k in _COUNTERS},
-                "generator": self.generator.get_state(),
-                "act_generator": self.act_generator.get_state()}
+        """Everything needed for identical next updates (`base.pack_state`'s shape)."""
+        return pack_state(self, self.nets, self._optimisers(),
+                          {k: getattr(self, k) for k in _COUNTERS}, self._generators())
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        dims = (state.get("obs_dim"), state.get("act_dim"))
-        if dims != (self.obs_dim, self.act_dim):
-            raise ValueError(f"OBAC state: obs/act dims {dims} do not match this agent's "
-                             f"{(self.obs_dim, self.act_dim)}")
-        self.nets.load_state_dict(state["nets"])
-        for name in _OPTIMISERS:
-            getattr(self, name).load_state_dict(state[name])
+        counters, _ = unpack_state(self, state, self.nets, self._optimisers(), self._generators())
         for k in _COUNTERS:
-            setattr(self, k, int(state["counters"][k]))
-        self.generator.set_state(state["generator"].cpu())
-        self.act_generator.set_state(state["act_generator"].cpu())
+            setattr(self, k, counters[k])

@@ -56,11 +56,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from o2o_robot.agents import resolve_device
-from o2o_robot.agents.networks import (ConcatMLP, DeterministicActor, EnsembleCritic,
-                                       batch_tensors, ensemble_min, policy_actions,
-                                       polyak_update, q_upper_bound)
-from o2o_robot.agents.rlpd import minibatch_slices
+from o2o_robot.agents.base import pack_state, resolve_device, unpack_state
+from o2o_robot.agents.networks import (BehaviourPolicyExport, ConcatMLP, DeterministicActor,
+                                       EnsembleCritic)
+from o2o_robot.agents.ops import (batch_tensors, behaviour_action, ensemble_min,
+                                  minibatch_slices, policy_actions, polyak_update, q_upper_bound)
 from o2o_robot.config import OEMAConfig
 
 Batch = Mapping[str, torch.Tensor]
@@ -70,6 +70,7 @@ LOG_EPS = 1e-10          # inside the f-GAN logs and the priority normaliser, as
 _COUNTERS = ("pretrain_steps_done", "pretrain_actor_steps", "updates", "iterations",
              "critic_steps", "actor_steps", "target_steps", "density_steps", "perturb_steps",
              "negative_meta_weights")
+_META_KEYS = ("actor_loss", "meta_loss", "meta_weight", "meta_beta")
 
 
 class OEMANets(nn.Module):
@@ -139,12 +140,6 @@ def normalised_priorities(w_rows: torch.Tensor, w_off: torch.Tensor, temperature
     return (w_rows.pow(inv_t) / (w_off.pow(inv_t).mean() + LOG_EPS)).clamp(low, high)
 
 
-def behaviour_action(perturb: nn.Module, obs: torch.Tensor, action: torch.Tensor,
-                     noise: torch.Tensor, explore_noise: float) -> torch.Tensor:
-    """a_E = clip(a + xi(s, a) + explore_noise * noise, -1, 1) with a = pi(s)."""
-    return (action + perturb(obs, action) + explore_noise * noise).clamp(-1.0, 1.0)
-
-
 def perturbation_loss(nets: OEMANets, batch: Batch, cfg: OEMAConfig, *,
                       noise: torch.Tensor | None = None,
                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
@@ -198,47 +193,20 @@ def meta_beta(cfg: OEMAConfig, k: int) -> float:
     return max(0.0, cfg.meta_beta - k * cfg.meta_beta / cfg.meta_anneal_steps)
 
 
-# -------------------------------------------------------------------------------- export
-class BehaviourPolicyExport(nn.Module):
-    """Exportable behaviour policy: forward(obs, noise) = clip(pi(s) + xi(s, pi(s)) +
-    explore_noise * noise, -1, 1) for a row whose noise is not all zeros; a row of zero noise
-    gives the deterministic pi(s), OEMA's evaluation policy, as the policy contract says of zero
-    noise (DESIGN.md). Standard-normal draws are never all zero, so exploring rows always carry
-    xi. With `perturb=None` it is pi(s) for every row (the noise input stays in the graph,
-    multiplied by 0): OEMA's warm-up policy. CPU deep copies in eval mode, gradients off."""
-
-    def __init__(self, actor: nn.Module, perturb: nn.Module | None, explore_noise: float):
-        super().__init__()
-        frozen = lambda m: copy.deepcopy(m).cpu().eval().requires_grad_(False)  # noqa: E731
-        self.actor = frozen(actor)
-        self.perturb = frozen(perturb) if perturb is not None else None
-        self.explore_noise = float(explore_noise)
-        self.obs_dim, self.act_dim = actor.obs_dim, actor.act_dim
-        self.eval()
-
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        action = self.actor(obs)
-        if self.perturb is None:
-            return action + 0.0 * noise
-        exploring = (noise.abs().amax(dim=-1, keepdim=True) > 0).to(action.dtype)   # [B, 1]
-        return torch.lerp(action, behaviour_action(self.perturb, obs, action, noise,
-                                                   self.explore_noise), exploring)
-
-
 # ------------------------------------------------------------------------------------ agent
 class OEMA:
-    """The OEMA learner: `pretrain_update(batch)` per TD3+BC step, then `update(batch)` per env
-    step (the balanced-replay batch of `o2o_robot.learning.batches.BalancedReplayBatches`); after each
-    update `last_priorities` holds the new priorities of the B_rl rows (the plan writes them
-    into its sampler, which owns the priorities; see `BalancedReplayBatches`)."""
+    """The OEMA learner (`Agent` protocol): `pretrain_update(batch)` per TD3+BC step, then
+    `update(batch)` per env step on a "balanced_replay" batch; after each update `feedback()`
+    gives the new priorities of its B_rl rows (the batch plan's sampler owns the priorities)."""
 
-    warmup_uses_actor = True   # warm-up acts with the deterministic pre-trained actor (pitfall 5)
+    name = "oema"
+    batch_plan = "balanced_replay"
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: OEMAConfig, *, batch_size: int = 256,
                  device: str | torch.device = "cpu", compile: bool = False, bf16: bool = False,
                  seed: int = 0):
         self.obs_dim, self.act_dim, self.cfg = int(obs_dim), int(act_dim), cfg
-        self.batch_size = int(batch_size)
+        self.batch_size, self.pretrain_steps = int(batch_size), int(cfg.pretrain_steps)
         self.device = torch.device(resolve_device(device))
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
             torch.manual_seed(seed)
@@ -255,7 +223,7 @@ class OEMA:
         for name in _COUNTERS:
             setattr(self, name, 0)
         self.pretrain_finished = False
-        self.last_priorities = np.zeros(0, np.float32)
+        self._priorities: np.ndarray | None = None    # of the last update's B_rl rows
         # Latest meta-step values, reported by every iteration (NaN before the first one).
         self._last_meta = {k: torch.tensor(float("nan"), device=self.device) for k in _META_KEYS}
         self._negative_w = torch.zeros((), device=self.device)   # synced once per update
@@ -359,7 +327,7 @@ class OEMA:
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """G = rows / batch_size fine-tuning iterations, each on its contiguous minibatch of the
         B_rl rows (obs, action, reward, next_obs, mask) and of off_obs/off_action (B_off),
-        on_obs/on_action (B_on) and recent_obs (B_r). Sets `last_priorities` [G * N]."""
+        on_obs/on_action (B_on) and recent_obs (B_r). `feedback()` then has their priorities."""
         b = self._to_batch(batch, TD_KEYS + REPLAY_KEYS)
         slices = minibatch_slices(b["obs"].shape[0], self.batch_size)
         self.finish_pretraining()
@@ -373,19 +341,25 @@ class OEMA:
         # One device sync for the metrics and the sign-flip count of the meta weight.
         values = torch.cat([torch.stack(stats).nanmean(0), self._negative_w.reshape(1)]).tolist()
         self.negative_meta_weights = int(values.pop())
-        self.last_priorities = torch.cat(priorities).cpu().numpy()
+        self._priorities = torch.cat(priorities).cpu().numpy()
         metrics = dict(zip(info, values))
         metrics.update(utd_ratio=float(len(slices)),
                        negative_meta_weights=self.negative_meta_weights)
         return metrics
 
+    def feedback(self) -> dict[str, np.ndarray]:
+        """{"priorities": float32 [G*N]} of the last update's B_rl rows, in row order; {} before
+        the first update (of this process: priorities live in the batch plan's state)."""
+        return {} if self._priorities is None else {"priorities": self._priorities}
+
     # ---------------------------------------------------------------------------- acting
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Action(s) in [-1, 1] for obs [obs_dim] or [B, obs_dim]: pi(s), or the behaviour
-        action a_E (with the agent's own noise generator)."""
+        """Action(s) in [-1, 1] for obs [obs_dim] or [B, obs_dim], as `export_actor()` acts:
+        pi(s) when deterministic or before the first fine-tuning iteration (the warm-up policy,
+        pitfall 5), else the behaviour action a_E (with the agent's own noise generator)."""
         def policy(o: torch.Tensor) -> torch.Tensor:
             a = self.nets.actor(o)
-            if deterministic:
+            if deterministic or self.iterations == 0:
                 return a
             noise = torch.randn(a.shape, generator=self.act_generator, device=self.device)
             return behaviour_action(self.nets.perturb, o, a, noise, self.cfg.explore_noise)
@@ -393,40 +367,34 @@ class OEMA:
 
     def export_actor(self) -> nn.Module:
         """forward(obs, noise) -> unit action: the behaviour policy once fine-tuning has run an
-        iteration; before that (pre-training, warm-up) the deterministic pi(s), which is what
-        OEMA acts with during warm-up."""
+        iteration; before that (pre-training, warm-up) the deterministic pi(s), as `act`."""
         perturb = self.nets.perturb if self.iterations > 0 else None
         return BehaviourPolicyExport(self.nets.actor, perturb, self.cfg.explore_noise)
 
     # ---------------------------------------------------------------------------- state
+    def _optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.critic_opt, "actor": self.actor_opt,
+                "density": self.density_opt, "perturb": self.perturb_opt}
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"update": self.generator, "act": self.act_generator}
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed for identical next updates: nets, optimisers, counters, RNG.
-        (The replay priorities belong to the batch plan: `BalancedReplayBatches.state_dict`.)"""
-        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "batch_size": self.batch_size,
-                "nets": self.nets.state_dict(),
-                "optimisers": {name: getattr(self, name).state_dict() for name in _OPTIMISERS},
-                "counters": {k: getattr(self, k) for k in _COUNTERS},
-                "pretrain_finished": self.pretrain_finished,
-                "last_meta": {k: v.detach().clone() for k, v in self._last_meta.items()},
-                "generator": self.generator.get_state(),
-                "act_generator": self.act_generator.get_state()}
+        """Everything needed for identical next updates (`base.pack_state`'s shape); extra holds
+        pretrain_finished and the latest meta-step values. (The replay priorities belong to the
+        batch plan: `BalancedReplayBatches.state_dict`.)"""
+        extra = {"pretrain_finished": self.pretrain_finished,
+                 "last_meta": {k: float(v) for k, v in self._last_meta.items()}}
+        return pack_state(self, self.nets, self._optimisers(),
+                          {k: getattr(self, k) for k in _COUNTERS}, self._generators(), extra)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        dims = (state.get("obs_dim"), state.get("act_dim"))
-        if dims != (self.obs_dim, self.act_dim):
-            raise ValueError(f"OEMA state: obs/act dims {dims} do not match this agent's "
-                             f"{(self.obs_dim, self.act_dim)}")
-        self.nets.load_state_dict(state["nets"])
-        for name in _OPTIMISERS:
-            getattr(self, name).load_state_dict(state["optimisers"][name])
+        counters, extra = unpack_state(self, state, self.nets, self._optimisers(),
+                                       self._generators())
         for k in _COUNTERS:
-            setattr(self, k, int(state["counters"][k]))
+            setattr(self, k, counters[k])
         self._negative_w.fill_(self.negative_meta_weights)
-        self.pretrain_finished = bool(state["pretrain_finished"])
-        self._last_meta = {k: v.to(self.device) for k, v in state["last_meta"].items()}
-        self.generator.set_state(state["generator"].cpu())
-        self.act_generator.set_state(state["act_generator"].cpu())
-
-
-_OPTIMISERS = ("critic_opt", "actor_opt", "density_opt", "perturb_opt")
-_META_KEYS = ("actor_loss", "meta_loss", "meta_weight", "meta_beta")
+        self.pretrain_finished = bool(extra["pretrain_finished"])
+        # float32 -> Python float -> float32 is exact, so resumed metrics match bit for bit.
+        self._last_meta = {k: torch.tensor(float(extra["last_meta"][k]), device=self.device)
+                           for k in _META_KEYS}

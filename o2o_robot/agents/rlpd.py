@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from o2o_robot.agents import resolve_device
-from o2o_robot.agents.networks import (EnsembleCritic, TanhGaussianActor, TanhGaussianExport,
-                                       batch_tensors, ensemble_mean, policy_actions,
-                                       polyak_update, sample_subsets)
+from o2o_robot.agents.base import pack_state, resolve_device, unpack_state
+from o2o_robot.agents.networks import EnsembleCritic, TanhGaussianActor, TanhGaussianExport
+from o2o_robot.agents.ops import (batch_tensors, ensemble_mean, minibatch_slices, policy_actions,
+                                  polyak_update, sample_subsets)
 from o2o_robot.config import RLPDConfig
 
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "mask")
@@ -117,17 +117,15 @@ def temperature_loss(nets: RLPDNets, entropy: torch.Tensor,
 _EAGER_LOSSES = {"critic": critic_loss, "actor": actor_loss}
 
 
-def minibatch_slices(rows: int, batch_size: int) -> list[slice]:
-    """The G contiguous minibatches [g*N, (g+1)*N) of a big batch of G*N rows."""
-    if batch_size <= 0 or rows <= 0 or rows % batch_size:
-        raise ValueError(f"big batch: {rows} rows is not a positive multiple of batch_size "
-                         f"{batch_size}")
-    return [slice(g * batch_size, (g + 1) * batch_size) for g in range(rows // batch_size)]
-
-
 # ------------------------------------------------------------------------------------ agent
 class RLPD:
-    """The RLPD learner: `update(big_batch)` per environment step; see the module docstring."""
+    """The RLPD learner (`Agent` protocol): `update(big_batch)` per environment step; see the
+    module docstring. No offline pre-training phase; fed by the "mixed" batch plan."""
+
+    name = "rlpd"
+    batch_plan = "mixed"
+    pretrain_steps = pretrain_steps_done = 0
+    pretrain_finished = True
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: RLPDConfig, *, batch_size: int = 256,
                  device: str | torch.device = "cpu", compile: bool = False, bf16: bool = False,
@@ -259,27 +257,30 @@ class RLPD:
         """CPU copy in eval mode: forward(obs [B, obs_dim], noise [B, act_dim]) -> action."""
         return TanhGaussianExport(self.nets.actor)
 
+    # ------------------------------------------------------------------- protocol, no-ops
+    def feedback(self) -> dict[str, np.ndarray]:
+        """Nothing: the "mixed" batch plan needs nothing back from an update."""
+        return {}
+
+    def pretrain_update(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        raise RuntimeError("RLPD has no offline pre-training phase")
+
+    def finish_pretraining(self) -> None:
+        """No offline phase: nothing to finish."""
+
     # ---------------------------------------------------------------------------- state
+    def _optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"critic": self.critic_opt, "actor": self.actor_opt, "temperature": self.temp_opt}
+
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"update": self.generator, "act": self.act_generator}
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed for identical next updates: nets, optimisers, counters, RNG.
-        Tensors are the live ones (as nn.Module.state_dict): save or copy before updating again."""
-        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "batch_size": self.batch_size,
-                "nets": self.nets.state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "actor_opt": self.actor_opt.state_dict(), "temp_opt": self.temp_opt.state_dict(),
-                "counters": {k: getattr(self, k) for k in _COUNTERS},
-                "generator": self.generator.get_state(),
-                "act_generator": self.act_generator.get_state()}
+        """Everything needed for identical next updates (`base.pack_state`'s shape)."""
+        return pack_state(self, self.nets, self._optimisers(),
+                          {k: getattr(self, k) for k in _COUNTERS}, self._generators())
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        dims = (state.get("obs_dim"), state.get("act_dim"))
-        if dims != (self.obs_dim, self.act_dim):
-            raise ValueError(f"RLPD state: obs/act dims {dims} do not match this agent's "
-                             f"{(self.obs_dim, self.act_dim)}")
-        self.nets.load_state_dict(state["nets"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.temp_opt.load_state_dict(state["temp_opt"])
+        counters, _ = unpack_state(self, state, self.nets, self._optimisers(), self._generators())
         for k in _COUNTERS:
-            setattr(self, k, int(state["counters"][k]))
-        self.generator.set_state(state["generator"].cpu())
-        self.act_generator.set_state(state["act_generator"].cpu())
+            setattr(self, k, counters[k])
