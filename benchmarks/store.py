@@ -77,7 +77,12 @@ def big_batch(path: Path) -> tuple[float, str]:
         ReplayMirror = None
     with TransitionStore.open(path, "r") as store:
         if ReplayMirror is not None:
-            mirror = ReplayMirror.from_store(store)
+            from o2o_robot.spaces import ActionScaler   # the mirror holds unit actions
+            rows, spec = store.read(), store.spec or {}
+            scaler = ActionScaler(spec.get("action_low", [-1.0] * store.act_dim),
+                                  spec.get("action_high", [1.0] * store.act_dim))
+            mirror = ReplayMirror(store.obs_dim, store.act_dim)
+            mirror.add_rows({**rows, "action": scaler.to_unit(rows["action"])})
             draw, what = (lambda: mirror.sample_big_batch(256, 20, 0.5, rng)), "ReplayMirror.sample_big_batch"
         else:
             data = store.read()

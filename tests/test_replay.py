@@ -6,6 +6,7 @@ import pytest
 from o2o_robot.data.replay import (PrioritySampler, ReplayMirror, offline_count,
                                    split_minibatches)
 from o2o_robot.data.schema import OFFLINE_SIDE_CODES, SOURCE_CODE
+from o2o_robot.spaces import ActionScaler
 
 OBS, ACT = 5, 2
 DEMO, ONLINE = SOURCE_CODE["demo"], SOURCE_CODE["online"]
@@ -187,28 +188,23 @@ def test_bad_rows_are_rejected_and_nothing_is_added():
     assert len(m) == 0 and m.size("online") == 0
 
 
-class FakeStore:
-    """Duck-typed TransitionStore: committed rows readable by range."""
-
-    def __init__(self):
-        self.obs_dim, self.act_dim, self.blocks = OBS, ACT, []
-
-    def __len__(self):
-        return sum(len(b["obs"]) for b in self.blocks)
-
-    def read(self, fields=None, start=0, stop=None):
-        every = {k: np.concatenate([b[k] for b in self.blocks]) for k in self.blocks[0]}
-        return {k: v[start:stop] for k, v in every.items() if fields is None or k in fields}
-
-
-def test_from_store_and_sync_mirror_exactly_the_committed_rows():
-    store = FakeStore()
-    store.blocks += [rows(range(40), DEMO), rows(range(40, 100), ONLINE)]
-    m = ReplayMirror.from_store(store, online_capacity=1000, chunk_rows=16)
-    assert len(m) == 100 and m.size("demo") == 40 and m.size("online") == 60
-    store.blocks.append(rows(range(100, 125), INTERVENTION))
-    assert m.sync_from_store(store) == 25 and m.sync_from_store(store) == 0
-    np.testing.assert_array_equal(m.gather(np.arange(125))["obs"][:, 0], np.arange(125))
+def test_store_rows_added_with_unit_actions_mirror_exactly_those_rows():
+    """What every caller does with a store's rows: actions to [-1, 1], then `add_rows` by block."""
+    low, high = np.array([-2.0, 0.0]), np.array([2.0, 10.0])
+    scaler = ActionScaler(low, high)
+    blocks = [rows(range(40), DEMO), rows(range(40, 100), ONLINE), rows(range(100, 125), INTERVENTION)]
+    m = ReplayMirror(OBS, ACT, online_capacity=1000, initial_capacity=16)
+    for block in blocks:
+        physical = np.stack([np.linspace(-2, 2, len(block["obs"])),
+                             np.linspace(0, 10, len(block["obs"]))], 1).astype(np.float32)
+        m.add_rows({**block, "action": scaler.to_unit(physical)})
+    assert len(m) == 125 and m.size("demo") == 40 and m.size("online") == 60
+    assert m.size("intervention") == 25
+    got = m.gather(np.arange(125))
+    np.testing.assert_array_equal(got["obs"][:, 0], np.arange(125))
+    np.testing.assert_allclose(got["action"][:40, 0], np.linspace(-1, 1, 40), atol=2e-5)  # clip 1-1e-5
+    np.testing.assert_allclose(got["action"][:40, 1], np.linspace(-1, 1, 40), atol=2e-5)
+    assert np.abs(got["action"]).max() <= 1.0      # control: physical actions reach 10
 
 
 def test_priority_frequencies_follow_priorities():

@@ -64,6 +64,8 @@ class ReplayMirror:
 
     `index` in a batch is the row's slot. Offline-side slots never change meaning; an online
     slot is reused by a newer online row once `online_capacity` online rows are held.
+    Actions are held in the learner's [-1, 1] units: callers pass the store's physical actions
+    through `o2o_robot.spaces.ActionScaler.to_unit` before `add_rows`.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, online_capacity: int | None = None,
@@ -86,30 +88,8 @@ class ReplayMirror:
         self._on_start = 0                            # ring position of the oldest online row
         self._counts = np.zeros(len(SOURCES), np.int64)
         self._listeners: list[Callable[[np.ndarray], None]] = []
-        self.store_rows_read = 0                      # rows consumed by from_store/sync_from_store
 
-    # ----------------------------------------------------------------- construction / appends
-    @classmethod
-    def from_store(cls, store, *, online_capacity: int | None = None,
-                   chunk_rows: int = 1 << 18) -> "ReplayMirror":
-        """Mirror every committed row of a `TransitionStore` (read in chunks of `chunk_rows`)."""
-        mirror = cls(store.obs_dim, store.act_dim, online_capacity=online_capacity,
-                     initial_capacity=max(len(store), 4096))
-        mirror.sync_from_store(store, chunk_rows=chunk_rows)
-        return mirror
-
-    def sync_from_store(self, store, *, chunk_rows: int = 1 << 18) -> int:
-        """Append the store's rows committed since the last sync; return how many were added.
-
-        Use either this or `add_rows` for live data, not both, or rows are mirrored twice.
-        """
-        fields = [f for f in FIELDS if f != "timestamp"]
-        end, start = len(store), self.store_rows_read
-        for lo in range(start, end, chunk_rows):
-            self.add_rows(store.read(fields=fields, start=lo, stop=min(lo + chunk_rows, end)))
-        self.store_rows_read = max(end, start)
-        return max(end - start, 0)
-
+    # ------------------------------------------------------------------------------ appends
     def add(self, **row) -> None:
         """Append one row given as keyword fields; `source` may be a name ("demo", ...).
 
@@ -383,7 +363,7 @@ class PrioritySampler:
     def state_dict(self) -> dict:
         """Plain data (checkpoint-safe): the priority of every slot (float64 bytes) and the
         running max. Slots are the mirror's, so restore into a mirror rebuilt in the same row
-        order (train.py's `load_mirror` is)."""
+        order (`learning.core.load_mirror` does)."""
         leaves = self._tree[self._leaves:self._leaves + self._size]
         return {"rows": int(self._size), "priorities": leaves.astype(np.float64).tobytes(),
                 "max_priority": float(self.max_priority)}

@@ -7,6 +7,7 @@ A row is one environment step. `terminated` (a true terminal: no bootstrap) and 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -158,10 +159,157 @@ class RowValidator:
                 "policy_version": _scalar("policy_version", policy_version, int), "timestamp": t}
 
 
-# Key the actor adds to each row it hands on (not a stored field): the index of the episode the
-# row belongs to. A consumer that sees it change while an episode is still open knows that the
-# open episode's last row was dropped on the way, and closes (or discards) it.
-EPISODE_INDEX_KEY = "episode_index"
-# Key of the marker row (no data) the actor hands on when an episode ended on a row it could not
-# record (e.g. no reward for it): the consumer closes the open episode with the marker's label.
-END_EPISODE_KEY = "end_episode"
+# ------------------------------------------------------------------------- the typed stream
+# Sources whose rows are steps the robot (or sim) took in this run: what counts as an env step
+# for the learner's update-to-data ratio. Demo and imported offline rows are not.
+ACTING_SOURCE_CODES: tuple[int, ...] = (SOURCE_CODE["online"], SOURCE_CODE["intervention"])
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One environment step as every producer hands it on (actor node, sim harness, bag replay).
+
+    `action` is in physical units, as sent. `episode` is the producer's episode index and `step`
+    the row's index within that episode (0-based): together they let an `EpisodeAssembler` see a
+    row lost on the way. `success` is the outcome label, meaningful on an episode's last row.
+    """
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: float
+    next_obs: np.ndarray
+    terminated: bool
+    truncated: bool
+    source: int
+    policy_version: int = 0
+    timestamp: float = 0.0
+    episode: int = 0
+    step: int = 0
+    success: bool | None = None
+
+    @property
+    def ends_episode(self) -> bool:
+        """The episode ends with this row (terminal state, time limit or operator)."""
+        return bool(self.terminated or self.truncated)
+
+    @property
+    def is_env_step(self) -> bool:
+        """A step of this run (online or intervention), counted for the update-to-data ratio."""
+        return int(self.source) in ACTING_SOURCE_CODES
+
+    def row(self) -> dict:
+        """The stored fields (schema.FIELDS) as a dict."""
+        return {f: getattr(self, f) for f in FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeEnd:
+    """Episode `episode` ended on a step its producer could not record (e.g. no reward for it):
+    close it with `success` instead of waiting for a last row that will not come."""
+
+    episode: int
+    success: bool | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """What an `EpisodeAssembler` hands to its writer: rows to append, then (when `end`) the
+    end of the store episode with its `success` label."""
+
+    rows: tuple[Transition, ...]
+    end: bool = False
+    success: bool | None = None
+
+
+class EpisodeAssembler:
+    """Turns a stream of `Transition` / `EpisodeEnd` with possible gaps into store episodes.
+
+    The store contract: a store episode is an unbroken run of steps of one producer episode (a
+    row's next_obs is the next row's obs), closed exactly once. A gap breaks that, so:
+
+    * a row lost in the middle (its `step` is not the next one): `on_gap="split"` closes the part
+      before the gap (success unknown) and starts a new store episode at the row;
+      `on_gap="discard"` drops the whole producer episode;
+    * an episode whose last row was lost (rows of a later episode arrive while it is open): it is
+      closed with success unknown ("split") or dropped ("discard");
+    * `EpisodeEnd(i)` closes episode i with its label (the rows before are whole).
+
+    A producer episode may start at any `step` (an operator who engages late, a learner that
+    starts mid-episode): only a gap between consecutive rows counts.
+
+    `whole=False` hands rows on as they arrive (the learner: every row is mirrored and counted at
+    once); `whole=True` buffers a producer episode and hands it on in one `Segment` with its end
+    (demo recorder, importers: a crash leaves an episode complete or absent). `counts` says what
+    happened: episodes, splits, cut (last row lost), discarded, rows_discarded.
+    Users: `learning.core.LearnerCore` (split, rows as they come), `teleop.recorder.DemoRecorder`
+    (discard, whole), the rosbag importer (split, whole).
+    """
+
+    def __init__(self, *, on_gap: str = "split", whole: bool = False):
+        if on_gap not in ("split", "discard"):
+            raise ValueError(f"on_gap: expected 'split' or 'discard', got {on_gap!r}")
+        if on_gap == "discard" and not whole:
+            raise ValueError("on_gap 'discard' needs whole=True: rows handed on cannot be taken back")
+        self.on_gap, self.whole = on_gap, bool(whole)
+        self.counts = dict.fromkeys(["episodes", "splits", "cut", "discarded", "rows_discarded"], 0)
+        self._episode: int | None = None     # producer episode of the open store episode
+        self._next_step = 0
+        self._rows: list[Transition] = []    # buffered rows (whole=True)
+        self._open_rows = 0                  # rows of the open store episode, handed on or buffered
+        self._torn = False                   # discard mode: the open episode has a gap
+        self.discarded: list[tuple[int, int]] = []   # (episode, rows) dropped; the user clears it
+
+    @property
+    def open_rows(self) -> int:
+        """Rows of the episode in progress (handed on or buffered)."""
+        return self._open_rows
+
+    def push(self, item: Transition | EpisodeEnd) -> list[Segment]:
+        """Take one item; return what to write, in order."""
+        if isinstance(item, EpisodeEnd):
+            if not self._open_rows:
+                return []
+            if item.episode == self._episode:
+                return self._close(item.success)
+            return self._interrupt("cut")
+        out: list[Segment] = []
+        if self._open_rows and item.episode != self._episode:
+            out += self._interrupt("cut")              # its last row never came
+        elif self._open_rows and item.step != self._next_step:
+            if self.on_gap == "discard":               # a row lost in the middle
+                self._torn = True
+            else:
+                out += self._interrupt("splits")
+        if not self._open_rows:
+            self._episode = item.episode
+        self._next_step, self._open_rows = item.step + 1, self._open_rows + 1
+        if self.whole:
+            self._rows.append(item)
+            return out + (self._close(item.success) if item.ends_episode else [])
+        if item.ends_episode:
+            return out + self._close(item.success, last=item)
+        return out + [Segment((item,))]
+
+    def close(self) -> list[Segment]:
+        """The stream ended: an episode in progress is closed (split) or dropped (discard)."""
+        return self._interrupt("cut") if self._open_rows else []
+
+    def _interrupt(self, why: str) -> list[Segment]:
+        """The open episode cannot continue: close what is whole (split), or drop it (discard)."""
+        if self.on_gap == "discard":
+            self._torn = True
+        else:
+            self.counts[why] += 1
+        return self._close(None)
+
+    def _close(self, success: bool | None, last: Transition | None = None) -> list[Segment]:
+        rows = tuple(self._rows) + ((last,) if last is not None else ())
+        n, torn, episode = self._open_rows, self._torn, self._episode
+        self._rows, self._open_rows, self._episode, self._torn = [], 0, None, False
+        if torn:
+            self.counts["discarded"] += 1
+            self.counts["rows_discarded"] += n
+            self.discarded.append((episode, n))
+            return []
+        self.counts["episodes"] += 1
+        return [Segment(rows, end=True, success=success)]
