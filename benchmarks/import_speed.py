@@ -25,7 +25,7 @@ from rosbags.typesys import Stores, get_typestore
 from o2o_robot.config import load_config
 from o2o_robot.data.importers.common import run_import
 from o2o_robot.data.importers.hdf5 import Hdf5Source
-from o2o_robot.data.importers.rosbag import RosbagSource
+from o2o_robot.ingest.rosbag import RosbagSource
 
 JOINTS = ["joint1", "joint2", "joint3"]
 

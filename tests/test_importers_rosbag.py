@@ -11,7 +11,7 @@ from rosbags.typesys import Stores, get_typestore
 from o2o_robot.config import load_config
 from o2o_robot.control import ControlCore
 from o2o_robot.data.importers.common import ImportInputError, run_import
-from o2o_robot.data.importers.rosbag import RosbagSource
+from o2o_robot.ingest.rosbag import RosbagSource
 from o2o_robot.data.store import TransitionStore
 
 TS = get_typestore(Stores.ROS2_JAZZY)
@@ -205,7 +205,7 @@ def test_missing_topics_and_wrong_types_are_refused_naming_them(tmp_path, bag_ev
 
 def test_fixed_topic_names_match_the_actor_node():
     qos = pytest.importorskip("o2o_robot.ros.qos")   # rclpy
-    from o2o_robot.data.importers import rosbag
+    from o2o_robot.ingest import rosbag
 
     assert (rosbag.TELEOP_ACTION_TOPIC, rosbag.TELEOP_ENGAGED_TOPIC, rosbag.SUCCESS_TOPIC,
             rosbag.FAILURE_TOPIC, rosbag.DEFAULT_DONE_TOPIC) == (
@@ -247,8 +247,8 @@ def test_importer_modules_import_neither_rclpy_nor_torch():
     import subprocess
     import sys
 
-    code = ("import json, sys; import o2o_robot.data.importers.rosbag, o2o_robot.data.importers.hdf5, "
-            "o2o_robot.data.importers.minari_io, o2o_robot.data.importers.cli; "
+    code = ("import json, sys; import o2o_robot.ingest.rosbag, o2o_robot.data.importers.hdf5, "
+            "o2o_robot.data.importers.minari_io, o2o_robot.ingest.cli; "
             "print(json.dumps([m for m in ('rclpy', 'torch', 'mujoco') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -273,3 +273,36 @@ def test_malformed_messages_are_dropped_and_counted_as_live(tmp_path, bag_events
     dropped = summary["details"]["dropped"]
     assert dropped == {"joint_states": 1, "teleop/action": 1, "task_obs": 1}   # config names
     assert "NaN" in summary["details"]["drop_reasons"]["joint_states"]
+
+
+def test_a_row_lost_mid_episode_splits_it_where_the_steps_break(tmp_path, bag_events):
+    """Joint states silent for 400 ms (> obs_timeout_ms) inside the first episode: the core drops
+    the pending row, as live. A store episode is an unbroken run of steps, so the importer's
+    EpisodeAssembler splits the live episode there; nothing else changes."""
+    events = [e for e in bag_events if not (e[1] == "/joint_states"
+                                             and T0 + 600 * MS <= e[0] < T0 + 1000 * MS)]
+    expected = live_rows(CFG, events)
+    bag = write_bag(tmp_path / "lost", events)
+    summary = run_import(RosbagSource(bag, CFG), tmp_path / "s.zarr")
+    rows, eps = stored(tmp_path / "s.zarr")
+    d = summary["details"]
+    assert d["core"]["dropped_stale"] == 1 and d["split_episodes"] == 1
+    assert len(eps) == 4 == len(expected) + 1 and d["cut_episodes"] == 1
+    before, after = eps[0], eps[1]
+    want = expected[0]                                   # the live episode, one row short
+    assert before["length"] + after["length"] == len(want) and before["end"] == after["start"]
+    for f in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "timestamp"):
+        ref = np.stack([r[f] for r in want])
+        assert np.array_equal(rows[f][before["start"]:after["end"]], ref.astype(rows[f].dtype)), f
+    assert before["success"] is None and after["success"] is True   # the label is on the end
+    cut = before["end"] - 1
+    assert not rows["terminated"][cut] and not rows["truncated"][cut]   # rows as recorded
+    # the split is where the observation sequence breaks; each store episode is unbroken
+    assert not np.array_equal(rows["next_obs"][cut], rows["obs"][after["start"]])
+    for ep in eps:
+        s, e = ep["start"], ep["end"]
+        assert np.array_equal(rows["next_obs"][s:e - 1], rows["obs"][s + 1:e])
+    assert [e["length"] for e in eps[2:]] == [len(x) for x in expected[1:]]
+    from o2o_robot.ingest.cli import _bag_line
+
+    assert "1 episode(s) split where a row was dropped" in _bag_line(d)

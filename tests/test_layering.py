@@ -3,6 +3,33 @@
   and its imports, nested and lazy ones too, are checked against the rules below;
 * dynamically: importing the numpy-side data modules in a fresh interpreter must not pull in
   torch or rclpy, even transitively.
+
+Two kinds of static rule:
+* third-party: which package may import rclpy, zarr, torch, onnxruntime, mujoco (FORBIDDEN,
+  ONLY_IN);
+* internal: DESIGN's one-way order `config` -> `agents`, `data` -> `policy`, `control` ->
+  `learning`, `sim`, `teleop` -> `ros`, `cli`, as tiers (TIERS). Every first-level module or
+  subpackage of o2o_robot has a tier, and a module may import
+    - its own first-level package (data/store imports data/schema),
+    - the root package `o2o_robot` (its __init__ imports nothing of the project),
+    - any package of a lower tier,
+    - a package of its own tier only where SAME_TIER_ALLOWED names the pair and the file:
+      packages DESIGN puts side by side are independent unless the code needs the edge.
+  The tiers, and where the ones DESIGN does not name come from:
+    0  config, fsutil, runlog, spaces   import nothing of the project (fsutil: atomic writes,
+                                        runlog: metrics/plots, spaces: ActionScaler), so they
+                                        sit with config; they do not import each other either
+    1  agents, data                     independent: neither imports the other
+    2  policy, control                  independent; policy may use agents (checkpoints)
+    3  learning, sim, teleop, ingest    ingest (rosbag replay + `data import`) is "above
+                                        control/". Within the tier only sim is used by others:
+                                        learning's harness/pretrain run sim envs (LearnerCore,
+                                        the worker and the batch plan never do: LearnerCore
+                                        has no env) and teleop's scripted operators drive the
+                                        sim's experts. sim imports none of the others.
+    4  ros                              the only rclpy importers
+    5  cli, __main__                    the entry points; they dispatch into ros (ros never
+                                        imports cli)
 """
 from __future__ import annotations
 
@@ -34,6 +61,21 @@ ONLY_IN: list[tuple[str, tuple[str, ...]]] = [
 ]
 # Internal: o2o_robot.ros drags rclpy along, so only the top of the stack may import it.
 ROS_IMPORTERS = ("ros/", "cli.py", "__main__.py")
+
+# Internal layering (module docstring): first-level module or subpackage -> tier.
+TIERS: dict[str, int] = {
+    "__init__": 0, "config": 0, "fsutil": 0, "runlog": 0, "spaces": 0,
+    "agents": 1, "data": 1,
+    "policy": 2, "control": 2,
+    "learning": 3, "sim": 3, "teleop": 3, "ingest": 3,
+    "ros": 4,
+    "cli": 5, "__main__": 5,
+}
+# (importer, imported) of the same tier -> the files (path prefixes) that may make that import.
+SAME_TIER_ALLOWED: dict[tuple[str, str], tuple[str, ...]] = {
+    ("learning", "sim"): ("learning/harness.py", "learning/pretrain.py"),
+    ("teleop", "sim"): ("teleop/scripted.py",),
+}
 
 
 def _is_type_checking(test: ast.expr) -> bool:
@@ -78,9 +120,16 @@ def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
     return found
 
 
-def package_modules() -> list[tuple[str, set[str]]]:
+def package_modules(pkg: Path = PKG) -> list[tuple[str, set[str]]]:
     """(path relative to the package, with "/" separators, imported names) for every module."""
-    return [(p.relative_to(PKG).as_posix(), imported_modules(p)) for p in sorted(PKG.rglob("*.py"))]
+    return [(p.relative_to(pkg).as_posix(), imported_modules(p, root=pkg.parent))
+            for p in sorted(pkg.rglob("*.py")) if "__pycache__" not in p.parts]
+
+
+def first_level(pkg: Path = PKG) -> set[str]:
+    """Names of the package's first-level modules and subpackages ("__init__" for the root)."""
+    return ({p.stem for p in pkg.glob("*.py")}
+            | {d.name for d in pkg.iterdir() if (d / "__init__.py").is_file()})
 
 
 def _top(names: set[str]) -> set[str]:
@@ -102,6 +151,51 @@ def violations(modules: list[tuple[str, set[str]]]) -> list[str]:
         if (any(n == "o2o_robot.ros" or n.startswith("o2o_robot.ros.") for n in names)
                 and not rel.startswith(ROS_IMPORTERS)):
             problems.append(f"{rel} imports o2o_robot.ros (only {', '.join(ROS_IMPORTERS)} may)")
+    return problems
+
+
+def _owner(rel: str) -> str:
+    """The first-level module or subpackage a package-relative path belongs to."""
+    return rel.split("/")[0].removesuffix(".py")
+
+
+def _internal_targets(names: set[str]) -> dict[str, list[str]]:
+    """First-level package -> the imported names that reach it (`from a.b import c` gives
+    `a.b` and `a.b.c`: only the shortest, `a.b`, is kept). Attributes of the root package
+    (`from o2o_robot import __version__`) count as the root, "__init__"."""
+    inner = {n for n in names if n.startswith("o2o_robot.")}
+    shortest = [n for n in sorted(inner)
+                if not any(n.startswith(m + ".") for m in inner if m != n)]
+    out: dict[str, list[str]] = {}
+    for n in shortest:
+        head = n.split(".")[1]
+        out.setdefault("__init__" if head.startswith("__") and head not in TIERS else head,
+                       []).append(n)
+    return out
+
+
+def layer_violations(modules: list[tuple[str, set[str]]]) -> list[str]:
+    """Every import against the internal order (TIERS, SAME_TIER_ALLOWED), one line each."""
+    problems = []
+    for rel, names in modules:
+        src = _owner(rel)
+        if src not in TIERS:
+            problems.append(f"{rel}: '{src}' has no tier (add it to TIERS)")
+            continue
+        for dst, reached in sorted(_internal_targets(names).items()):
+            if dst in (src, "__init__"):
+                continue
+            if dst not in TIERS:
+                problems += [f"{rel} imports {n} ('{dst}' has no tier)" for n in reached]
+                continue
+            ts, td = TIERS[src], TIERS[dst]
+            if td > ts:
+                why = f"tier {td} {dst}, above tier {ts} {src}"
+            elif td == ts and not rel.startswith(SAME_TIER_ALLOWED.get((src, dst), ())):
+                why = f"tier {td} {dst}, same tier as {src}"
+            else:
+                continue
+            problems += [f"{rel} imports {n} ({why})" for n in reached]
     return problems
 
 
@@ -137,6 +231,79 @@ def test_static_checker_catches_violations(tmp_path):
         "agents/bad.py imports o2o_robot.ros (only ros/, cli.py, __main__.py may)",
         "data/importers/minari.py imports zarr (only data/store/zarr_io.py may)",
         "learner.py imports o2o_robot.ros (only ros/, cli.py, __main__.py may)"])
+
+
+def test_every_first_level_module_has_a_tier():
+    """A new subpackage or top-level module must be placed in the order before it lands."""
+    have = first_level()
+    assert {"config", "agents", "data", "policy", "control", "learning", "sim", "teleop",
+            "ingest", "ros", "cli"} <= have                  # the walk sees the package
+    assert not have - set(TIERS), f"no tier for {sorted(have - set(TIERS))}: add to TIERS"
+
+
+def test_internal_layering():
+    """DESIGN's one-way order between the project's own packages holds in the real tree."""
+    modules = package_modules()
+    assert any(n.startswith("o2o_robot.control.") for rel, ns in modules
+               if rel.startswith("ingest/") for n in ns)      # the walk sees internal imports
+    problems = layer_violations(modules)
+    assert not problems, "\n".join(problems)
+
+
+def test_layer_checker_catches_violations():
+    """Negative control: upward, same-tier, unknown-tier imports are flagged; the order's own
+    edges, the root package and imports within a package are not."""
+    found = layer_violations([
+        ("data/replay.py", {"o2o_robot.learning.core", "o2o_robot.learning.core.LearnerCore",
+                            "numpy"}),
+        ("control/core.py", {"o2o_robot.ros", "o2o_robot.ros.qos"}),       # from ..ros import qos
+        ("agents/rlpd.py", {"o2o_robot.data.schema", "o2o_robot.data.schema.Transition"}),
+        ("config.py", {"o2o_robot.fsutil"}),
+        ("learning/core.py", {"o2o_robot.sim.envs", "o2o_robot.agents.base",
+                              "o2o_robot.policy.export"}),
+        ("learning/harness.py", {"o2o_robot.sim.envs", "o2o_robot.teleop.scripted"}),
+        ("sim/envs.py", {"o2o_robot.teleop.scripted"}),
+        ("ros/qos.py", {"o2o_robot.cli"}),
+        ("cli.py", {"o2o_robot.ros.finetune", "o2o_robot.ingest.cli", "o2o_robot"}),
+        ("data/store/episodes.py", {"o2o_robot.data.schema", "o2o_robot.__version__"}),
+        ("teleop/scripted.py", {"o2o_robot.sim.experts", "o2o_robot.spaces"}),
+        ("ingest/rosbag.py", {"o2o_robot.robotics"}),
+        ("robotics/arm.py", {"o2o_robot.config"}),
+    ])
+    assert sorted(found) == sorted([
+        "data/replay.py imports o2o_robot.learning.core (tier 3 learning, above tier 1 data)",
+        "control/core.py imports o2o_robot.ros (tier 4 ros, above tier 2 control)",
+        "agents/rlpd.py imports o2o_robot.data.schema (tier 1 data, same tier as agents)",
+        "config.py imports o2o_robot.fsutil (tier 0 fsutil, same tier as config)",
+        "learning/core.py imports o2o_robot.sim.envs (tier 3 sim, same tier as learning)",
+        "learning/harness.py imports o2o_robot.teleop.scripted (tier 3 teleop, same tier as "
+        "learning)",
+        "sim/envs.py imports o2o_robot.teleop.scripted (tier 3 teleop, same tier as sim)",
+        "ros/qos.py imports o2o_robot.cli (tier 5 cli, above tier 4 ros)",
+        "ingest/rosbag.py imports o2o_robot.robotics ('robotics' has no tier)",
+        "robotics/arm.py: 'robotics' has no tier (add it to TIERS)"])
+
+
+def test_layer_checker_sees_an_upward_import_in_a_copy_of_the_package(tmp_path):
+    """Negative control on real sources: the package copied, one module of data/ given an
+    upward import and one of sim/ a lazy same-tier one; exactly those two are reported."""
+    import shutil
+
+    copy = tmp_path / "o2o_robot"
+    shutil.copytree(PKG, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    replay = copy / "data" / "replay.py"
+    replay.write_text(replay.read_text(encoding="utf-8")
+                      + "\nfrom o2o_robot.learning import core  # noqa: E402\n", encoding="utf-8")
+    envs = copy / "sim" / "envs.py"
+    envs.write_text(envs.read_text(encoding="utf-8")
+                    + "\n\ndef _operator():\n    from ..teleop import scripted\n"
+                      "    return scripted\n", encoding="utf-8")
+    before = set(layer_violations(package_modules()))
+    after = set(layer_violations(package_modules(copy)))
+    assert after - before == {
+        "data/replay.py imports o2o_robot.learning (tier 3 learning, above tier 1 data)",
+        "sim/envs.py imports o2o_robot.teleop (tier 3 teleop, same tier as sim)"}
+    assert before <= after
 
 
 @pytest.mark.parametrize("module", ["o2o_robot.data.schema", "o2o_robot.data.replay",

@@ -65,7 +65,7 @@ def _source(args):
         keys = [k.strip() for k in args.obs_keys.split(",") if k.strip()] if args.obs_keys else None
         return Hdf5Source(args.src, obs_keys=keys)
     from o2o_robot.config import load_config, resolve_config_path
-    from o2o_robot.data.importers.rosbag import RosbagSource
+    from o2o_robot.ingest.rosbag import RosbagSource
 
     cfg = load_config(resolve_config_path(args.config or "sim_reach.yaml"))
     return RosbagSource(args.src, cfg, action_topic=args.action_topic, gap_s=args.gap_s,
@@ -121,6 +121,8 @@ def _bag_line(d: dict) -> str:
         parts.append("holds " + ", ".join(f"{k} {v}" for k, v in sorted(core["hold_reasons"].items())))
     if d["cut_episodes"]:
         parts.append(f"{d['cut_episodes']} episode(s) ended by an action gap or the bag's end")
+    if d.get("split_episodes"):   # a store episode is an unbroken run of steps
+        parts.append(f"{d['split_episodes']} episode(s) split where a row was dropped")
     if d["dropped"]:   # messages the node would have dropped too (malformed, NaN, wrong size)
         parts.append("dropped messages " + ", ".join(
             f"{k} {n} ({d['drop_reasons'][k]})" for k, n in sorted(d["dropped"].items())))

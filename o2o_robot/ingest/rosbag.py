@@ -23,12 +23,20 @@ keyboard: after an episode ends, the next starts as soon as every observation so
 delivered a message again (as after an instantaneous reset); and a silence of the action topic
 longer than `gap_s` ends the current episode at its last row, marked truncated (the operator
 stopped; not a terminal state). The end of the bag ends an open episode the same way.
+
+Episodes are cut from the tick stream by the shared `EpisodeAssembler` (data/schema.py, on_gap
+"split", whole): each completed tick is a `Transition` carrying the core's episode index and
+`TickResult.step`, and an episode whose last row was dropped is closed by an `EpisodeEnd` with
+its label. A row lost mid-episode (a stale observation or a missing reward dropped it, as live)
+splits the episode there: a store episode is an unbroken run of steps, so the part before the
+gap is closed (success unknown, its last row as recorded) and the rest starts a new one.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +49,7 @@ from o2o_robot.control.episode import EpisodeTracker
 from o2o_robot.control.rewards import RewardFunctionError
 from o2o_robot.data.importers.common import (ROW_FIELDS, ImportInputError, SourceEpisode,
                                               SourceFileError, source_spec)
+from o2o_robot.data.schema import EpisodeAssembler, EpisodeEnd, Segment, Transition
 
 # The actor node's fixed names (o2o_robot/ros/qos.py, which needs rclpy; a test keeps them equal).
 TELEOP_ACTION_TOPIC = "teleop/action"
@@ -171,14 +180,18 @@ class RosbagSource:
                     continue
                 yield from replay.message(role, topic, msg, t)
             yield from replay.finish()
-            self._stats = {**replay.counts, "core": replay.core_stats()}
+            self._stats = {**replay.counts, "split_episodes": replay.episodes.counts["splits"],
+                           "core": replay.core_stats()}
 
     def stats(self) -> dict:
         return self._stats
 
 
 class _Replay:
-    """One pass over the bag: the core, the tick clock, the rows of the current episode."""
+    """One pass over the bag: the core, the tick clock, and the episodes its rows make.
+
+    The newest row is held back one tick (`held`), so that a cut (a gap, the bag's end) can
+    mark it truncated before it reaches the assembler; every other row goes straight in."""
 
     def __init__(self, cfg: O2OConfig, period_ns: int, gap_ends: set[int], has_engaged: bool):
         control = cfg.control
@@ -197,7 +210,8 @@ class _Replay:
         self.next_tick: int | None = None
         self.last_t: int | None = None
         self.reset_at: float | None = None
-        self.rows: list[dict] = []
+        self.episodes = EpisodeAssembler(on_gap="split", whole=True)
+        self.held: Transition | None = None
         self.counts = {"messages": 0, "dropped": {}, "drop_reasons": {}, "cut_episodes": 0}
 
     def drop(self, topic: str, reason: str) -> None:
@@ -248,11 +262,14 @@ class _Replay:
     def _tick(self, t_ns: int) -> Iterator[SourceEpisode]:
         now = t_ns / 1e9
         result = self.core.tick(now)
+        index = self.core.episode.index
         if result.transition is not None:
-            self.rows.append(result.transition)
+            success = self.core.episode.history[-1].success if result.episode_done else None
+            yield from self._add(Transition(**result.transition, episode=index,
+                                            step=result.step, success=success))
+        elif result.episode_done:   # its last row was dropped: close it with its label
+            yield from self._push(EpisodeEnd(index, self.core.episode.history[-1].success))
         if result.episode_done:
-            if self.rows:
-                yield self._episode(self.core.episode.history[-1].success)
             self.reset_at = now
         elif self.reset_at is not None and self.core.episode.needs_reset:
             # The live node's rule after a successful reset call: wait until every source has
@@ -261,18 +278,36 @@ class _Replay:
                 self.core.episode_reset_done()
                 self.reset_at = None
 
+    def _add(self, row: Transition) -> Iterator[SourceEpisode]:
+        """A new row: the held one goes to the assembler; the new one is held, unless it ends
+        its episode (then no cut can touch it)."""
+        self.held, previous = (None if row.ends_episode else row), self.held
+        if previous is not None:
+            yield from self._push(previous)
+        if row.ends_episode:
+            yield from self._push(row)
+
+    def _push(self, item: Transition | EpisodeEnd) -> Iterator[SourceEpisode]:
+        if isinstance(item, EpisodeEnd) and self.held is not None:
+            held, self.held = self.held, None
+            yield from self._push(held)
+        for segment in self.episodes.push(item):
+            yield _source_episode(segment)
+
     def _cut(self) -> Iterator[SourceEpisode]:
         """End the current episode here (a gap or the end of the bag): last row truncated."""
-        if self.rows:
-            last = self.rows[-1]
-            if not (last["terminated"] or last["truncated"]):
-                self.rows[-1] = {**last, "truncated": np.bool_(True)}
+        if self.held is not None:
+            last, self.held = self.held, None
             self.counts["cut_episodes"] += 1
-            yield self._episode(None)
+            yield from self._push(replace(last, truncated=np.bool_(True)))
+        for segment in self.episodes.close():   # nothing open once the held row is in
+            yield _source_episode(segment)
         if not self.core.episode.needs_reset:   # the tracker's episode ends with ours
             steps, on_success, failure_terminal = self._tracker_args
+            index = self.core.episode.index
             self.core.episode = EpisodeTracker(steps, terminate_on_success=on_success,
                                                failure_is_terminal=failure_terminal)
+            self.core.episode.index = index + 1   # rows after the cut belong to a new episode
 
     def finish(self) -> Iterator[SourceEpisode]:
         if self.last_t is None:
@@ -282,14 +317,18 @@ class _Replay:
             self.next_tick += self.period_ns
         yield from self._cut()
 
-    def _episode(self, success: bool | None) -> SourceEpisode:
-        rows, self.rows = self.rows, []
-        fields = ROW_FIELDS + ("timestamp", "policy_version")
-        return SourceEpisode({f: np.stack([r[f] for r in rows]) for f in fields}, success)
-
     def core_stats(self) -> dict:
         s = self.core.stats()
         keep = ("ticks", "transitions", "hold", "hold_reasons", "dropped_stale", "dropped_reward",
                 "teleop_rejected", "reward_ignored")
         return {**{k: s[k] for k in keep}, "observations": {k: s["observations"][k]
                                                            for k in ("received", "dropped")}}
+
+
+_EPISODE_FIELDS = ROW_FIELDS + ("timestamp", "policy_version")
+
+
+def _source_episode(segment: Segment) -> SourceEpisode:
+    """One assembled store episode as the importers' SourceEpisode (run_import writes it)."""
+    rows = {f: np.stack([getattr(r, f) for r in segment.rows]) for f in _EPISODE_FIELDS}
+    return SourceEpisode(rows, segment.success)

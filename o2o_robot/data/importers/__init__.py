@@ -4,10 +4,12 @@ One module per format, each a *source* (`common.Source`: spec + episodes) that
 `common.run_import` checks against the store and writes resumably:
 
 * `minari_io`  a local Minari dataset (id or path), through the `minari` package; also the export
-* `rosbag`     a rosbag2 directory (MCAP or sqlite3, read by `rosbags`), replayed through the
-               actor node's own ControlCore at the control rate
 * `hdf5`       an HDF5 file in the D4RL layout (or robomimic's `data/demo_*`)
-* `cli`        the `o2o-robot data import ...` / `data export ...` commands
 
-Nothing heavy is imported here: minari, h5py and rosbags load with the module that needs them.
+No ROS logic lives here. Bags need the control logic, which sits above `data/`: the rosbag2
+source (replayed through the actor node's own ControlCore) is `o2o_robot.ingest.rosbag`, and the
+`o2o-robot data import ...` / `data export ...` commands over every format are
+`o2o_robot.ingest.cli`. Both use `common` as the other formats do.
+
+Nothing heavy is imported here: minari and h5py load with the module that needs them.
 """
