@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from o2o_robot.config import SimConfig
+from o2o_robot.config import ControlConfig, SimConfig
 from o2o_robot.sim.envs import make_env
 from o2o_robot.sim.experts import ScriptedReachExpert
 from o2o_robot.sim.reach import ReachEnv
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20000)
     args = parser.parse_args()
     bare = ReachEnv()
-    wrapped = make_env(SimConfig())
+    wrapped = make_env(SimConfig(), max_episode_steps=ControlConfig().max_episode_steps)
     cases = [
         ("ReachEnv, random actions", bare, None),
         ("make_env('reach') + TimeLimit, random actions", wrapped, None),

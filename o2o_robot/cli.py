@@ -123,7 +123,8 @@ def cmd_demos_generate(args) -> int:
                                            flush_every=cfg.store.flush_every, spec=spec)
     with store:
         summary = generate_demos(store, sim_cfg, episodes=args.episodes, noise=noise,
-                                 seed=args.seed, progress=True)
+                                 seed=args.seed, max_episode_steps=cfg.control.max_episode_steps,
+                                 progress=True)
     print(f"wrote {summary['episodes']} demo episodes ({summary['transitions']} transitions, "
           f"success {summary['success_rate']:.0%}, mean return {summary['mean_return']:.3f}) "
           f"to {args.store}")
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = data.add_parser("validate", help="exit 0 when consistent, else 1")
     q.add_argument("store")
     q.set_defaults(fn=cmd_data_validate)
-    from o2o_robot.data.importers.cli import add_data_commands  # import, export (argparse only)
+    from o2o_robot.ingest.cli import add_data_commands  # import, export (argparse only)
 
     add_data_commands(data)
 

@@ -216,7 +216,14 @@ AlgorithmConfig = Annotated[Union[RLPDConfig, OBACConfig, OEMAConfig], Field(dis
 
 class LearnerConfig(Model):
     utd_ratio: int = Field(20, ge=1, description="critic updates per environment step (G)")
-    warmup_steps: int = Field(5000, ge=0, description="random-action env steps before training")
+    warmup_steps: int = Field(5000, ge=0, description="env steps before the first update")
+    warmup_actions: Literal["uniform", "policy"] = Field("uniform", description=(
+        "how the robot acts during warm-up, in o2o-robot train and on the robot alike. uniform: "
+        "actions drawn uniformly over the action bounds (RLPD's warm-up, the exploration its "
+        "published results used; a policy graph that maps the runtime's noise to uniform "
+        "actions, so the robot runs it like any policy); policy: the agent's own exported actor "
+        "(OEMA: its pre-trained deterministic actor, ALGORITHMS.md 3.6 pitfall 5; RLPD/OBAC: "
+        "the untrained stochastic actor)"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mode: Literal["thread", "process"] = "process"
     torch_threads: int = Field(1, ge=1)
@@ -271,15 +278,24 @@ class SafetyConfig(Model):
 
 # ----------------------------------------------------------------------------------- sim, teleop
 class SimConfig(Model):
+    """The simulated task. Its time limit is `control.max_episode_steps`, as on the robot."""
+
     task: str = Field("reach", description="'reach' or a gymnasium MuJoCo id such as 'Hopper-v5'")
     reward: Literal["dense", "sparse"] = "sparse"
-    max_episode_steps: int = Field(50, ge=1)
     sim_rate_hz: float = Field(20.0, gt=0, description="env steps per second in real-time mode")
     success_radius_m: float = Field(0.05, gt=0, description="reach: success distance to the target")
     target_yaw_range_deg: float = Field(180.0, gt=0, le=180,
                                         description="reach: targets within +- this base yaw")
     lockstep: bool = Field(False, description="step once per received action")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_episode_steps" in data:
+            raise ValueError("max_episode_steps: moved to control.max_episode_steps (one time "
+                             "limit for the sim, the robot and o2o-robot train)")
+        return data
 
 
 class JoyAxis(Model):

@@ -140,3 +140,16 @@ def test_packaged_configs_resolve_from_an_install_space(tmp_path, monkeypatch):
     assert found == share / "only_installed.yaml"
     assert load_config(found).learner.utd_ratio == 3
     assert config_module.resolve_config_path("sim_reach.yaml") == ROOT / "config" / "sim_reach.yaml"
+
+
+def test_moved_time_limit_key_says_where_it_went(tmp_path):
+    msg = error_of(write(tmp_path, {"sim": {"max_episode_steps": 50}}))
+    assert "sim: " in msg and "moved to control.max_episode_steps" in msg
+    cfg = load_config(write(tmp_path, {"control": {"max_episode_steps": 7}}))
+    assert cfg.control.max_episode_steps == 7
+
+
+def test_warmup_actions_default_and_choices(tmp_path):
+    assert O2OConfig().learner.warmup_actions == "uniform"
+    assert "learner.warmup_actions: must be one of 'uniform' or 'policy', got 'random'" in \
+        error_of(write(tmp_path, {"learner": {"warmup_actions": "random"}}))

@@ -6,6 +6,7 @@ Fault injection: `crashing_agent` builds the real agent and makes its update rai
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from rclpy.executors import SingleThreadedExecutor
 
 from o2o_robot.agents import build_agent
 from o2o_robot.config import OEMAConfig, load_config, resolve_config_path
-from o2o_robot.data.schema import EPISODE_INDEX_KEY
+from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.learning.worker import LearnerClient
 from o2o_robot.policy.runtime import META_VERSION
@@ -60,21 +61,19 @@ def tiny_config(tmp: Path, **sections):
     return load_config(resolve_config_path("sim_reach.yaml"), overrides=base)
 
 
-def online_rows(n: int, episode_len: int, seed: int = 0) -> list[dict]:
-    """n online transitions in episodes of `episode_len` (time-limit truncation); the last row
-    of episode k carries episode_success = (k is odd)."""
+def online_rows(n: int, episode_len: int, seed: int = 0) -> list[Transition]:
+    """n online transitions in episodes of `episode_len` (time-limit truncation), as the actor
+    hands them on; the last row of episode k carries success = (k is odd)."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         end = (i + 1) % episode_len == 0
-        row = {"obs": rng.normal(size=12).astype(np.float32),
-               "action": rng.uniform(-2, 2, 3).astype(np.float32), "reward": np.float32(0.0),
-               "next_obs": rng.normal(size=12).astype(np.float32), "terminated": False,
-               "truncated": end, "source": np.uint8(1), "policy_version": 1,
-               "timestamp": time.time()}
-        if end:
-            row["episode_success"] = bool((i // episode_len) % 2)
-        rows.append(row)
+        rows.append(Transition(
+            obs=rng.normal(size=12).astype(np.float32),
+            action=rng.uniform(-2, 2, 3).astype(np.float32), reward=0.0,
+            next_obs=rng.normal(size=12).astype(np.float32), terminated=False, truncated=end,
+            source=1, policy_version=1, timestamp=time.time(), episode=i // episode_len,
+            step=i % episode_len, success=bool((i // episode_len) % 2) if end else None))
     return rows
 
 
@@ -90,14 +89,14 @@ def test_learner_stores_rows_trains_at_the_utd_and_exports_increasing_versions(t
     assert ensure_demos(cfg, progress=False)["episodes"] == 2
     assert ensure_demos(cfg, progress=False) is None            # demos there: none added
     rows = online_rows(60, episode_len=20)
-    bad = {**rows[7], "obs": np.full(12, np.nan, np.float32)}
+    bad = dataclasses.replace(rows[0], obs=np.full(12, np.nan, np.float32), episode=-1,
+                              truncated=True)                   # a one-row episode of its own
     client = LearnerClient(cfg, tmp_path, mode=mode)
     versions = []
     try:
-        for i, row in enumerate(rows):
+        assert client.submit(bad)                               # refused by the store, counted
+        for row in rows:
             assert client.submit(row)
-            if i == 7:
-                assert client.submit(bad)                       # refused by the store, counted
 
         def trained() -> bool:
             if (data := client.poll_policy()) is not None:
@@ -113,7 +112,8 @@ def test_learner_stores_rows_trains_at_the_utd_and_exports_increasing_versions(t
     assert (final["env_steps"], final["updates"], final["rejected_rows"]) == (60, 50, 1)
     assert final["achieved_utd"] == cfg.learner.utd_ratio
     assert versions == sorted(set(versions)) and versions[-1] == final["policy_version"]
-    assert final["policy_version"] == 1 + 50 // cfg.learner.export_every_updates
+    # the warm-up policy, the agent's actor when warm-up ends, then one per 5 updates
+    assert final["policy_version"] == 2 + 50 // cfg.learner.export_every_updates
     assert len(list((tmp_path / "policies").glob("policy_*.onnx"))) == final["policy_version"]
     assert (tmp_path / "checkpoints" / "latest.pt").exists()
     with TransitionStore.open(cfg.store.path) as store:
@@ -145,17 +145,17 @@ def test_the_learner_reports_its_offline_pretraining_before_the_first_policy(tmp
 
 
 def test_an_episode_whose_last_row_was_dropped_is_closed_by_the_end_marker(tmp_path):
-    """The actor could not record an episode's last row (e.g. no reward): `end_episode` closes
+    """The actor could not record an episode's last row (e.g. no reward): `EpisodeEnd` closes
     the store episode, so the next episode's rows start a new one instead of merging into it."""
     cfg = tiny_config(tmp_path, learner={"warmup_steps": 1000})
     rows = online_rows(20, episode_len=10)
-    first = [{**r, "truncated": False} for r in rows[:9]]      # episode 1 without its last row
+    first = rows[:9]                                            # episode 0 without its last row
     client = LearnerClient(cfg, tmp_path, mode="thread")
     try:
         for row in first:
             assert client.submit(row)
-        assert client.end_episode(success=True)
-        assert client.end_episode(success=False)                # nothing open: ignored
+        assert client.submit(EpisodeEnd(0, success=True))
+        assert client.submit(EpisodeEnd(0, success=False))      # nothing open: ignored
         for row in rows[10:]:
             assert client.submit(row)
         wait_for(lambda: client.progress()["env_steps"] == 19, 30.0, "19 rows stored")
@@ -171,8 +171,7 @@ def test_an_episode_whose_last_row_was_lost_is_closed_when_the_next_one_starts(t
     episode whose last row never arrived (e.g. a full queue), so the two never merge."""
     cfg = tiny_config(tmp_path, learner={"warmup_steps": 1000})
     rows = online_rows(20, episode_len=10)
-    first = [{**r, EPISODE_INDEX_KEY: 0} for r in rows[:9]]       # its last row was lost
-    second = [{**r, EPISODE_INDEX_KEY: 1} for r in rows[10:]]
+    first, second = rows[:9], rows[10:]                         # episode 0 lost its last row
     client = LearnerClient(cfg, tmp_path, mode="thread")
     try:
         for row in first + second:
@@ -198,8 +197,10 @@ def test_a_learner_crash_is_reported_and_the_client_keeps_working(tmp_path, mode
                          "the crash report")
         assert "injected learner fault" in stats["error"] and stats["updates"] == CRASH_AFTER
         wait_for(lambda: not client.stats()["alive"], 10.0, "the worker to end")
-        newest = client.poll_policy()    # the last good policy: the untrained v1 + 1 per update
-        assert newest is not None and version_of(newest) == CRASH_AFTER + 1
+        # The last good policy: v1 (uniform warm-up), v2 (the agent when warm-up ended), then
+        # one per update.
+        newest = client.poll_policy()
+        assert newest is not None and version_of(newest) == CRASH_AFTER + 2
         # Nothing reads the queue any more: it fills, then rows are dropped and counted.
         accepted = [client.submit(row) for row in online_rows(60, episode_len=10, seed=1)]
         assert sum(accepted) == 50 and client.stats()["queue_dropped"] == 10
@@ -230,11 +231,12 @@ def test_the_actor_keeps_its_last_good_policy_when_the_learner_crashes(tmp_path)
     spinner.start()
     try:
         wait_for(lambda: client.stats()["state"] == "crashed", 120.0, "the learner crash")
-        wait_for(lambda: actor.slot.version == CRASH_AFTER + 1, 10.0, "the last good policy")
+        # v1 uniform warm-up, v2 the agent when warm-up ended, then one per update
+        wait_for(lambda: actor.slot.version == CRASH_AFTER + 2, 10.0, "the last good policy")
         acted = actor.core.counts["online"]
         time.sleep(2.0)
         assert actor.core.counts["online"] > acted + 20          # still acting, at 50 Hz
-        assert actor.slot.version == CRASH_AFTER + 1
+        assert actor.slot.version == CRASH_AFTER + 2
         status = actor.status()
         assert status["learner"]["stats"]["state"] == "crashed"
         assert status["learner"]["errors"] == 0                  # the client never raised

@@ -20,7 +20,7 @@ from sensor_msgs.msg import Joy
 from std_msgs.msg import Bool, Float64MultiArray, String
 
 from o2o_robot.config import load_config, resolve_config_path
-from o2o_robot.data.replay import ReplayMirror
+from o2o_robot.learning.core import load_mirror
 from o2o_robot.data.schema import SOURCE_CODE
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.ros import qos
@@ -29,6 +29,7 @@ from o2o_robot.ros.collect import run_collect
 from o2o_robot.ros.finetune import run_finetune
 from o2o_robot.ros.teleop_node import TeleopNode
 from o2o_robot.runlog import read_metrics
+from o2o_robot.spaces import ActionScaler
 from ros_helpers import (ROOT, Recorder, RosGraph, domain_id, namespace, start_node_main,
                          status_json, wait_for)
 
@@ -309,7 +310,9 @@ def test_finetune_with_a_scripted_operator_stores_interventions_on_the_demo_side
     with TransitionStore.open(cfg.store.path) as store:
         episodes = [e for e in store.episodes() if e["source"] != "demo"]
         rows = store.read(["source"])["source"]
-        mirror = ReplayMirror.from_store(store)
+        # The learner's mirror of every row (as if this learner had ingested them all).
+        scaler = ActionScaler(cfg.robot.action.low, cfg.robot.action.high)
+        mirror = load_mirror(store, cfg, scaler, [[0, len(store)]])
     # Episodes 0, 2, 4, ... are the operator's, whole; the others the policy's. Episode 0 may
     # start with a few policy rows: the operator's first flags can race DDS discovery.
     sources = [set(rows[e["start"]:e["end"]].tolist()) for e in episodes]

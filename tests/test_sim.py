@@ -7,7 +7,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from o2o_robot.config import RobotSpec, SimConfig
+from o2o_robot.config import ControlConfig, RobotSpec, SimConfig
 from o2o_robot.sim.demos import generate_demos
 from o2o_robot.sim.envs import env_spec, make_env
 from o2o_robot.sim.experts import ScriptedReachExpert, expert_for, rollout_success_rate
@@ -108,7 +108,7 @@ def test_targets_lie_in_the_workspace_and_away_from_start():
 
 # ------------------------------------------------------------------------ episodes and rewards
 def test_time_limit_truncates_without_terminating():
-    env = make_env(SimConfig(max_episode_steps=5))
+    env = make_env(SimConfig(), max_episode_steps=5)
     env.reset(seed=0)
     flags = [env.step(np.zeros(3))[2:4] for _ in range(5)]
     assert flags == [(False, False)] * 4 + [(False, True)]
@@ -154,7 +154,7 @@ def test_set_state_rejects_bad_shapes():
 
 # ------------------------------------------------------------------------------------- expert
 def test_expert_succeeds_and_zero_actions_do_not():
-    env = make_env(SimConfig())
+    env = make_env(SimConfig(), max_episode_steps=ControlConfig().max_episode_steps)
     expert = ScriptedReachExpert(env, noise=0.1, seed=0)
     assert rollout_success_rate(env, expert, episodes=20, seed=100) >= 0.9
     assert rollout_success_rate(env, ZeroPolicy(), episodes=20, seed=100) < 0.2
@@ -182,7 +182,7 @@ def test_discrete_action_task_is_refused():
 
 
 def test_box_gymnasium_task_has_dims_time_limit_and_no_expert():
-    env = make_env(SimConfig(task="Pendulum-v1", max_episode_steps=3))
+    env = make_env(SimConfig(task="Pendulum-v1"), max_episode_steps=3)
     spec = env_spec(env)
     assert (spec["task"], spec["obs_dim"], spec["act_dim"]) == ("Pendulum-v1", 3, 1)
     assert spec["action_low"] == [-2.0] and spec["action_names"] == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from o2o_robot.config import JoyProfile, load_config
-from o2o_robot.data.schema import EPISODE_INDEX_KEY
+from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.teleop.joy import JoyError, JoyMapper
 from o2o_robot.teleop.keyboard import HELP, KeyboardJoy, split_keys
@@ -173,29 +173,30 @@ def test_intervention_schedule_and_operator_follow_episode_events():
 
 
 # --------------------------------------------------------------------------------- recorder
-def rows(n: int, *, end: str = "truncated", success: bool | None = False, source: int = 0,
-         start: float = 0.0) -> list[dict]:
+def rows(n: int, *, episode: int, end: str = "truncated", success: bool | None = False,
+         source: int = 0, start: float = 0.0) -> list[Transition]:
+    """Episode `episode` as the actor hands it on: n rows, the last one ending it (`end`)."""
     out = []
     for i in range(n):
         last = i == n - 1
-        row = {"obs": np.full(4, start + i, np.float32), "action": np.zeros(2, np.float32),
-               "reward": np.float32(1.0 if last and success else 0.0),
-               "next_obs": np.full(4, start + i + 1, np.float32),
-               "terminated": last and end == "terminated", "truncated": last and end == "truncated",
-               "source": np.uint8(source), "policy_version": 0, "timestamp": 1.0}
-        if last and end:
-            row["episode_success"] = success
-        out.append(row)
+        out.append(Transition(
+            obs=np.full(4, start + i, np.float32), action=np.zeros(2, np.float32),
+            reward=float(1.0 if last and success else 0.0),
+            next_obs=np.full(4, start + i + 1, np.float32),
+            terminated=last and end == "terminated", truncated=last and end == "truncated",
+            source=source, policy_version=0, timestamp=1.0, episode=episode, step=i,
+            success=success if last and end else None))
     return out
 
 
 def test_recorder_writes_whole_labelled_episodes_and_discards_the_unfinished(tmp_path):
     seen = []
     rec = DemoRecorder(tmp_path / "s.zarr", 4, 2, on_episode=seen.append)
-    for row in rows(3, end="terminated", success=True) + rows(5) + rows(2, end=""):
+    for row in rows(3, episode=0, end="terminated", success=True) + rows(5, episode=1) + \
+            rows(2, episode=2, end=""):
         assert rec.submit(row)
-    rec.end_episode(success=False)        # ends the open episode, whose last row was dropped
-    for row in rows(4, end=""):           # still open when the recorder closes
+    rec.submit(EpisodeEnd(2, success=False))   # ends the open episode, whose last row was dropped
+    for row in rows(4, episode=3, end=""):     # still open when the recorder closes
         rec.submit(row)
     final = rec.close()
     assert final["state"] == "stopped"
@@ -215,19 +216,20 @@ def test_recorder_discards_an_episode_that_lost_a_row_on_the_way(tmp_path):
     """A full queue drops a row: its episode is incomplete and is not stored, whether the lost
     row was in the middle (seen at submit) or the last one (the next episode's rows arrive)."""
     rec = DemoRecorder(tmp_path / "s.zarr", 4, 2)
-    episodes = [rows(4, success=True), rows(3, success=True), rows(5, success=True),
-                rows(2, success=True)]
+    episodes = [rows(4, episode=k, success=True) for k in range(4)]
+    episodes[1], episodes[3] = rows(3, episode=1, success=True), rows(2, episode=3, success=True)
+    episodes[2] = rows(5, episode=2, success=True)
     lose = {(0, 1), (2, 4)}                                 # (episode, row): middle, last
     put = rec._inbox.put_nowait
 
     def full_for_lost_rows(row):
-        if (row[EPISODE_INDEX_KEY], row["obs"][0]) in lose:
+        if (row.episode, row.obs[0]) in lose:
             raise queue.Full
         put(row)
     rec._inbox.put_nowait = full_for_lost_rows
     for k, episode in enumerate(episodes):
         for i, row in enumerate(episode):
-            assert rec.submit({**row, EPISODE_INDEX_KEY: k}) == ((k, i) not in lose)
+            assert rec.submit(row) == ((k, i) not in lose)
     final = rec.close()
     assert (final["queue_dropped"], final["torn_discarded"], final["stored_episodes"]) == (2, 2, 2)
     with TransitionStore.open(tmp_path / "s.zarr") as store:
@@ -238,9 +240,11 @@ def test_recorder_drops_failures_when_asked_stops_at_the_limit_and_refuses_polic
     seen = []
     rec = DemoRecorder(tmp_path / "s.zarr", 4, 2, keep_failures=False, max_episodes=2,
                        on_episode=seen.append)
-    for batch in (rows(2, success=False), rows(2, end="terminated", success=True),
-                  rows(3, end="terminated", success=True, source=1),
-                  rows(4, end="terminated", success=True), rows(1, end="terminated", success=True)):
+    for batch in (rows(2, episode=0, success=False),
+                  rows(2, episode=1, end="terminated", success=True),
+                  rows(3, episode=2, end="terminated", success=True, source=1),
+                  rows(4, episode=3, end="terminated", success=True),
+                  rows(1, episode=4, end="terminated", success=True)):
         for row in batch:
             rec.submit(row)
     final = rec.close()

@@ -65,7 +65,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
 
     a, extra_a = _params(whole / "checkpoints" / "latest.pt")
     b, extra_b = _params(split / "checkpoints" / "latest.pt")
-    assert extra_a["env_step"] == extra_b["env_step"] and extra_a["updates"] == extra_b["updates"]
+    assert extra_a["env_steps"] == extra_b["env_steps"] and extra_a["updates"] == extra_b["updates"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
     drop = ("time",)

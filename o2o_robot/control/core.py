@@ -51,6 +51,8 @@ class TickResult:
                                   # (None if that row was dropped: the node closes the episode)
     needs_reset: bool             # hold until episode_reset_done()
     hold_reason: str = ""         # why source == "hold", one of HOLD_REASONS ("" otherwise)
+    step: int = -1                # index of `transition`'s action among the actions sent in its
+                                  # episode (0-based; a row dropped on the way leaves a gap)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class _Pending:
     source: int
     policy_version: int
     timestamp: float
+    step: int                     # index among the actions sent in this episode
 
 
 class ControlCore:
@@ -97,6 +100,7 @@ class ControlCore:
         # the tick never pairs one message's action with another's stamp.
         self._teleop: tuple[np.ndarray, float] | None = None
         self._pending: _Pending | None = None
+        self._actions_sent = 0                                    # in the current episode
         self.policy_version = 0                                   # 0 = no learned policy yet
         self.last_policy_error = ""
         # Intervention rate over the last N acting ticks: a preallocated ring, no per-tick lists.
@@ -151,6 +155,7 @@ class ControlCore:
     def episode_reset_done(self) -> bool:
         """The reset service succeeded: the next fresh tick starts a new episode."""
         self._pending = None
+        self._actions_sent = 0
         return self.episode.reset_done()
 
     # --------------------------------------------------------------------------- tick
@@ -165,12 +170,13 @@ class ControlCore:
             # so a consumer editing one row cannot silently change another.
             obs.flags.writeable = False
 
-        transition, episode_done = None, False
+        transition, episode_done, step = None, False, -1
         if self._pending is not None:
             if obs is None:
                 self._pending = None
                 self.counts["dropped_stale"] += 1
             else:
+                step = self._pending.step
                 transition, episode_done = self._complete(obs)
 
         raw, source, reason = self._choose(obs, now_s)
@@ -183,11 +189,13 @@ class ControlCore:
         else:
             code = SOURCE_CODE["online"] if source == "online" else self._teleop_code
             self._pending = _Pending(obs, action.astype(np.float32), code,
-                                     self.policy_version, float(now_s))
+                                     self.policy_version, float(now_s), self._actions_sent)
+            self._actions_sent += 1
             self._record_intervention(source != "online")
         self.counts[source if source in ("online", "hold") else "intervention"] += 1
         return TickResult(action, source, self.policy_version, transition, flags, episode_done,
-                          self.episode.needs_reset, reason if source == "hold" else "")
+                          self.episode.needs_reset, reason if source == "hold" else "",
+                          step if transition is not None else -1)
 
     def _choose(self, obs: np.ndarray | None, now_s: float) -> tuple[np.ndarray | None, str, str]:
         """(raw action or None, intended source, hold reason) before the safety filter."""

@@ -1,19 +1,21 @@
-"""How an agent is fed: the batch drawn per environment step, warm-up actions and offline
-pre-training. Shared by the ROS-free harness (`train.py`) and the background learner
-(`learner.py`), so both feed every algorithm the same way. No torch here.
+"""How an agent is fed: the batch drawn per environment step, and offline pre-training. Used by
+`learning.core.LearnerCore` only, so the harness, the worker and the fleet learner feed every
+algorithm the same way. No torch here.
 
-`batch_plan(cfg, mirror)` returns the plan registered for `cfg.algorithm.name`:
+Each agent declares the plan it needs (`Agent.batch_plan`, agents/base.py); `PLANS` maps that
+name to the class:
 
-* rlpd, obac: `MixedBatches`, one big batch of `learner.utd_ratio` minibatches of
+* "mixed" (RLPD, OBAC): `MixedBatches`, one big batch of `learner.utd_ratio` minibatches of
   `sampler.batch_size` rows, each exactly `sampler.offline_ratio` demo-side rows (demo,
   intervention, offline). That is RLPD's symmetric sampling; for OBAC it is our O2O adaptation
   (the paper trains on one online buffer).
-* oema: `BalancedReplayBatches`, OEMA's balanced replay (see `o2o_robot.agents.oema`).
+* "balanced_replay" (OEMA): `BalancedReplayBatches`, OEMA's balanced replay (see
+  `o2o_robot.agents.oema`).
 
 A plan has `ready()` (the mirror holds the rows it needs), `draw(rng)` (the argument of
-`agent.update`) and `after_update(agent, batch)` (feedback such as OEMA's priorities). A plan
-with learning state of its own (OEMA's priorities) also has `state_dict()`/`load_state_dict()`;
-`plan_state`/`restore_plan` save and restore it (None for plans without).
+`agent.update`), `after_update(agent, batch)` (feedback such as OEMA's priorities, read from
+`agent.feedback()`), and `state_dict()`/`load_state_dict()` (its own learning state as plain
+data: OEMA's priorities; empty for the mixed plan).
 """
 from __future__ import annotations
 
@@ -53,6 +55,12 @@ class MixedBatches:
     def after_update(self, agent: Any, batch: dict[str, Any]) -> None:
         return None
 
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
 
 class BalancedReplayBatches:
     """OEMA's batches (ALGORITHMS.md 3.2), `learner.utd_ratio` iterations of N rows each:
@@ -64,7 +72,7 @@ class BalancedReplayBatches:
     * B_r (recent_obs): uniform over the newest `algorithm.recent_window` online rows.
 
     The priorities are learning state that lives here, with the slots they belong to, not in
-    the agent: `state_dict()` is plain data that train.py checkpoints beside the agent and
+    the agent: `state_dict()` is plain data that the learner core checkpoints beside the agent and
     restores into the mirror it rebuilt from the store in the same row order. The sampler's
     clip range is the config's [priority_min, priority_max]. `sampler.offline_ratio` is not
     used (it only tells the harness that demonstrations are needed).
@@ -90,7 +98,7 @@ class BalancedReplayBatches:
         return batch
 
     def after_update(self, agent: Any, batch: dict[str, Any]) -> None:
-        self.sampler.update(batch["index"], agent.last_priorities)
+        self.sampler.update(batch["index"], agent.feedback()["priorities"])
 
     def state_dict(self) -> dict[str, Any]:
         return {"priorities": self.sampler.state_dict()}
@@ -99,55 +107,26 @@ class BalancedReplayBatches:
         self.sampler.load_state_dict(state["priorities"])
 
 
-def _plans() -> dict[str, type]:
-    plans: dict[str, type] = {"rlpd": MixedBatches, "obac": MixedBatches,
-                              "oema": BalancedReplayBatches}
-    return plans
+PLANS: dict[str, type] = {"mixed": MixedBatches, "balanced_replay": BalancedReplayBatches}
 
 
-def batch_plan(cfg: O2OConfig, mirror: ReplayMirror) -> BatchPlan:
-    """The plan that feeds `cfg.algorithm.name` from `mirror`."""
-    plans = _plans()
-    name = cfg.algorithm.name
-    if name not in plans:
-        raise ValueError(f"algorithm.name: no batch plan for {name!r} (known: {sorted(plans)})")
-    return plans[name](cfg, mirror)
-
-
-def plan_state(plan: BatchPlan) -> dict[str, Any] | None:
-    """The plan's own learning state as plain data (checkpoint extra), None if it has none."""
-    state_dict = getattr(plan, "state_dict", None)
-    return state_dict() if state_dict is not None else None
-
-
-def restore_plan(plan: BatchPlan, state: dict[str, Any] | None) -> None:
-    """Undo `plan_state` (no-op for None or a plan without state)."""
-    if state is not None and hasattr(plan, "load_state_dict"):
-        plan.load_state_dict(state)
-
-
-def warmup_action(agent: Any, obs: np.ndarray, act_dim: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """The unit action during warm-up: uniform random, or the deterministic (pre-trained) actor
-    for agents that say `warmup_uses_actor` (OEMA, section 3.6 pitfall 5)."""
-    if getattr(agent, "warmup_uses_actor", False):
-        return np.asarray(agent.act(obs, deterministic=True), np.float32)
-    return rng.uniform(-1.0, 1.0, size=act_dim).astype(np.float32)
+def batch_plan(agent: Any, cfg: O2OConfig, mirror: ReplayMirror) -> BatchPlan:
+    """The plan `agent` declares (`agent.batch_plan`), feeding it from `mirror`."""
+    if agent.batch_plan not in PLANS:
+        raise ValueError(f"{agent.name}: unknown batch plan {agent.batch_plan!r} "
+                         f"(known: {sorted(PLANS)})")
+    return PLANS[agent.batch_plan](cfg, mirror)
 
 
 def pretrain(agent: Any, cfg: O2OConfig, mirror: ReplayMirror, rng: np.random.Generator, *,
              progress: bool = True, log=None) -> dict[str, float]:
-    """Offline pre-training for agents that have one (OEMA's TD3+BC): `agent.pretrain_update(batch)`
-    on demo-side batches of `sampler.batch_size` until `agent.pretrain_steps_done` reaches
-    `algorithm.pretrain_steps`. A no-op (empty metrics) for agents without `pretrain_update`
-    or once done, so a resumed run never pre-trains twice. `log(step, metrics)` every 1000 steps.
-    Done means `pretrain_steps_done` reached the total, or the agent says `pretrain_finished`
-    (fine-tuning started, or `o2o-robot pretrain --steps N` ended its pre-training early); at
-    the end the agent's `finish_pretraining()` (OEMA: targets become copies) is called."""
-    update = getattr(agent, "pretrain_update", None)
-    total = int(getattr(cfg.algorithm, "pretrain_steps", 0))
-    if update is None or getattr(agent, "pretrain_finished", False) or \
-            agent.pretrain_steps_done >= total:
+    """Offline pre-training (OEMA's TD3+BC): `agent.pretrain_update(batch)` on demo-side batches
+    of `sampler.batch_size` rows until `agent.pretrain_steps_done` reaches `agent.pretrain_steps`,
+    then `agent.finish_pretraining()`. A no-op (empty metrics) for agents without a phase
+    (`pretrain_steps` 0) or once `pretrain_finished`, so a resumed run never pre-trains twice.
+    `log(step, metrics)` every 1000 steps."""
+    total = int(agent.pretrain_steps)
+    if agent.pretrain_finished or agent.pretrain_steps_done >= total:
         return {}
     if mirror.size("offline") == 0:
         raise ValueError(f"algorithm.pretrain_steps: {total} pre-training steps need demo, "
@@ -158,12 +137,10 @@ def pretrain(agent: Any, cfg: O2OConfig, mirror: ReplayMirror, rng: np.random.Ge
     bar = tqdm(total=total, initial=agent.pretrain_steps_done, desc="pretrain", unit="step",
                disable=not progress, dynamic_ncols=True)
     while agent.pretrain_steps_done < total:
-        metrics = update(mirror.sample_mixed(cfg.sampler.batch_size, 1.0, rng))
+        metrics = agent.pretrain_update(mirror.sample_mixed(cfg.sampler.batch_size, 1.0, rng))
         bar.update(1)
         if log is not None and agent.pretrain_steps_done % 1000 == 0:
             log(agent.pretrain_steps_done, metrics)
     bar.close()
-    finish = getattr(agent, "finish_pretraining", None)
-    if finish is not None:
-        finish()
+    agent.finish_pretraining()
     return metrics

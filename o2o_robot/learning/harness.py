@@ -1,19 +1,20 @@
-"""ROS-free training harness: `o2o-robot train --config FILE`.
+"""ROS-free training harness: `o2o-robot train --config FILE`, a gymnasium env loop feeding the
+one learning loop (`learning.core.LearnerCore`).
 
-Before the first step, agents with an offline phase pre-train on the demo-side rows (OEMA's
-TD3+BC; `batches.pretrain`). Per environment step (RLPD, ALGORITHMS.md 1.5): act (during warm-up
-uniform random, or the deterministic actor for OEMA; else a sample of the behaviour policy), step
-the sim, append the row to the durable store and to the in-memory mirror, then, after warm-up,
-draw the algorithm's batch (`batches.batch_plan`: for RLPD/OBAC one big batch of G minibatches,
-each exactly offline_ratio demo-side rows) and run `agent.update` on it. Every `train.eval_every` steps the deterministic
-policy is evaluated on a separate env. The run directory receives the store rows, checkpoints,
-`metrics.jsonl`, TensorBoard scalars and `learning_curve.png`.
+Per environment step: act (during warm-up, `learner.warmup_actions`: uniform random or the
+agent's own stochastic policy; after it, a sample of the behaviour policy), step the sim, hand
+the row to the core as a `Transition` (store + mirror), then run the updates the core owes
+(`learner.utd_ratio` critic steps per env step after warm-up). Agents with an offline phase
+(OEMA's TD3+BC) pre-train first. Every `train.eval_every` steps the deterministic policy is
+evaluated on a separate env. The run directory receives the store rows, checkpoints, exported
+policies, `metrics.jsonl`, TensorBoard scalars and `learning_curve.png`.
 
-Exact resume: the run ends at an episode boundary, checkpoints are written at boundaries and hold the agent (with its RNG),
-the numpy RNG, the env-step and episode counters and the store row ranges the learner used, and
-every training episode resets the env with a seed derived from its index; so a resumed run
-continues exactly as the uninterrupted one would have. Store rows written after the last
-checkpoint by a run that died are kept in the store (append-only) but not fed to the learner.
+Exact resume: the run ends at an episode boundary, checkpoints are written at boundaries and hold
+the core's state (agent, RNGs, counters, the store rows learned from) plus the harness's own
+(episode counter, acting RNG, solved_at), and every training episode resets the env with a seed
+derived from its index; so a resumed run continues exactly as the uninterrupted one would have.
+Store rows written after the last checkpoint by a run that died stay in the store (append-only)
+but are not learned from.
 """
 from __future__ import annotations
 
@@ -23,12 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from o2o_robot.agents import build_agent, resolve_device
-from o2o_robot.agents.checkpoint import load_checkpoint, save_checkpoint
-from o2o_robot.learning.batches import batch_plan, plan_state, pretrain, restore_plan, warmup_action
 from o2o_robot.config import ActionSpace, O2OConfig, ObservationSource, RobotSpec
-from o2o_robot.data.replay import ReplayMirror
-from o2o_robot.data.schema import OFFLINE_SIDE_CODES, SOURCE_CODE
+from o2o_robot.data.schema import SOURCE_CODE, Transition
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.runlog import RunLogger, plot_curve
 from o2o_robot.sim.demos import ensure_demos
@@ -69,22 +66,6 @@ def robot_for_env(cfg: O2OConfig, spec: dict) -> O2OConfig:
     return cfg.model_copy(update={"robot": robot})
 
 
-def load_mirror(store: TransitionStore, cfg: O2OConfig, scaler: ActionScaler,
-                 online_ranges: list[list[int]]) -> ReplayMirror:
-    """Demo-side rows of the whole store, then this run's online rows, actions in [-1, 1]."""
-    mirror = ReplayMirror(store.obs_dim, store.act_dim,
-                          online_capacity=cfg.sampler.online_capacity)
-    rows = store.read()
-    keep = np.isin(rows["source"], OFFLINE_SIDE_CODES)
-    blocks = [np.flatnonzero(keep)] + [np.arange(a, b) for a, b in online_ranges]
-    index = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
-    if index.size:
-        block = {k: v[index] for k, v in rows.items()}
-        block["action"] = scaler.to_unit(block["action"])
-        mirror.add_rows(block)
-    return mirror
-
-
 class _Progress:
     """tqdm bar over env steps when available and wanted, else periodic lines."""
 
@@ -107,138 +88,101 @@ class _Progress:
             self.bar.close()
 
 
-def fresh_state() -> dict:
-    """The harness's resume state before the first env step (what its checkpoints hold)."""
-    return {"env_step": 0, "episode": 0, "online_ranges": [], "updates": 0,
-            "solved_at": None, "np_rng": None, "plan_state": None}
+HARNESS_STATE = {"episode": 0, "solved_at": None, "act_rng": None}   # beside the core's
 
 
 def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) the training loop described in the module docstring; return a summary."""
+    from o2o_robot.learning.core import CHECKPOINT, LearnerCore
+
     run_dir = Path(cfg.train.run_dir)
-    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+    if resume and not (run_dir / CHECKPOINT).exists():
+        raise FileNotFoundError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
     torch.set_num_threads(cfg.learner.torch_threads)
-    env = make_env(cfg.sim)
-    eval_env = make_env(cfg.sim)
+    limit = cfg.control.max_episode_steps
+    env = make_env(cfg.sim, max_episode_steps=limit)
+    eval_env = make_env(cfg.sim, max_episode_steps=limit)
     spec = env_spec(env)
     cfg = robot_for_env(cfg, spec)
-    scaler = ActionScaler(spec["action_low"], spec["action_high"])
-    device = resolve_device(cfg.learner.device)
-
-    state = fresh_state()
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"{ckpt_path}: no checkpoint to resume from")
-        agent, _, extra = load_checkpoint(ckpt_path, device=device)
-        state.update({k: extra[k] for k in state if k in extra})
-    else:
-        agent = build_agent(cfg, spec["obs_dim"], spec["act_dim"], device=device,
-                            seed=cfg.train.seed)
-    rng = np.random.default_rng(cfg.train.seed)
-    if state["np_rng"] is not None:
-        rng.bit_generator.state = state["np_rng"]
-
     run_dir.mkdir(parents=True, exist_ok=True)
     store = TransitionStore.open_or_create(cfg.store.path, spec["obs_dim"], spec["act_dim"],
                                            flush_every=cfg.store.flush_every, spec=spec)
     logger = RunLogger(run_dir)
     try:
         ensure_demos(store, cfg, label="train")
-        mirror = load_mirror(store, cfg, scaler, state["online_ranges"])
-        pretrained = pretrain(agent, cfg, mirror, rng, progress=progress,
-                              log=lambda step, m: logger.log("pretrain", step, m))
-        if pretrained:
-            _checkpoint(ckpt_path, agent, cfg, store, rng, state)
-        segment = [len(store), len(store)]
-        state["online_ranges"].append(segment)
-        summary = _loop(cfg, agent, env, eval_env, scaler, store, mirror, rng, state, segment,
-                        logger, ckpt_path, progress)
+        core = LearnerCore.open(cfg, store, run_dir, resume=resume)
+        state = {**HARNESS_STATE, **{k: core.resumed.get(k) for k in HARNESS_STATE
+                                     if k in core.resumed}}
+        core.pretrain(progress=progress, log=lambda step, m: logger.log("pretrain", step, m))
+        summary = _loop(cfg, core, env, eval_env, state, logger, progress)
     finally:
         store.close()
         logger.close()
     curve = plot_curve(run_dir)
     summary.update({"run_dir": str(run_dir), "learning_curve": str(curve) if curve else None,
-                    "checkpoint": str(ckpt_path)})
+                    "checkpoint": str(run_dir / CHECKPOINT)})
     return summary
 
 
-def _loop(cfg, agent, env, eval_env, scaler, store, mirror, rng, state, segment, logger,
-          ckpt_path, progress) -> dict:
-    lc, tc = cfg.learner, cfg.train
-    plan = batch_plan(cfg, mirror)
-    restore_plan(plan, state["plan_state"])   # OEMA's replay priorities (exact resume)
-    online = SOURCE_CODE["online"]
-    bar = _Progress(tc.total_env_steps, state["env_step"], progress)
+def _loop(cfg, core, env, eval_env, state, logger, progress) -> dict:
+    lc, tc, agent, s = cfg.learner, cfg.train, core.agent, core.state
+    scaler, online = core.scaler, SOURCE_CODE["online"]
+    act_rng = np.random.default_rng(tc.seed + 1)
+    if state["act_rng"] is not None:
+        act_rng.bit_generator.state = state["act_rng"]
+    bar = _Progress(tc.total_env_steps, s.env_steps, progress)
     obs, _ = env.reset(seed=episode_seed(tc.seed, state["episode"]))
     ep_return, ep_len, last_eval, started = 0.0, 0, {}, time.perf_counter()
-    update_time, metrics = 0.0, {}
-    last_ckpt = state["env_step"]
+    last_ckpt, timed = s.env_steps, (core.update_time, s.updates)
+
+    def checkpoint() -> None:
+        core.checkpoint(**{**state, "act_rng": act_rng.bit_generator.state})
+
     # The run ends at the first episode boundary at or after total_env_steps, so that every
     # checkpoint sits on a boundary and a resumed run continues exactly.
-    while state["env_step"] < tc.total_env_steps or ep_len:
-        t = state["env_step"]
-        if t < lc.warmup_steps:
-            unit = warmup_action(agent, obs, scaler.dim, rng)
+    while s.env_steps < tc.total_env_steps or ep_len:
+        if core.in_warmup and lc.warmup_actions == "uniform":
+            unit = act_rng.uniform(-1.0, 1.0, size=scaler.dim).astype(np.float32)
         else:
             unit = agent.act(obs)
         action = scaler.to_physical(unit)
         next_obs, reward, terminated, truncated, info = env.step(action)
-        row = dict(obs=obs, action=action, reward=reward, next_obs=next_obs,
-                   terminated=terminated, truncated=truncated, source=online,
-                   policy_version=state["updates"], timestamp=time.time())
-        store.append(**row)
-        mirror.add(**{**row, "action": scaler.to_unit(action)})
-        segment[1] += 1
+        ended = terminated or truncated
+        success = bool(info.get("is_success", False))
+        core.ingest(Transition(obs, action, float(reward), next_obs, bool(terminated),
+                               bool(truncated), online, policy_version=s.updates,
+                               timestamp=time.time(), episode=state["episode"], step=ep_len,
+                               success=success if ended else None))
+        while core.step():
+            if s.updates % 100 == 0:
+                seconds, n = core.update_time - timed[0], s.updates - timed[1]
+                timed = (core.update_time, s.updates)
+                logger.log("train", s.env_steps, {
+                    **core.metrics, "critic_updates_per_s": n * lc.utd_ratio / max(seconds, 1e-9),
+                    "update_ms": 1000.0 * seconds / max(n, 1)})   # one agent.update (all of G)
         ep_return += float(reward)
         ep_len += 1
         obs = next_obs
-        state["env_step"] = t = t + 1
-
-        if t > lc.warmup_steps:
-            tick = time.perf_counter()
-            batch = plan.draw(rng)
-            metrics = agent.update(batch)
-            plan.after_update(agent, batch)
-            update_time += time.perf_counter() - tick
-            state["updates"] += 1
-            if state["updates"] % 100 == 0:
-                metrics["critic_updates_per_s"] = 100 * lc.utd_ratio / max(update_time, 1e-9)
-                metrics["update_ms"] = 1000.0 * update_time / 100   # one agent.update (all of G)
-                update_time = 0.0
-                logger.log("train", t, metrics)
-
+        t = s.env_steps
         if t % tc.eval_every == 0:
             last_eval = evaluate(agent, eval_env, scaler, tc.eval_episodes)
             logger.log("eval", t, last_eval)
             if state["solved_at"] is None and last_eval["success_rate"] >= tc.success_threshold:
                 state["solved_at"] = t
-
-        if terminated or truncated:
-            success = bool(info.get("is_success", False))
-            store.end_episode(success=success)
+        if ended:
             logger.log("episode", t, {"return": ep_return, "length": ep_len,
                                       "success": float(success)})
             state["episode"] += 1
             ep_return, ep_len = 0.0, 0
             obs, _ = env.reset(seed=episode_seed(tc.seed, state["episode"]))
             if t - last_ckpt >= lc.checkpoint_every_steps or t >= tc.total_env_steps:
-                state["plan_state"] = plan_state(plan)
-                _checkpoint(ckpt_path, agent, cfg, store, rng, state)
+                checkpoint()
                 last_ckpt = t
         bar.update({"ep": state["episode"], "eval_success": last_eval.get("success_rate"),
-                    "alpha": round(metrics.get("temperature", float("nan")), 4)})
+                    "alpha": round(core.metrics.get("temperature", float("nan")), 4)})
     bar.close()
-    if state["env_step"] != last_ckpt:
-        state["plan_state"] = plan_state(plan)
-        _checkpoint(ckpt_path, agent, cfg, store, rng, state)
-    return {"env_steps": state["env_step"], "episodes": state["episode"],
-            "updates": state["updates"], "final_eval": last_eval, "solved_at": state["solved_at"],
+    if s.env_steps != last_ckpt:
+        checkpoint()
+    return {"env_steps": s.env_steps, "episodes": state["episode"], "updates": s.updates,
+            "final_eval": last_eval, "solved_at": state["solved_at"],
             "wall_s": round(time.perf_counter() - started, 2)}
-
-
-def _checkpoint(path, agent, cfg, store, rng, state) -> None:
-    store.flush()  # rows the checkpoint refers to must be durable before it is
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, agent, cfg, **{**state, "np_rng": rng.bit_generator.state,
-                                         "online_ranges": [list(r) for r in state["online_ranges"]],
-                                         "policy_version": state["updates"]})

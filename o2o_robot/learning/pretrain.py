@@ -12,6 +12,8 @@ the checkpoint that the next stage continues from without pre-training again:
 Which rows: a store recorded from a sim task (its spec names the task), or no store yet, is
 handled as `train` does (the sim task's spaces; scripted demos are generated when the store has
 none); a store recorded on the robot (no task in its spec) is read with `robot`'s action bounds.
+Either way the pre-training runs in `learning.core.LearnerCore`, the learning loop of `train` and
+`finetune`, which writes the checkpoint; no row is added to the store.
 `--steps N` replaces `algorithm.pretrain_steps`; pre-training then counts as finished, so a later
 stage does not top it up to the config's value. An existing checkpoint is never overwritten.
 """
@@ -20,7 +22,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from o2o_robot.config import O2OConfig
@@ -31,14 +32,13 @@ class PretrainError(ValueError):
 
 
 def _sim_store(cfg: O2OConfig):
-    """(cfg with the sim task's robot spec, scaler, open store with demos) as in train.py."""
+    """(cfg with the sim task's robot spec, open store with demos), as `o2o-robot train` does."""
     from o2o_robot.data.store import TransitionStore
     from o2o_robot.sim.demos import ensure_demos
     from o2o_robot.sim.envs import env_spec, make_env
-    from o2o_robot.spaces import ActionScaler
     from o2o_robot.learning.harness import robot_for_env
 
-    env = make_env(cfg.sim)
+    env = make_env(cfg.sim, max_episode_steps=cfg.control.max_episode_steps)
     try:
         spec = env_spec(env)
     finally:
@@ -51,19 +51,17 @@ def _sim_store(cfg: O2OConfig):
     except BaseException:
         store.close()
         raise
-    return cfg, ActionScaler(spec["action_low"], spec["action_high"]), store
+    return cfg, store
 
 
 def _robot_store(cfg: O2OConfig, store):
-    from o2o_robot.spaces import ActionScaler
-
     robot = cfg.robot
     if (store.obs_dim, store.act_dim) != (robot.obs_dim, robot.act_dim):
         store.close()
         raise PretrainError(f"{cfg.store.path}: store has obs_dim {store.obs_dim}, act_dim "
                             f"{store.act_dim}; the config's robot has {robot.obs_dim}, "
                             f"{robot.act_dim}")
-    return cfg, ActionScaler(robot.action.low, robot.action.high), store
+    return cfg, store
 
 
 def _open(cfg: O2OConfig):
@@ -74,20 +72,18 @@ def _open(cfg: O2OConfig):
         with TransitionStore.open(path, "r") as probe:
             recorded_on_robot = "task" not in (probe.spec or {})
         if recorded_on_robot:
-            return _robot_store(cfg, TransitionStore.open(path, "r"))
+            return _robot_store(cfg, TransitionStore.open(path, "a",
+                                                          flush_every=cfg.store.flush_every))
     return _sim_store(cfg)
 
 
 def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = True) -> dict:
     """Pre-train the configured agent and write its checkpoint; returns a summary."""
-    from o2o_robot.agents import build_agent, resolve_device
-    from o2o_robot.agents.checkpoint import save_checkpoint
-    from o2o_robot.learning.batches import pretrain
+    from o2o_robot.learning.core import CHECKPOINT, LearnerCore
     from o2o_robot.runlog import RunLogger
-    from o2o_robot.learning.harness import fresh_state, load_mirror
 
     name = cfg.algorithm.name
-    if not hasattr(cfg.algorithm, "pretrain_steps"):
+    if not hasattr(cfg.algorithm, "pretrain_steps"):   # a config model field, not an agent probe
         raise PretrainError(f"algorithm.name: {name!r} has no offline pre-training "
                             f"(`o2o-robot pretrain` is for oema); train it directly")
     if steps is not None:
@@ -99,21 +95,18 @@ def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = T
     if total < 1:
         raise PretrainError(f"algorithm.pretrain_steps: is {total}: nothing to pre-train")
     run_dir = Path(cfg.train.run_dir)
-    ckpt_path = run_dir / "checkpoints" / "latest.pt"
+    ckpt_path = run_dir / CHECKPOINT
     if ckpt_path.exists():
         raise PretrainError(f"{ckpt_path}: a checkpoint exists already; pre-training would "
                             f"replace it (use another --run-dir, or remove it)")
     torch.set_num_threads(cfg.learner.torch_threads)
-    cfg, scaler, store = _open(cfg)
+    cfg, store = _open(cfg)
     logger = None
     try:
-        mirror = load_mirror(store, cfg, scaler, [])
-        if mirror.size("offline") == 0:
+        core = LearnerCore.open(cfg, store, run_dir, resume=False)
+        if core.mirror.size("offline") == 0:
             raise PretrainError(f"{cfg.store.path}: no demo, intervention or offline rows to "
                                 f"pre-train on")
-        agent = build_agent(cfg, mirror.obs_dim, mirror.act_dim,
-                            device=resolve_device(cfg.learner.device), seed=cfg.train.seed)
-        rng = np.random.default_rng(cfg.train.seed)   # as train.py: the same draws
         logger = RunLogger(run_dir)
         every = max(1000, (total // 10) // 1000 * 1000)
 
@@ -124,17 +117,14 @@ def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = T
                 print(f"[pretrain] {step}/{total}: {shown}", flush=True)
 
         started = time.perf_counter()
-        metrics = pretrain(agent, cfg, mirror, rng, progress=progress, log=log)
+        metrics = core.pretrain(progress=progress, log=log)   # checkpoints at env step 0
         wall = time.perf_counter() - started
-        # The state train.py keeps in its checkpoints, at env step 0 (`train --resume` reads it).
-        state = {**fresh_state(), "np_rng": rng.bit_generator.state, "policy_version": 0}
-        save_checkpoint(ckpt_path, agent, cfg, **state)
     finally:
         store.close()
         if logger is not None:
             logger.close()
-    return {"algorithm": name, "pretrain_steps": agent.pretrain_steps_done,
-            "demo_side_rows": mirror.size("offline"), "checkpoint": str(ckpt_path),
+    return {"algorithm": name, "pretrain_steps": core.agent.pretrain_steps_done,
+            "demo_side_rows": core.mirror.size("offline"), "checkpoint": str(ckpt_path),
             "wall_s": round(wall, 2), "ms_per_step": round(1000 * wall / max(total, 1), 3),
             "final_metrics": metrics}
 

@@ -18,19 +18,21 @@ from o2o_robot.sim.experts import expert_for
 
 
 def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: float, seed: int,
+                   max_episode_steps: int | None = None,
                    progress: bool = True) -> dict[str, float | int]:
     """Write `episodes` expert episodes of `sim_cfg.task` into `store` (a TransitionStore).
 
     The store should have been created with `spec=env_spec(make_env(sim_cfg))`; its obs_dim,
     act_dim and spec task (when recorded) are checked against the env before anything is
-    written. The rows are committed (`store.flush()`) before this returns. Episode i is reset with seed
+    written. Episodes end at `max_episode_steps` (the config's `control.max_episode_steps`),
+    truncated, unless the task ends first. The rows are committed (`store.flush()`) before this returns. Episode i is reset with seed
     `seed + i`; the expert's noise has its own stream derived from `seed`.
 
     Returns {episodes, transitions, success_rate, mean_return}.
     """
     if episodes < 0:
         raise ValueError(f"episodes: must be >= 0, got {episodes}")
-    env = make_env(sim_cfg, seed=seed)
+    env = make_env(sim_cfg, seed=seed, max_episode_steps=max_episode_steps)
     try:
         spec = env_spec(env)
         _check_store_dims(store, spec)
@@ -85,7 +87,7 @@ def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
               flush=True)
     return generate_demos(store, cfg.sim, episodes=cfg.train.demo_episodes,
                           noise=cfg.teleop.expert_noise, seed=cfg.train.seed + DEMO_SEED_OFFSET,
-                          progress=False)
+                          max_episode_steps=cfg.control.max_episode_steps, progress=False)
 
 
 def _check_store_dims(store: Any, spec: dict[str, Any]) -> None:

@@ -2,8 +2,9 @@
 
 `sim.task` is "reach" (the 3-joint arm of `o2o_robot.sim.reach`) or a gymnasium id of an env
 with flat Box observation and action spaces, typically a MuJoCo one such as "Hopper-v5". Either
-way the env ends an episode after `sim.max_episode_steps` with truncated=True (never
-terminated). `sim.reward` (dense|sparse) and `sim.sim_rate_hz` (the control period) apply to
+way the env ends an episode after `max_episode_steps` (the config's
+`control.max_episode_steps`, the one time limit of the stack) with truncated=True (never
+terminated); without it, reach has no time limit and a gymnasium env keeps its registered one. `sim.reward` (dense|sparse) and `sim.sim_rate_hz` (the control period) apply to
 "reach" only; gymnasium envs keep their own reward and frame skip.
 """
 from __future__ import annotations
@@ -21,8 +22,10 @@ from o2o_robot.sim.reach import OBS_NAMES, ReachEnv
 REACH_TASK = "reach"
 
 
-def make_env(sim_cfg: SimConfig, *, seed: int | None = None) -> gymnasium.Env:
-    """The env of `sim_cfg.task` with its time limit, its RNGs seeded (None = `sim_cfg.seed`).
+def make_env(sim_cfg: SimConfig, *, seed: int | None = None,
+             max_episode_steps: int | None = None) -> gymnasium.Env:
+    """The env of `sim_cfg.task` with the time limit `max_episode_steps` (pass
+    `cfg.control.max_episode_steps`), its RNGs seeded (None = `sim_cfg.seed`).
 
     Seeding here makes a plain `env.reset()` reproducible; `env.reset(seed=...)` still reseeds.
     Raises ValueError naming the task when it is unknown or not a Box/Box env.
@@ -32,16 +35,17 @@ def make_env(sim_cfg: SimConfig, *, seed: int | None = None) -> gymnasium.Env:
         reach = ReachEnv(sim_cfg.reward, control_rate_hz=sim_cfg.sim_rate_hz,
                          success_threshold=sim_cfg.success_radius_m,
                          target_yaw_range=math.radians(sim_cfg.target_yaw_range_deg))
-        env: gymnasium.Env = TimeLimit(reach, max_episode_steps=sim_cfg.max_episode_steps)
+        env: gymnasium.Env = reach if max_episode_steps is None else \
+            TimeLimit(reach, max_episode_steps=max_episode_steps)
     else:
-        env = _make_gymnasium(sim_cfg.task, sim_cfg.max_episode_steps)
+        env = _make_gymnasium(sim_cfg.task, max_episode_steps)
     env.unwrapped.np_random, _ = gymnasium.utils.seeding.np_random(seed)
     env.action_space.seed(seed)
     env.observation_space.seed(seed)
     return env
 
 
-def _make_gymnasium(task: str, max_episode_steps: int) -> gymnasium.Env:
+def _make_gymnasium(task: str, max_episode_steps: int | None) -> gymnasium.Env:
     hint = f"use {REACH_TASK!r} or a gymnasium MuJoCo id such as 'Hopper-v5'"
     try:
         env = gymnasium.make(task, max_episode_steps=max_episode_steps)

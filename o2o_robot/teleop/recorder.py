@@ -9,15 +9,16 @@ writer does a store commit per episode (a few ms of mostly I/O, during the reset
 the episode), needs no torch, and starts at once; the learner's process would import torch,
 build an agent and export a policy that collect mode must not run.
 
-Episodes are written whole. Rows are kept in memory until the row that ends the episode
-(terminated or truncated, carrying the operator's `episode_success` label) arrives; then the
-episode is appended as one validated block, closed with its label and committed (durable when
-`on_episode` reports it). So the store never holds half a demonstration: an episode still open
-when the recorder closes is discarded (counted), an episode without success is dropped when
-`keep_failures` is False, and episodes beyond `max_episodes` are dropped. A row lost on the
-way (a full queue) makes its episode incomplete: rows carry the actor's episode index
-(`EPISODE_INDEX_KEY`), and an episode with a lost row, or one whose last row never came (the
-next episode's rows arrive while it is open), is discarded and counted as `torn_discarded`.
+Episodes are written whole, assembled by the shared `EpisodeAssembler` (data/schema.py) in its
+"discard" mode: `Transition`s are kept in memory until the row that ends the episode
+(terminated or truncated, carrying the operator's `success` label) or an `EpisodeEnd`
+arrives; then the episode is appended as one validated block, closed with its label and
+committed (durable when `on_episode` reports it). So the store never holds half a
+demonstration: an episode still open when the recorder closes is discarded (counted), an
+episode without success is dropped when `keep_failures` is False, and episodes beyond
+`max_episodes` are dropped. A row lost on the way (a full queue) makes its episode incomplete:
+the assembler sees the gap in the rows' `step` (or a new `episode` index while one is open) and
+discards that episode, counted as `torn_discarded`.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from o2o_robot.config import O2OConfig
-from o2o_robot.data.schema import END_EPISODE_KEY, EPISODE_INDEX_KEY, FIELDS, SOURCE_CODE
+from o2o_robot.data.schema import (FIELDS, SOURCE_CODE, EpisodeAssembler, EpisodeEnd,
+                                   Transition)
 
 
 class DemoRecorder:
@@ -60,9 +62,7 @@ class DemoRecorder:
              "dropped_over_limit", "discarded_partial", "rejected_episodes", "queue_dropped",
              "torn_discarded"], 0)
         self.state, self.error, self.last_problem = "running", "", ""
-        self._rows: list[dict] = []
-        self._open_episode = None           # actor's index of the episode in `_rows`
-        self._lost_in: set = set()          # episode indices that lost a row (full queue)
+        self._episodes = EpisodeAssembler(on_gap="discard", whole=True)
         self._inbox: queue.Queue = queue.Queue(queue_size)
         self._stop = threading.Event()
         self._mu = threading.Lock()
@@ -77,20 +77,16 @@ class DemoRecorder:
                    flush_every=cfg.store.flush_every, **kwargs)
 
     # --------------------------------------------------------------------- actor side
-    def submit(self, transition: dict) -> bool:
-        """Queue one row without blocking; False (counted) when the queue is full."""
+    def submit(self, item: Transition | EpisodeEnd) -> bool:
+        """Queue a row (or an episode end) without blocking; False (counted) when the queue is
+        full: the assembler then sees the gap and discards that episode."""
         try:
-            self._inbox.put_nowait(transition)
+            self._inbox.put_nowait(item)
         except queue.Full:
             with self._mu:
                 self.counts["queue_dropped"] += 1
-                self._lost_in.add(transition.get(EPISODE_INDEX_KEY))
             return False
         return True
-
-    def end_episode(self, success: bool | None = None) -> None:
-        """The episode ended on a row the actor could not record (e.g. no reward for it)."""
-        self.submit({END_EPISODE_KEY: True, "episode_success": success})
 
     def poll_policy(self) -> None:
         """Collect mode runs no policy."""
@@ -99,7 +95,8 @@ class DemoRecorder:
     def stats(self) -> dict:
         with self._mu:
             return {"state": self.state, "store": self.path, **self.counts,
-                    "open_episode_rows": len(self._rows), "last_problem": self.last_problem,
+                    "open_episode_rows": self._episodes.open_rows,
+                    "last_problem": self.last_problem,
                     **({"error": self.error} if self.error else {})}
 
     def close(self, timeout_s: float = 60.0) -> dict:
@@ -113,13 +110,13 @@ class DemoRecorder:
         try:
             while not (self._stop.is_set() and self._inbox.empty()):
                 try:
-                    row = self._inbox.get(timeout=0.05)
+                    item = self._inbox.get(timeout=0.05)
                 except queue.Empty:
                     continue
-                self._take(row)
+                self._take(item)
             with self._mu:
-                self.counts["discarded_partial"] += bool(self._rows)
-                self._rows = []
+                self.counts["discarded_partial"] += bool(self._episodes.open_rows)
+                self._episodes = EpisodeAssembler(on_gap="discard", whole=True)
                 self.state = "stopped"
         except Exception:   # reported through stats(); the actor keeps running meanwhile
             with self._mu:
@@ -128,35 +125,23 @@ class DemoRecorder:
         finally:
             self.store.close()   # commits what was written (a no-op after abort)
 
-    def _take(self, row: dict) -> None:
-        if row.get(END_EPISODE_KEY):
-            if self._rows:
-                self._finish(row.get("episode_success"), terminated=False)
-            return
-        success = row.pop("episode_success", None)
-        episode = row.pop(EPISODE_INDEX_KEY, None)
-        if self._rows and episode != self._open_episode:   # the open episode's last row was lost
-            with self._mu:
-                self.counts["torn_discarded"] += 1
-                self._rows = []
-        self._open_episode = episode
+    def _take(self, item: Transition | EpisodeEnd) -> None:
         with self._mu:
-            self._rows.append(row)
-            self.counts["rows"] += 1
-        if row.get("terminated") or row.get("truncated"):
-            self._finish(success, terminated=bool(row.get("terminated")))
+            segments = self._episodes.push(item)
+            self.counts["rows"] += isinstance(item, Transition)
+            torn, self._episodes.discarded = self._episodes.discarded, []
+        for episode, steps in torn:
+            self._report(episode, steps, 0.0, False, False, False, "a row was lost on the way "
+                         "(full queue)", "torn_discarded")
+        for segment in segments:
+            last = segment.rows[-1]
+            self._finish(list(segment.rows), segment.success, last.episode, bool(last.terminated))
 
-    def _finish(self, success: bool | None, terminated: bool) -> None:
-        with self._mu:
-            rows, self._rows = self._rows, []
-            self.counts["episodes"] += 1
-            index = self.counts["episodes"] - 1
-            torn = self._open_episode is not None and self._open_episode in self._lost_in
-        ret = float(sum(float(r.get("reward", 0.0)) for r in rows))
+    def _finish(self, rows: list[Transition], success: bool | None, index: int,
+                terminated: bool) -> None:
+        ret = float(sum(float(r.reward) for r in rows))
         stored, why = False, ""
-        if torn:
-            why, key = "a row was lost on the way (full queue)", "torn_discarded"
-        elif not success and not self.keep_failures:
+        if not success and not self.keep_failures:
             why, key = "no success (teleop.record_failures is false)", "dropped_failures"
         elif self.max_episodes is not None and self.counts["stored_episodes"] >= self.max_episodes:
             why, key = f"{self.max_episodes} episodes already recorded", "dropped_over_limit"
@@ -168,20 +153,26 @@ class DemoRecorder:
                 self.counts["stored_episodes"] += 1
                 self.counts["stored_rows"] += len(rows)
                 self.counts["successes"] += bool(success)
-            else:
-                self.counts[key] += 1
+        self._report(index, len(rows), ret, bool(success), terminated, stored, why,
+                     None if stored else key)
+
+    def _report(self, index: int, steps: int, ret: float, success: bool, terminated: bool,
+                stored: bool, why: str, count_as: str | None) -> None:
+        with self._mu:
+            self.counts["episodes"] += 1
+            if count_as is not None:
+                self.counts[count_as] += 1
         if self.on_episode is not None:
-            self.on_episode({"episode": index, "steps": len(rows), "return": ret,
-                             "success": bool(success), "terminated": terminated,
-                             "stored": stored, "why": why,
+            self.on_episode({"episode": index, "steps": steps, "return": ret, "success": success,
+                             "terminated": terminated, "stored": stored, "why": why,
                              "stored_episodes": self.counts["stored_episodes"]})
 
-    def _write(self, rows: list[dict], success: bool | None) -> str:
+    def _write(self, rows: list[Transition], success: bool | None) -> str:
         """Append one episode as demo rows and commit it; '' on success, else why not."""
         from o2o_robot.data.store import StoreValueError
 
         try:
-            block = {f: np.stack([np.asarray(r[f]) for r in rows]) for f in FIELDS}
+            block = {f: np.stack([np.asarray(getattr(r, f)) for r in rows]) for f in FIELDS}
         except (KeyError, ValueError) as exc:
             problem = f"malformed row ({type(exc).__name__}: {exc})"
         else:
