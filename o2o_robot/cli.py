@@ -13,6 +13,8 @@ from pathlib import Path
 from o2o_robot.config import ConfigError, load_config, resolve_config_path
 
 DEFAULT_CONFIG = "sim_reach.yaml"
+RUN_DIR_HELP = ("override train.run_dir; a store configured inside the run dir moves with it "
+                "(O2OConfig.with_run_dir)")
 
 
 class CliError(Exception):
@@ -141,9 +143,7 @@ def cmd_demos_collect(args) -> int:
 def cmd_train(args) -> int:
     from o2o_robot.learning.harness import train
 
-    cfg = _config(args.config)
-    if args.run_dir:
-        cfg.train.run_dir = args.run_dir
+    cfg = _config(args.config).with_run_dir(args.run_dir)
     if args.steps:
         cfg.train.total_env_steps = args.steps
     result = train(cfg, resume=args.resume)
@@ -152,9 +152,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from o2o_robot.learning.pretrain import PretrainError, apply_overrides, run_pretrain
+    from o2o_robot.learning.pretrain import PretrainError, run_pretrain
 
-    cfg = apply_overrides(_config(args.config), args.run_dir)
+    cfg = _config(args.config).with_run_dir(args.run_dir)
     try:
         summary = run_pretrain(cfg, steps=args.steps)
     except PretrainError as exc:
@@ -257,8 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("finetune", help="sim bridge + actor + learner: fine-tune in simulation")
     q.add_argument("--config", default=None,
                    help=f"config file (default: the packaged {DEFAULT_CONFIG})")
-    q.add_argument("--run-dir", default=None, help="override train.run_dir (the store moves "
-                   "with it when it lies inside the configured run dir)")
+    q.add_argument("--run-dir", default=None, help=RUN_DIR_HELP)
     q.add_argument("--steps", type=int, default=None, help="override train.total_env_steps")
     q.add_argument("--lockstep", action="store_true",
                    help="step the sim once per action, paced by the learner (fast, for tests)")
@@ -266,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("train", help="ROS-free training harness on a sim task")
     q.add_argument("--config", default=None)
-    q.add_argument("--run-dir", default=None)
+    q.add_argument("--run-dir", default=None, help=RUN_DIR_HELP)
     q.add_argument("--steps", type=int, default=None, help="override train.total_env_steps")
     q.add_argument("--resume", action="store_true", help="continue from the run dir's checkpoint")
     q.set_defaults(fn=cmd_train)
@@ -274,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("pretrain", help="offline pre-training on the store's demonstrations "
                        "(OEMA's TD3+BC) -> run_dir/checkpoints/latest.pt")
     q.add_argument("--config", default=None)
-    q.add_argument("--run-dir", default=None)
+    q.add_argument("--run-dir", default=None, help=RUN_DIR_HELP)
     q.add_argument("--steps", type=int, default=None, help="override algorithm.pretrain_steps")
     q.set_defaults(fn=cmd_pretrain)
 

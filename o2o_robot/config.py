@@ -430,6 +430,20 @@ class O2OConfig(Model):
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def with_run_dir(self, run_dir: str | Path | None) -> "O2OConfig":
+        """A copy whose `train.run_dir` is `run_dir` (None: self unchanged): what `--run-dir`
+        means for `train`, `pretrain` and `finetune` alike. A store configured inside the old
+        run dir moves with it, so a run dir holds everything its run wrote; a store outside it
+        (a robot's demonstrations) stays where it is."""
+        if not run_dir:
+            return self
+        cfg = self.model_copy(deep=True)
+        old, store = Path(cfg.train.run_dir), Path(cfg.store.path)
+        if store.is_relative_to(old):
+            cfg.store.path = str(Path(run_dir) / store.relative_to(old))
+        cfg.train.run_dir = str(run_dir)
+        return cfg
+
 
 # -------------------------------------------------------------------------------------- loading
 class ConfigError(ValueError):

@@ -153,3 +153,16 @@ def test_warmup_actions_default_and_choices(tmp_path):
     assert O2OConfig().learner.warmup_actions == "uniform"
     assert "learner.warmup_actions: must be one of 'uniform' or 'policy', got 'random'" in \
         error_of(write(tmp_path, {"learner": {"warmup_actions": "random"}}))
+
+
+def test_run_dir_override_moves_a_store_inside_it_and_keeps_one_outside():
+    inside = O2OConfig.model_validate({"train": {"run_dir": "runs/a"},
+                                       "store": {"path": "runs/a/data/store.zarr"}})
+    moved = inside.with_run_dir("/tmp/b")
+    assert (moved.train.run_dir, moved.store.path) == ("/tmp/b", "/tmp/b/data/store.zarr")
+    assert inside.train.run_dir == "runs/a"                        # a copy, not in place
+    outside = O2OConfig.model_validate({"train": {"run_dir": "runs/a"},
+                                        "store": {"path": "offline_data/robot.zarr"}})
+    kept = outside.with_run_dir("/tmp/b")
+    assert (kept.train.run_dir, kept.store.path) == ("/tmp/b", "offline_data/robot.zarr")
+    assert outside.with_run_dir(None) is outside

@@ -127,12 +127,3 @@ def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = T
             "demo_side_rows": core.mirror.size("offline"), "checkpoint": str(ckpt_path),
             "wall_s": round(wall, 2), "ms_per_step": round(1000 * wall / max(total, 1), 3),
             "final_metrics": metrics}
-
-
-def apply_overrides(cfg: O2OConfig, run_dir: str | None) -> O2OConfig:
-    """`--run-dir` replaces `train.run_dir` (only: the store stays, as for `o2o-robot train`)."""
-    if not run_dir:
-        return cfg
-    cfg = cfg.model_copy(deep=True)
-    cfg.train.run_dir = run_dir
-    return cfg
