@@ -28,6 +28,7 @@ from o2o_robot.policy.runtime import META_SPEC, META_VERSION
 from o2o_robot.ros import qos
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECOND_SIGINT_AFTER_S = 0.3   # inside the actor's shutdown (its learner checkpoints: seconds)
 
 # Cyclone DDS restricted to loopback unicast: matches rclpy started with
 # ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (ROS2_NOTES.md "Discovery on one machine").
@@ -175,12 +176,16 @@ def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str
 def check_main_lifecycle(module: str, ready_text: str, ns: str, domain: int,
                          cwd: str | os.PathLike) -> None:
     """The node's console entry point with the packaged config logs `ready_text`, exits 0 on
-    SIGINT; with a missing config file it exits 1 naming the file."""
+    SIGINT, also when a second SIGINT arrives while it shuts down (`ros2 launch` delivers a
+    terminal Ctrl-C twice, ROS2_NOTES.md); with a missing config file it exits 1 naming the
+    file."""
     proc, lines = start_node_main(module, ["-p", "config:=sim_reach.yaml"], ns, domain, cwd)
     try:
         wait_for(lambda: any(ready_text in line for line in lines), 30.0, f"'{ready_text}'")
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
+        time.sleep(SECOND_SIGINT_AFTER_S)
+        proc.send_signal(signal.SIGINT)       # a no-op when the process has already exited
         assert proc.wait(timeout=30) == 0, "".join(lines)
     finally:
         proc.kill()

@@ -15,7 +15,6 @@ one producer episode, so next_obs of row i == obs of row i+1 inside an episode.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest

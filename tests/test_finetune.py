@@ -24,8 +24,8 @@ from o2o_robot.data.store import TransitionStore
 from o2o_robot.learning.worker import LearnerClient
 from o2o_robot.policy.runtime import META_VERSION
 from o2o_robot.cli import build_parser
-from o2o_robot.ros.finetune import (FinetuneActor, apply_overrides,
-                                    ensure_demos, run_finetune, spin_executor, stop_graph)
+from o2o_robot.ros.finetune import FinetuneActor, apply_overrides, ensure_demos, run_finetune
+from o2o_robot.ros.graph import spin_executor, stop_graph
 from o2o_robot.ros.sim_bridge_node import SimBridgeNode
 from o2o_robot.runlog import read_metrics
 from ros_helpers import domain_id, namespace, wait_for

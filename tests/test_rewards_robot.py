@@ -22,6 +22,7 @@ from std_msgs.msg import Bool, Float64, Float64MultiArray
 from o2o_robot import cli
 from o2o_robot.config import load_config, resolve_config_path
 from o2o_robot.control.example_rewards import ARM_ACTION_COST, arm_reach_distance
+from o2o_robot.data.schema import Transition
 from o2o_robot.ros import qos
 from o2o_robot.ros.actor_node import ActorNode
 from ros_helpers import RosGraph, domain_id, linear_policy, namespace, start_node_main, wait_for
@@ -165,7 +166,7 @@ class Robot:
         self.graph, self.ns = graph, namespace(f"reward_{tag}")
         cfg = load_config(resolve_config_path("sim_reach.yaml"), overrides={
             "control": {"reward": reward, "max_episode_steps": 100000, "obs_timeout_ms": 1000.0}})
-        self.transitions: list[dict] = []
+        self.transitions: list[Transition] = []
         self.actor = graph.add(ActorNode(
             cfg, learner=self, latency_budget_share=None, context=graph.context,
             namespace=self.ns, parameter_overrides=[Parameter("policy_path", value=graph.policy),
@@ -183,8 +184,9 @@ class Robot:
         self.node.create_timer(0.02, feed)
 
     # The learner interface: this robot records what the node hands over.
-    def submit(self, row: dict) -> bool:
-        self.transitions.append(row)
+    def submit(self, item) -> bool:
+        if isinstance(item, Transition):      # an EpisodeEnd carries no row
+            self.transitions.append(item)
         return True
 
     def poll_policy(self) -> None:
@@ -196,7 +198,7 @@ class Robot:
     def pub(self, typ, topic: str):
         return self.node.create_publisher(typ, topic, qos.STREAM)
 
-    def rows_after(self, n: int, count: int) -> list[dict]:
+    def rows_after(self, n: int, count: int) -> list[Transition]:
         wait_for(lambda: len(self.transitions) >= n + count, 20.0, f"{count} more transitions")
         return self.transitions[n:]
 
@@ -224,7 +226,7 @@ def test_topic_reward_from_an_external_node_on_a_remapped_topic(robot):
     assert ignored.get_subscription_count() == 0       # the default name is not listened to
     r.extra += [(good, Float64(data=0.125)), (ignored, Float64(data=9.0))]
     n = len(r.rows_after(0, 1))
-    rewards = [float(row["reward"]) for row in r.rows_after(n + 2, 10)]
+    rewards = [float(row.reward) for row in r.rows_after(n + 2, 10)]
     # A tick with no new value since the last one stores 0.0 (counted as missing), so a
     # stalled publisher may leave a few zeros; the default topic's 9.0 never appears.
     assert set(rewards) <= {0.125, 0.0} and rewards.count(0.125) >= len(rewards) // 2, rewards
@@ -236,12 +238,12 @@ def test_success_button_gives_a_sparse_terminal_reward(robot):
     button = r.pub(Bool, qos.SUCCESS_TOPIC)
     wait_for(button.get_subscription_count, 10.0, "operator/success matched")
     n = len(r.rows_after(0, 5))
-    assert all(float(row["reward"]) == 0.0 and not row["terminated"] for row in r.transitions[:n])
+    assert all(float(row.reward) == 0.0 and not row.terminated for row in r.transitions[:n])
     button.publish(Bool(data=True))
-    wait_for(lambda: any(row["terminated"] for row in r.transitions), 10.0, "the terminal row")
-    last = next(row for row in r.transitions if row["terminated"])
-    assert float(last["reward"]) == 1.0 and not last["truncated"]
-    assert sum(float(row["reward"]) for row in r.transitions) == 1.0    # exactly once
+    wait_for(lambda: any(row.terminated for row in r.transitions), 10.0, "the terminal row")
+    last = next(row for row in r.transitions if row.terminated)
+    assert float(last.reward) == 1.0 and not last.truncated
+    assert sum(float(row.reward) for row in r.transitions) == 1.0    # exactly once
     assert r.actor.status()["core"]["episode"]["successes"] == 1
 
 
@@ -251,7 +253,7 @@ def test_function_reward_is_computed_from_observations_and_a_reward_topic_is_not
     stray = r.pub(Float64, "reward")
     r.extra.append((stray, Float64(data=7.0)))
     rows = r.rows_after(0, 5)
-    np.testing.assert_allclose([float(row["reward"]) for row in rows], -REACH_DISTANCE, rtol=1e-6)
+    np.testing.assert_allclose([float(row.reward) for row in rows], -REACH_DISTANCE, rtol=1e-6)
     assert stray.get_subscription_count() == 0
     st = r.actor.status()["core"]["reward"]
     assert st["kind"] == "function" and st["calls"] >= 5 and st["errors"] == 0

@@ -17,6 +17,7 @@ from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from o2o_robot.config import load_config, resolve_config_path
+from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.ros import qos
 from o2o_robot.ros.actor_node import ActorNode
 from ros_helpers import (Recorder, RosGraph, call_service, check_main_lifecycle, domain_id,
@@ -36,11 +37,12 @@ class StubLearner:
     """The learner interface, recording what the node hands over."""
 
     def __init__(self):
-        self.transitions: list[dict] = []
+        self.transitions: list[Transition] = []
+        self.episode_ends: list[EpisodeEnd] = []
         self.next_policy: bytes | None = None
 
-    def submit(self, transition: dict) -> bool:
-        self.transitions.append(transition)
+    def submit(self, item: Transition | EpisodeEnd) -> bool:
+        (self.transitions if isinstance(item, Transition) else self.episode_ends).append(item)
         return True
 
     def poll_policy(self) -> bytes | None:
@@ -252,11 +254,11 @@ def test_learner_gets_transitions_and_its_policy_is_swapped_in(g):
     rows = list(g.learner.transitions)
     assert len(rows) > 20
     row = rows[-1]
-    assert row["obs"].shape == (12,) and row["obs"].dtype == np.float32
-    assert row["action"].shape == (3,) and row["source"] == 1 and not row["terminated"]
-    np.testing.assert_allclose(row["next_obs"], OBS)
-    assert any(a["next_obs"] is b["obs"] for a, b in zip(rows, rows[1:]))   # rows chain
-    assert abs(row["timestamp"] - time.time()) < 60.0      # seconds since the epoch (the schema)
+    assert row.obs.shape == (12,) and row.obs.dtype == np.float32
+    assert row.action.shape == (3,) and row.source == 1 and not row.terminated
+    np.testing.assert_allclose(row.next_obs, OBS)
+    assert any(a.next_obs is b.obs for a, b in zip(rows, rows[1:]))   # rows chain
+    assert abs(row.timestamp - time.time()) < 60.0      # seconds since the epoch (the schema)
     g.learner.next_policy = g.p3.data
     wait_for(lambda: _acting(g, g.p3.ref), 10.0, "the learner's policy in action")
     st = _status_after(g, time.monotonic())
@@ -281,8 +283,8 @@ def test_engaged_teleop_overrides_the_policy_and_a_silent_device_holds(g):
     n = len(g.learner.transitions)
     wait_for(lambda: len(g.learner.transitions) >= n + 5, 10.0, "rows under teleop")
     rows = list(g.learner.transitions)[-5:]
-    assert all(r["source"] == 2 for r in rows)                        # stored as intervention
-    np.testing.assert_allclose(rows[-1]["action"], g.state.teleop)
+    assert all(r.source == 2 for r in rows)                           # stored as intervention
+    np.testing.assert_allclose(rows[-1].action, g.state.teleop)
     st = _status_after(g, time.monotonic())
     assert st["intervention_rate"] > 0 and st["core"]["teleop_engaged"] is True
     g.state.teleop = None                                             # the device goes quiet
@@ -303,13 +305,15 @@ def test_episode_end_calls_reset_and_starts_the_next_episode(g):
                        "the next episode in ~/status")
     assert st["reset"]["calls"] == 1 and st["reset"]["done"] == 1
     assert st["core"]["episode"]["successes"] == 1 and st["core"]["episode"]["terminated"] == 1
-    assert any(r["terminated"] for r in g.learner.transitions)
+    last = next(r for r in reversed(g.learner.transitions) if r.terminated)
+    assert last.episode == episode and last.success is True             # labelled for the store
     wait_for(lambda: _acting(g, g.p3.ref), 10.0, "acting in the new episode")
 
 
 def test_main_loads_the_config_parameter_and_exits_cleanly_on_sigint(tmp_path):
     """`actor_node` as `ros2 run` starts it: with learning enabled (the default) it runs the
-    configured learner, which checkpoints into the run directory when the node stops."""
+    configured learner, which checkpoints into the run directory when the node stops, even
+    when a second SIGINT arrives meanwhile."""
     check_main_lifecycle("o2o_robot.ros.actor_node", "reach_arm: obs 12, action 3",
                          namespace("main"), domain_id(1), tmp_path)
     assert (tmp_path / "runs" / "sim_reach" / "checkpoints" / "latest.pt").exists()

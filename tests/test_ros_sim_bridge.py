@@ -120,7 +120,7 @@ def test_success_is_signalled_once_then_the_env_waits_for_reset(s):
     episode, obs = _reset(s)
     expert = expert_for(make_env(s.cfg.sim), noise=0.0)
     successes, rewards = len(s.success), len(s.reward)
-    for _ in range(s.cfg.sim.max_episode_steps):
+    for _ in range(s.cfg.control.max_episode_steps):
         obs = _step(s, expert.act(obs))
         if len(s.success) > successes:
             break

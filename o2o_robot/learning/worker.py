@@ -35,7 +35,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 
 from o2o_robot.config import O2OConfig
 from o2o_robot.data.schema import EpisodeEnd, Transition

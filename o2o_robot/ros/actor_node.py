@@ -51,8 +51,10 @@ from std_srvs.srv import Trigger
 
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control import ControlCore
+from o2o_robot.control.reset import FAILED, START_WITHOUT_RESET, ResetSequencer
+from o2o_robot.control.status import actor_status, learner_stats
 from o2o_robot.control.timing import TickTiming
-from o2o_robot.data.schema import EPISODE_INDEX_KEY
+from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.policy.runtime import PolicyRejected
 from o2o_robot.policy.slot import PolicyProposer, PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
@@ -64,20 +66,14 @@ EPISODE_TOPIC = "~/episode"
 DEFAULT_CONFIG = "sim_reach.yaml"
 LATENCY_BUDGET_SHARE = 0.5    # a policy may use at most half a control period (p99)
 POLL_PERIOD_S = 0.25          # learner.poll_policy() cadence
-RESET_DISCOVERY_S = 3.0       # no `reset` service seen by then: continue without resets
-RESET_TIMEOUT_S = 5.0         # a reset call that takes longer is abandoned and retried
-RESET_RETRY_S = 1.0
 WARN_EVERY_S = 5.0            # throttle for per-message warnings
 
 
 class Learner(Protocol):
     """What the node needs from a learner (e.g. the LearnerThread); all calls non-blocking."""
 
-    def submit(self, transition: dict) -> bool: ...        # False = dropped (queue full);
-                                                           # an episode's last row also has
-                                                           # `episode_success` (bool)
+    def submit(self, item: Transition | EpisodeEnd) -> bool: ...  # False = dropped (queue full)
     def poll_policy(self) -> bytes | None: ...             # a new ONNX policy, or None
-    # Optional: end_episode(success) -> bool closes a store episode whose last row was dropped.
     def stats(self) -> dict: ...                           # achieved UTD, store sizes, ...
 
 
@@ -137,10 +133,6 @@ class ActorNode(Node):
         self.malformed: dict[str, int] = {}
         self.malformed_reasons: dict[str, str] = {}
         self._warned: dict[str, float] = {}
-        self.reset_counts = dict.fromkeys(
-            ["calls", "done", "failed", "timeouts", "skipped_no_service"], 0)
-        self._reset: dict | None = None          # bookkeeping of the reset in progress
-        self._reset_seen = False
         self._timing = TickTiming(period)
         self._epoch_offset_s = time.time() - time.monotonic()
         self._proposer: PolicyProposer | None = None
@@ -185,7 +177,12 @@ class ActorNode(Node):
         self._action_pub = self.create_publisher(Float64MultiArray, cfg.robot.action.topic, qos.STREAM)
         self._status_pub = self.create_publisher(String, qos.STATUS_TOPIC, qos.STATUS)
         self._episode_pub = self.create_publisher(String, EPISODE_TOPIC, qos.STREAM)
-        self._reset_client = self.create_client(Trigger, qos.RESET_SERVICE, callback_group=group)
+        reset = self.create_client(Trigger, qos.RESET_SERVICE, callback_group=group)
+        self._resets = ResetSequencer(
+            service_ready=reset.service_is_ready,
+            call=lambda: reset.call_async(Trigger.Request()),
+            cancel=reset.remove_pending_request,
+            oldest_obs_age_ms=lambda now: max(self.core.observations.ages_ms(now).values()))
         self.create_service(Trigger, qos.CLEAR_ESTOP_SERVICE, self._on_clear_estop,
                             callback_group=group)
         self.create_service(Trigger, qos.ROLLBACK_SERVICE, self._on_rollback)
@@ -311,30 +308,37 @@ class ActorNode(Node):
             self.core.policy_act = self._act   # first policy: installed on this thread, between ticks
         result = self.core.tick(now)
         self._action_pub.publish(convert.array_to_msg(result.action, self._action_msg))
-        if result.transition is not None and self._learning and self.learner is not None:
-            # Rows carry wall-clock seconds since the epoch (the store schema); ticks run on
-            # the monotonic clock.
-            episode = self.core.episode
-            row = {**result.transition,
-                   "timestamp": result.transition["timestamp"] + self._epoch_offset_s,
-                   EPISODE_INDEX_KEY: episode.history[-1].index if result.episode_done
-                   else episode.index}
-            if result.episode_done:   # the learner records the episode's outcome in the store
-                row = {**row, "episode_success": episode.history[-1].success}
-            self._submit(row)
-        elif result.episode_done and self._learning and hasattr(self.learner, "end_episode"):
-            self.learner.end_episode(self.core.episode.history[-1].success)  # its last row was dropped
+        if self._learning and self.learner is not None:
+            item = self._learner_item(result)
+            if item is not None:
+                self._submit(item)
         if result.episode_done:
             summary = self.core.episode.history[-1]
             self._publish_episode({"event": "end", "episode": summary.index, **asdict(summary)})
         if result.needs_reset:
             self._advance_reset(now)
         else:
-            self._reset = None
+            self._resets.clear()
 
-    def _submit(self, transition: dict) -> None:
+    def _learner_item(self, result) -> Transition | EpisodeEnd | None:
+        """What this tick hands the learner: the completed row as a `Transition` (episode index,
+        step, and on an episode's last row its outcome), or an `EpisodeEnd` when the episode
+        ended on a row that could not be recorded."""
+        episode = self.core.episode
+        summary = episode.history[-1] if result.episode_done else None
+        if result.transition is None:
+            return EpisodeEnd(summary.index, summary.success) if summary is not None else None
+        row = result.transition
+        # Rows carry wall-clock seconds since the epoch (the store schema); ticks run on the
+        # monotonic clock.
+        return Transition(**{**row, "timestamp": row["timestamp"] + self._epoch_offset_s},
+                          episode=summary.index if summary is not None else episode.index,
+                          step=result.step,
+                          success=summary.success if summary is not None else None)
+
+    def _submit(self, item: Transition | EpisodeEnd) -> None:
         try:
-            accepted = self.learner.submit(transition)
+            accepted = self.learner.submit(item)
         except Exception as exc:  # a learner bug must not stop the robot: counted, reported
             self.learner_counts["errors"] += 1
             self.get_logger().error(f"learner.submit failed: {exc!r}", throttle_duration_sec=WARN_EVERY_S)
@@ -342,54 +346,20 @@ class ActorNode(Node):
         self.learner_counts["submitted" if accepted else "dropped"] += 1
 
     def _advance_reset(self, now: float) -> None:
-        """Drive the `reset` call of an ended episode, one non-blocking step per tick.
-
-        The next episode starts (`episode_reset_done`) once the call succeeded AND every source
-        has delivered an observation received after that: the first row of an episode must
-        not start from the previous episode's state."""
-        st = self._reset = self._reset or {"ended": now, "future": None, "ok": None, "retry": now}
-        if st["ok"] is not None:
-            ages = self.core.observations.ages_ms(now).values()
-            if max(ages) < (now - st["ok"]) * 1e3:
-                self.core.episode_reset_done()
-                self._publish_episode({"event": "start", "episode": self.core.episode.index})
-                self.reset_counts["done"] += 1
-                self._reset = None
-            return
-        future = st["future"]
-        if future is not None:
-            if future.done():
-                st["future"] = None
-                try:
-                    ok, why = future.result().success, future.result().message
-                except Exception as exc:  # noqa: BLE001 - the call itself failed; retried below
-                    ok, why = False, repr(exc)
-                if ok:
-                    st["ok"] = now
-                    return
-                self.reset_counts["failed"] += 1
-                self.get_logger().warning(f"reset failed: {why}; retrying")
-                st["retry"] = now + RESET_RETRY_S
-            elif now - st["sent"] > RESET_TIMEOUT_S:
-                self._reset_client.remove_pending_request(future)
-                st["future"], st["retry"] = None, now + RESET_RETRY_S
-                self.reset_counts["timeouts"] += 1
-            return
-        if now < st["retry"]:
-            return
-        if self._reset_client.service_is_ready():
-            self._reset_seen = True
-            st["future"], st["sent"] = self._reset_client.call_async(Trigger.Request()), now
-            self.reset_counts["calls"] += 1
-        elif not self._reset_seen and now - st["ended"] > RESET_DISCOVERY_S:
+        """One non-blocking step of the `reset` call of an ended episode (`ResetSequencer`:
+        the next episode starts once the call succeeded AND every source has delivered an
+        observation received after that, or without a reset when there is no `reset` service)."""
+        step = self._resets.step(now)
+        if step.event == FAILED:
+            self.get_logger().warning(f"reset failed: {step.reason}; retrying")
+        elif step.event == START_WITHOUT_RESET:
             # Reset-free operation (no reset routine on this robot): the next episode starts
             # from wherever the robot is.
             self.get_logger().warning("no 'reset' service: the next episode starts from the current "
-                                   "state", throttle_duration_sec=60.0)
+                                      "state", throttle_duration_sec=60.0)
+        if step.starts_episode:
             self.core.episode_reset_done()
             self._publish_episode({"event": "start", "episode": self.core.episode.index})
-            self.reset_counts["skipped_no_service"] += 1
-            self._reset = None
 
     # ----------------------------------------------------------------------- learner, status
     def _poll_learner(self) -> None:
@@ -407,31 +377,18 @@ class ActorNode(Node):
             self._proposer.offer(data)
 
     def status(self) -> dict:
-        """Everything `~/status` publishes, as plain values."""
+        """Everything `~/status` publishes, as plain values (`control/status.py`)."""
         now = time.monotonic()
-        core = self.core.stats(now)
         current = self.slot.current
-        learner = None
-        if self.learner is not None:
-            try:
-                learner = self.learner.stats()
-            except Exception as exc:  # noqa: BLE001 - reported in the status itself
-                learner = {"stats_error": repr(exc)}
-        return {
-            **self._timing.summary(now),
-            "policy": {"version": self.slot.version, "deterministic": self._deterministic,
-                       "source": current[0].source if current else None, **self.swaps,
-                       "superseded": self._proposer.superseded if self._proposer else 0},
-            "intervention_rate": core["intervention_rate"],
-            "estop": {"latched": core["safety"]["estop_latched"],
-                      "signal": core["safety"]["estop_signal"]},
-            "malformed": dict(self.malformed), "malformed_reasons": dict(self.malformed_reasons),
-            "safety": core["safety"]["counts"],
-            "learning_enabled": self._learning, "mode": self.mode,
-            "learner": {**self.learner_counts, "stats": learner},
-            "reset": dict(self.reset_counts),
-            "core": core,
-        }
+        return actor_status(
+            timing=self._timing.summary(now), core=self.core.stats(now),
+            policy_version=self.slot.version,
+            policy_source=current[0].source if current else None,
+            deterministic=self._deterministic, swaps=self.swaps,
+            superseded=self._proposer.superseded if self._proposer else 0,
+            malformed=self.malformed, malformed_reasons=self.malformed_reasons,
+            learning_enabled=self._learning, mode=self.mode, learner_counts=self.learner_counts,
+            learner=learner_stats(self.learner), reset_counts=self._resets.counts)
 
     def _publish_status(self) -> None:
         self._status_pub.publish(convert.status_to_msg(self.status()))
@@ -477,12 +434,9 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
             rclpy.try_shutdown()
             return 1
     # The price of the single-threaded executor (see spin_node): validating a `policy_path`
-    # set (tens of ms) delays the ticks while it runs.
-    try:
-        return spin_node(node)
-    finally:
-        if node.learner is not None:  # flush the store, checkpoint, stop the worker
-            node.learner.close()
+    # set (tens of ms) delays the ticks while it runs. Once the node is down, the learner
+    # flushes the store, checkpoints and stops its worker.
+    return spin_node(node, on_shutdown=None if node.learner is None else node.learner.close)
 
 if __name__ == "__main__":
     raise SystemExit(main())

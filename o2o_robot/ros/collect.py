@@ -20,19 +20,17 @@ after `max_wall_s`; an unfinished episode is discarded.
 """
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
 from contextlib import ExitStack
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from o2o_robot.config import ConfigError, O2OConfig
 from o2o_robot.ros.actor_node import ActorNode
-from o2o_robot.ros.finetune import spin_executor, stop_graph
+from o2o_robot.ros.graph import Graph, catch_signals, restore_signals, supervise
 from o2o_robot.teleop.recorder import DemoRecorder, episode_line
 
 TELEOP_SOURCES = ("scripted", "joy", "keyboard")
@@ -98,12 +96,13 @@ def run_collect(cfg: O2OConfig, *, teleop: str = "scripted", episodes: int | Non
     recorder = DemoRecorder.for_config(cfg, spec=spec, max_episodes=episodes,
                                        on_episode=on_episode)
     context = rclpy.Context()
-    spinning, ended, stop, started = [], "error", threading.Event(), time.monotonic()
+    graph, ended, stop = Graph(context, "collect"), "error", threading.Event()
+    started = time.monotonic()
     handlers: dict = {}
     try:
         rclpy.init(context=context, domain_id=domain_id)
         kw = {"context": context, "namespace": namespace}
-        handlers = _catch_signals(stop)
+        handlers = catch_signals(stop.set)
         with ExitStack() as stack:
             try:
                 others = []
@@ -118,26 +117,19 @@ def run_collect(cfg: O2OConfig, *, teleop: str = "scripted", episodes: int | Non
                 raise
             except ValueError as exc:   # a Joy profile, expert or reward that does not fit
                 raise ConfigError(str(exc)) from None
-            for i, nodes in enumerate(([actor], others)):
-                executor = SingleThreadedExecutor(context=context)
-                for node in nodes:
-                    executor.add_node(node)
-                thread = threading.Thread(target=spin_executor, args=(executor,), daemon=True,
-                                          name=f"collect-executor-{i}")
-                thread.start()
-                spinning.append((executor, nodes, thread))
+            graph.add(actor)
+            for node in others:
+                graph.add(node, group=1)
+            graph.start()
             say(f"recording {episodes or 'unlimited'} episode(s) into {cfg.store.path} with "
                 f"teleop {teleop}{f' ({cfg.teleop.device})' if teleop == 'joy' else ''}, "
                 f"{'sim ' + repr(cfg.sim.task) if use_sim else 'the robot'}; Ctrl-C stops")
-            ended = _supervise(recorder, episodes, stop, context, started, max_wall_s)
+            ended = supervise(lambda: _check(recorder, episodes, started, max_wall_s), stop,
+                              context)
     finally:
-        if spinning:
-            stop_graph(spinning, context)
-        else:
-            rclpy.try_shutdown(context=context)
+        graph.stop()
         final = recorder.close()
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        restore_signals(handlers)
     say(f"{final['stored_episodes']} episode(s), {final['stored_rows']} transitions recorded "
         f"({final['successes']} successes) in {cfg.store.path}")
     return {"ended": ended, **final, "episodes": reports,
@@ -157,30 +149,18 @@ def _sim_spec(cfg: O2OConfig) -> dict:
         env.close()
 
 
-def _supervise(recorder: DemoRecorder, episodes: int | None, stop: threading.Event, context,
-               started: float, max_wall_s: float | None) -> str:
-    while True:
-        stats = recorder.stats()
-        if episodes is not None and stats["stored_episodes"] >= episodes:
-            return "episodes"
-        if stats["state"] == "crashed":
-            print(f"[demos] RECORDER CRASHED:\n{stats.get('error', '')}", file=sys.stderr)
-            return "recorder_crashed"
-        if stop.is_set():
-            return "interrupted"
-        if max_wall_s is not None and time.monotonic() - started > max_wall_s:
-            return "wall_time"
-        if not context.ok():
-            return "shutdown"
-        time.sleep(0.05)
-
-
-def _catch_signals(stop: threading.Event) -> dict:
-    """SIGINT/SIGTERM end the run cleanly (what was recorded stays); previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {signum: signal.signal(signum, lambda *_: stop.set())
-            for signum in (signal.SIGINT, signal.SIGTERM)}
+def _check(recorder: DemoRecorder, episodes: int | None, started: float,
+           max_wall_s: float | None) -> str | None:
+    """One supervisor pass (a `graph.supervise` check): why the run ends, or None."""
+    stats = recorder.stats()
+    if episodes is not None and stats["stored_episodes"] >= episodes:
+        return "episodes"
+    if stats["state"] == "crashed":
+        print(f"[demos] RECORDER CRASHED:\n{stats.get('error', '')}", file=sys.stderr)
+        return "recorder_crashed"
+    if max_wall_s is not None and time.monotonic() - started > max_wall_s:
+        return "wall_time"
+    return None
 
 
 def cmd_demos_collect(args) -> int:

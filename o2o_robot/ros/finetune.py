@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import queue
-import signal
 import sys
 import threading
 import time
@@ -63,7 +62,6 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 
 from o2o_robot.config import ConfigError, O2OConfig, load_config, resolve_config_path
@@ -71,6 +69,7 @@ from o2o_robot.control.rewards import TopicReward
 from o2o_robot.learning.worker import LearnerClient
 from o2o_robot.ros import convert
 from o2o_robot.ros.actor_node import LATENCY_BUDGET_SHARE, ActorNode
+from o2o_robot.ros.graph import Graph, catch_signals, ignore_sigint, restore_signals, supervise
 from o2o_robot.ros.sim_bridge_node import SimBridgeNode
 from o2o_robot.runlog import RunLogger, plot_curve
 
@@ -203,17 +202,46 @@ def evaluate_policy(policy_path: str, cfg_json: dict, episodes: int) -> dict:
 class _Session:
     """Episodes, evaluations, logging and the progress line of one run (supervisor thread)."""
 
-    def __init__(self, cfg: O2OConfig, run_dir: Path, logger: RunLogger, progress: bool):
+    def __init__(self, cfg: O2OConfig, run_dir: Path, logger: RunLogger, progress: bool, *,
+                 max_wall_s: float | None = None, stop_when_solved: bool = False):
         self.cfg, self.run_dir, self.logger, self.progress = cfg, run_dir, logger, progress
+        self.max_wall_s, self.stop_when_solved = max_wall_s, stop_when_solved
         self.recent: deque = deque(maxlen=RECENT_EPISODES)
         self.episodes, self.solved_at, self.last_return = 0, None, None
         self.last_eval: dict = {}
         self.started = time.monotonic()
         self.learner_error = ""
         self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
-                                         initializer=_ignore_sigint)
+                                         initializer=ignore_sigint)
         self._eval: tuple[int, int, Future] | None = None      # (env step, version, result)
         self._next_eval = cfg.train.eval_every
+        self._next_report = self.started + PROGRESS_PERIOD_S
+
+    def check(self, actor: FinetuneActor, learner) -> str | None:
+        """One supervisor pass (a `graph.supervise` check): log the finished episodes, start
+        or log evaluations, report about once a second; returns why the run ends, or None."""
+        while True:
+            try:
+                summary, step = actor.finished.get_nowait()
+            except queue.Empty:
+                break
+            self.episode(summary, step, actor.slot.version)
+        self.evaluate(actor.env_steps, actor.slot.version)
+        now = time.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + PROGRESS_PERIOD_S
+            stats = learner.stats()
+            self.status(actor.env_steps, actor.last_status, stats)
+            if stats.get("state") in ("crashed", "died"):
+                actor.pace_learner = False   # nothing more will come; the actor keeps going
+                return "learner_" + stats["state"]
+        if actor.env_steps >= self.cfg.train.total_env_steps:
+            return "steps"
+        if self.stop_when_solved and self.solved_at is not None:
+            return "solved"
+        if self.max_wall_s is not None and now - self.started > self.max_wall_s:
+            return "wall_time"
+        return None
 
     def episode(self, summary, env_step: int, policy_version: int | None) -> None:
         self.episodes += 1
@@ -324,39 +352,30 @@ def run_finetune(cfg: O2OConfig, *, progress: bool = True, max_wall_s: float | N
     demos = ensure_demos(cfg, progress)
     learner = (learner_factory or LearnerClient)(cfg, run_dir)
     logger = RunLogger(run_dir)
-    session = _Session(cfg, run_dir, logger, progress)
+    session = _Session(cfg, run_dir, logger, progress, max_wall_s=max_wall_s,
+                       stop_when_solved=stop_when_solved)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id)
-    spinning, ended, stop = [], "error", threading.Event()
-    handlers = _catch_signals(stop)
+    graph, ended, stop = Graph(context, "finetune"), "error", threading.Event()
+    handlers, actor = catch_signals(stop.set), None
     try:
-        sim = SimBridgeNode(cfg, context=context, namespace=namespace)
-        spinning.append((SingleThreadedExecutor(context=context), [sim], None))
+        graph.add(SimBridgeNode(cfg, context=context, namespace=namespace))
         actor = FinetuneActor(cfg, learner=learner, context=context, namespace=namespace)
         if cfg.teleop.intervene_every:   # the scripted operator steps with the sim
             from o2o_robot.ros.scripted_teleop_node import ScriptedTeleopNode
 
-            spinning[0][1].append(ScriptedTeleopNode(
+            graph.add(ScriptedTeleopNode(
                 cfg, context=context, namespace=namespace,
                 parameter_overrides=[Parameter("mode", value="intervene")]))
-        if cfg.sim.lockstep:
-            spinning[0][1].append(actor)
-        else:
-            spinning.append((SingleThreadedExecutor(context=context), [actor], None))
-        for i, (executor, nodes, _) in enumerate(spinning):
-            for node in nodes:
-                executor.add_node(node)
-            thread = threading.Thread(target=spin_executor, args=(executor,), daemon=True,
-                                      name=f"finetune-executor-{i}")
-            thread.start()
-            spinning[i] = (executor, nodes, thread)
-        ended = _supervise(cfg, actor, learner, session, context, stop, max_wall_s,
-                           stop_when_solved)
+        graph.add(actor, group=0 if cfg.sim.lockstep else 1)   # lock-step: with the sim
+        graph.start()
+        ended = supervise(lambda: session.check(actor, learner), stop, context)
     finally:
-        stop_graph(spinning, context)
+        graph.stop()
         final = learner.close()
-        for signum, handler in handlers.items():   # the store is safe: a 2nd Ctrl-C may stop us
-            signal.signal(signum, handler)
+        restore_signals(handlers)   # the store is safe: a 2nd Ctrl-C may stop us
+        if actor is not None:       # the run's last status record and progress line
+            session.status(actor.env_steps, actor.status(), final)
         done = ended in ("steps", "wall_time", "interrupted")   # solved: ends on its evaluation
         session.close((actor.env_steps, actor.slot.version) if done else None)
         logger.close()
@@ -372,82 +391,6 @@ def run_finetune(cfg: O2OConfig, *, progress: bool = True, max_wall_s: float | N
             "lockstep": cfg.sim.lockstep, "demos": demos, "run_dir": str(run_dir),
             "learning_curve": str(curve) if curve else None,
             "wall_s": round(time.monotonic() - session.started, 1)}
-
-
-def _catch_signals(stop: threading.Event) -> dict:
-    """SIGINT/SIGTERM end the run cleanly (learner checkpoint, store closed) instead of raising
-    wherever the main thread happens to be; returns the previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {signum: signal.signal(signum, lambda *_: stop.set())
-            for signum in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _ignore_sigint() -> None:
-    """In the helper processes: Ctrl-C reaches the whole process group; the session stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def spin_executor(executor) -> None:
-    """`executor.spin()` for a thread: returns quietly when the context shuts down."""
-    try:
-        executor.spin()
-    except ExternalShutdownException:   # SIGINT/SIGTERM: the supervisor sees context.ok()
-        pass
-
-
-def stop_graph(spinning: list, context) -> None:
-    """End a graph given as [(executor, nodes, spinning thread or None)]. Stop ticking first
-    (the nodes leave their executors and in-flight callbacks finish), then shut the executors
-    down: doing that under running callbacks makes rclpy complain."""
-    for executor, nodes, _ in spinning:
-        for node in nodes:
-            executor.remove_node(node)
-    time.sleep(0.2)
-    for executor, nodes, thread in spinning:
-        executor.shutdown(timeout_sec=5.0)
-        if thread is not None:
-            thread.join(timeout=5.0)
-        for node in nodes:
-            node.destroy_node()
-    rclpy.try_shutdown(context=context)
-
-
-def _supervise(cfg, actor: FinetuneActor, learner, session: _Session, context, stop,
-               max_wall_s: float | None, stop_when_solved: bool) -> str:
-    """The supervisor loop; returns why it ended."""
-    total = cfg.train.total_env_steps
-    next_report = time.monotonic() + PROGRESS_PERIOD_S
-    try:
-        while True:
-            while True:
-                try:
-                    summary, step = actor.finished.get_nowait()
-                except queue.Empty:
-                    break
-                session.episode(summary, step, actor.slot.version)
-            session.evaluate(actor.env_steps, actor.slot.version)
-            now = time.monotonic()
-            if now >= next_report:
-                next_report = now + PROGRESS_PERIOD_S
-                stats = learner.stats()
-                session.status(actor.env_steps, actor.last_status, stats)
-                if stats.get("state") in ("crashed", "died"):
-                    actor.pace_learner = False   # nothing more will come; the actor keeps going
-                    return "learner_" + stats["state"]
-            if actor.env_steps >= total:
-                return "steps"
-            if stop_when_solved and session.solved_at is not None:
-                return "solved"
-            if max_wall_s is not None and now - session.started > max_wall_s:
-                return "wall_time"
-            if stop.is_set():
-                return "interrupted"
-            if not context.ok():
-                return "shutdown"
-            time.sleep(0.05)
-    except KeyboardInterrupt:
-        return "interrupted"
 
 
 # ------------------------------------------------------------------------------------ CLI
