@@ -1,27 +1,72 @@
 """Spinning a node as a console entry point does: one executor, clean shutdown on signals."""
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
+from o2o_robot.ros.graph import JOIN_TIMEOUT_S, SIGNALS
 
-def spin_node(node) -> int:
-    """Spin `node` until SIGINT/SIGTERM, then destroy it and shut rclpy down; returns 0.
+SHUTDOWN_LIMIT_S = 60.0   # the node down, rclpy down, the learner's final checkpoint
+
+
+def spin_node(node, on_shutdown: Callable[[], object] | None = None) -> int:
+    """Spin `node` until SIGINT/SIGTERM, then take it down and shut rclpy down; returns 0.
+    For a console entry point: the process is expected to exit right after.
 
     Single-threaded: rclpy's MultiThreadedExecutor busy-waits while a ready callback's group is
     busy (ros2/rclpy#1223); measured here it dropped the actor's 100 Hz tick to 4-18 Hz.
     `rclpy.spin` raises ExternalShutdownException on SIGTERM, not only KeyboardInterrupt.
+    Shutdown order: the node leaves the executor and the executor shuts down before the node
+    is destroyed (destroying a node an executor holds can hang, ROS2_NOTES.md), then rclpy
+    shuts down and `on_shutdown()` runs (e.g. the learner's checkpoint).
+
+    From the first signal on, further SIGINT/SIGTERM are ignored until the process has exited:
+    under `ros2 launch` a Ctrl-C arrives twice, and Python's own finalisation puts back the
+    default action of any handler it installed (a late second Ctrl-C would then kill a process
+    that stopped cleanly), but leaves an ignored signal ignored. A watchdog bounds the whole
+    shutdown: past `SHUTDOWN_LIMIT_S` the process logs why and exits 1.
     """
+    executor = SingleThreadedExecutor()
     try:
-        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        ignore_signals()
+        watchdog = _shutdown_watchdog(node.get_name())
+        executor.remove_node(node)
+        executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)
         node.destroy_node()
         rclpy.try_shutdown()
+        if on_shutdown is not None:
+            on_shutdown()
+        watchdog.cancel()
     return 0
+
+
+def ignore_signals() -> None:
+    """SIGINT and SIGTERM are ignored from now on (a process on its way out)."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _shutdown_watchdog(name: str) -> threading.Timer:
+    def give_up() -> None:
+        print(f"[{name}] shutdown did not finish within {SHUTDOWN_LIMIT_S:.0f} s: exiting 1",
+              file=sys.stderr, flush=True)
+        os._exit(1)
+
+    timer = threading.Timer(SHUTDOWN_LIMIT_S, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def start_node(make_node, name: str, errors: tuple[type[BaseException], ...] = (ValueError,),
