@@ -1,12 +1,14 @@
 """`o2o-robot` command: a table of contents; each subcommand imports what it needs lazily.
 
 Exit codes: 0 success, 1 the checked thing is bad (inconsistent store, unusable policy),
-2 bad input (arguments, config file).
+2 bad input (arguments, config file), 141 stdout closed by its reader (`... | head`; 128 +
+SIGPIPE, what a shell reports for a C tool killed by the signal) without a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,12 +45,48 @@ def _check_reward_function(cfg, label) -> None:
         raise ConfigError(f"{label}: {exc}") from None
 
 
+def _learner_spec(cfg, label) -> dict:
+    """The obs/action spec the learner will use: a gymnasium `sim.task` brings its own, which
+    replaces the robot section in `train` (harness.robot_for_env); with 'reach' it is the
+    robot section's (the sim arm, or a real robot's config), task None."""
+    from o2o_robot.sim.envs import REACH_TASK, env_spec, make_env
+
+    if cfg.sim.task == REACH_TASK:
+        return {"task": None, "obs_dim": cfg.robot.obs_dim, "act_dim": cfg.robot.act_dim}
+    try:
+        env = make_env(cfg.sim)
+    except ValueError as exc:   # unknown task id, unsupported spaces: named in the message
+        raise ConfigError(f"{label}: {exc}") from None
+    try:
+        return env_spec(env)
+    finally:
+        env.close()
+
+
+def _check_store(cfg, label, spec) -> str:
+    """Check an existing `store.path` against `spec` (ConfigError naming both); a summary."""
+    from o2o_robot.data.store import TransitionStore
+    from o2o_robot.sim.demos import check_store_spec
+
+    if not Path(cfg.store.path).exists():
+        return f"store {cfg.store.path} not created yet"
+    with TransitionStore.open(cfg.store.path, "r") as store:
+        try:
+            check_store_spec(store, spec)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: store.path {cfg.store.path}: {exc}") from None
+        return f"store {cfg.store.path} fits, {store.info()['rows']} rows"
+
+
 def cmd_config_validate(args) -> int:
     path = resolve_config_path(args.file)   # a file name also finds the packaged configs
     cfg = load_config(path)
     _check_reward_function(cfg, path)
-    print(f"{path}: ok (obs_dim {cfg.robot.obs_dim}, act_dim {cfg.robot.act_dim}, "
-          f"algorithm {cfg.algorithm.name}, reward {cfg.control.reward.source})")
+    spec = _learner_spec(cfg, path)
+    stored = _check_store(cfg, path, spec)
+    task = f"task {spec['task']}: " if spec["task"] else ""
+    print(f"{path}: ok ({task}obs_dim {spec['obs_dim']}, act_dim {spec['act_dim']}, "
+          f"algorithm {cfg.algorithm.name}, reward {cfg.control.reward.source}; {stored})")
     return 0
 
 
@@ -303,7 +341,14 @@ def _input_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.fn(args) or 0)
+        code = int(args.fn(args) or 0)
+        sys.stdout.flush()   # a reader gone early shows here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush of what is still buffered
+        # cannot raise a second BrokenPipeError at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         if not isinstance(exc, _input_errors()):
             raise
@@ -312,7 +357,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

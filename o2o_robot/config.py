@@ -406,7 +406,17 @@ class TrainConfig(Model):
     eval_every: int = Field(2000, ge=1)
     eval_episodes: int = Field(10, ge=1)
     demo_episodes: int = Field(10, ge=0, description="scripted demos generated when the store has none")
+    eval_seeds: Literal["fresh", "fixed"] = Field("fresh", description=(
+        "fresh: every evaluation draws new episodes (reset seeds derived from train.seed and "
+        "the eval's env step: reproducible, exact on resume), so a score is not tuned to one "
+        "set of 10 episodes and two training seeds are not scored on the same ones; fixed: "
+        "every evaluation of every run replays the same episodes (seeds 1e9 + i), for "
+        "comparing checkpoints or codebases episode by episode"))
     success_threshold: float = Field(0.8, ge=0, le=1, description="eval success rate that counts as solved")
+    success_return: float | None = Field(None, description=(
+        "eval mean return that counts as solved (solved_at), instead of success_threshold: for "
+        "tasks whose env reports no info['is_success'] (most gymnasium MuJoCo tasks), e.g. "
+        "InvertedPendulum-v5: 950. None: solved by success rate"))
     seed: int = 0
     run_dir: str = "runs/latest"
 

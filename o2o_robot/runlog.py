@@ -1,10 +1,68 @@
-"""Run directory logging: metrics.jsonl, TensorBoard scalars, and the final learning-curve PNG."""
+"""Run directory logging: metrics.jsonl, TensorBoard scalars, the final learning-curve PNG, and
+the progress display of long loops."""
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
+
+# Seconds between plain progress lines when the stream is not a terminal (nohup, a pipe, a log
+# file): often enough to see a run is alive, rare enough that a day-long run logs ~1 MB.
+PLAIN_PROGRESS_EVERY_S = 10.0
+
+
+class Progress:
+    """Progress over `total` steps on `stream` (default stderr, tqdm's).
+
+    On a terminal: a tqdm bar. Elsewhere: one plain line every `every_s` seconds and one at
+    `close()`, because a bar redraws itself with carriage returns that a log file keeps (~500
+    KB per run under nohup). `enabled=False` shows nothing.
+    """
+
+    def __init__(self, total: int, start: int = 0, *, desc: str, unit: str = "step",
+                 enabled: bool = True, stream=None, every_s: float = PLAIN_PROGRESS_EVERY_S):
+        self.total, self.n, self.desc, self.unit, self.every_s = total, start, desc, unit, every_s
+        self.stream = sys.stderr if stream is None else stream
+        self.enabled, self.postfix, self.bar = enabled, {}, None
+        self._start_n, self._t0 = start, time.monotonic()
+        self._last = self._t0
+        if enabled and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit=unit, dynamic_ncols=True, desc=desc,
+                            file=self.stream)
+
+    def update(self, postfix: dict | None = None) -> None:
+        """One step done; `postfix` (name -> value) is shown beside the count."""
+        self.n += 1
+        if postfix:
+            self.postfix = postfix
+        if self.bar is not None:
+            self.bar.update(1)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+        elif self.enabled and time.monotonic() - self._last >= self.every_s:
+            self._line()
+
+    def _line(self) -> None:
+        now = time.monotonic()
+        self._last = now
+        rate = (self.n - self._start_n) / max(now - self._t0, 1e-9)
+        extra = "".join(f", {k} {_short(v)}" for k, v in self.postfix.items())
+        print(f"{self.desc} {self.n}/{self.total} {self.unit}s ({rate:.1f}/s{extra})",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            self._line()
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class RunLogger:

@@ -72,3 +72,13 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path):
     assert not (tmp_path / "x.zarr").exists()
     episodes = cli("demos", "generate", "--episodes", 0, "--store", tmp_path / "y.zarr")
     assert episodes.returncode == 2 and "--episodes" in episodes.stderr
+
+
+def test_info_into_a_closed_pipe_exits_without_a_traceback(demo_store):
+    """`o2o-robot data info STORE | head`: the reader is gone before the command writes."""
+    proc = subprocess.Popen([sys.executable, "-m", "o2o_robot.cli", "data", "info", demo_store],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()   # no reader left: the command's first write gets EPIPE
+    stderr = proc.communicate(timeout=300)[1]
+    assert "BrokenPipeError" not in stderr and "Traceback" not in stderr, stderr
+    assert proc.returncode == 141

@@ -166,3 +166,22 @@ def test_run_dir_override_moves_a_store_inside_it_and_keeps_one_outside():
     kept = outside.with_run_dir("/tmp/b")
     assert (kept.train.run_dir, kept.store.path) == ("/tmp/b", "offline_data/robot.zarr")
     assert outside.with_run_dir(None) is outside
+
+
+def test_cli_validate_reports_and_checks_the_gymnasium_tasks_spec(tmp_path):
+    """A gymnasium task brings its own spec (as in `train`), not the default reach arm's, and
+    an existing store is checked against it."""
+    from o2o_robot.data.store import TransitionStore
+
+    store = tmp_path / "reach.zarr"
+    config = write(tmp_path, {"sim": {"task": "InvertedPendulum-v5"},
+                              "store": {"path": str(store)}})
+    fresh = run_cli("config", "validate", str(config))
+    assert fresh.returncode == 0, fresh.stderr
+    assert "task InvertedPendulum-v5: obs_dim 4, act_dim 1" in fresh.stdout
+    assert "not created yet" in fresh.stdout
+    TransitionStore.create(store, 12, 3, spec={"task": "reach"}).close()
+    wrong = run_cli("config", "validate", str(config))
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert f"store.path {store}" in wrong.stderr and "obs_dim is 12" in wrong.stderr
+    assert "'InvertedPendulum-v5' has 4" in wrong.stderr

@@ -12,14 +12,16 @@ from o2o_robot.agents.checkpoint import load_checkpoint
 from o2o_robot.config import load_config
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.runlog import read_metrics
-from o2o_robot.learning.harness import train
+from o2o_robot.learning.harness import eval_seed, evaluate, train
+from o2o_robot.sim.envs import make_env
+from o2o_robot.spaces import ActionScaler
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny_config(run_dir: Path, total: int, seed: int = 0):
+def tiny_sections(run_dir: Path, total: int, seed: int = 0) -> dict:
     """A few seconds of real training: small nets, low UTD, short warm-up."""
-    return load_config(ROOT / "config" / "sim_reach.yaml", overrides={
+    return {
         "store": {"path": str(run_dir / "store.zarr"), "flush_every": 64},
         "algorithm": {"name": "rlpd", "hidden_dims": [32, 32], "critic_ensemble_size": 4},
         "learner": {"utd_ratio": 2, "warmup_steps": 60, "checkpoint_every_steps": 100,
@@ -27,7 +29,12 @@ def tiny_config(run_dir: Path, total: int, seed: int = 0):
         "sampler": {"batch_size": 32},
         "train": {"total_env_steps": total, "eval_every": 100, "eval_episodes": 2,
                   "demo_episodes": 3, "run_dir": str(run_dir), "seed": seed},
-    })
+    }
+
+
+def tiny_config(run_dir: Path, total: int, seed: int = 0):
+    return load_config(ROOT / "config" / "sim_reach.yaml",
+                       overrides=tiny_sections(run_dir, total, seed))
 
 
 def test_run_directory_holds_everything(tmp_path):
@@ -38,6 +45,8 @@ def test_run_directory_holds_everything(tmp_path):
     assert {"train", "eval", "episode"} <= kinds
     evals = read_metrics(run, "eval")
     assert [r["step"] for r in evals] == [100, 200]
+    assert [r["eval_seeds"] for r in evals] == ["fresh", "fresh"]
+    assert evals[0]["eval_seed"] != evals[1]["eval_seed"]   # each evaluation: new episodes
     assert 0.0 <= evals[-1]["success_rate"] <= 1.0
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
     assert (run / "learning_curve.png").stat().st_size > 1000
@@ -109,3 +118,114 @@ def test_export_and_policy_check_of_a_trained_checkpoint(tmp_path):
     broken.write_bytes(onnx.read_bytes()[: len(onnx.read_bytes()) // 2])
     bad = cli("policy", "check", broken)
     assert bad.returncode == 1 and "unusable: cannot load" in bad.stderr
+
+
+def write_config(path: Path, sections: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(sections))
+    return path
+
+
+def test_train_without_demos_or_expert_is_a_one_line_error(tmp_path):
+    """A gymnasium task has no scripted expert: an empty store is bad input (exit 2) with a
+    message saying how to bring demos in, not a traceback from the demo generator."""
+    config = write_config(tmp_path / "pendulum.yaml", {
+        "sim": {"task": "InvertedPendulum-v5"}, "sampler": {"offline_ratio": 0.5},
+        "store": {"path": str(tmp_path / "run" / "store.zarr")},
+        "train": {"run_dir": str(tmp_path / "run"), "total_env_steps": 50}})
+    out = cli("train", "--config", config)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "InvertedPendulum-v5" in out.stderr and "no scripted expert" in out.stderr
+    assert "o2o-robot data import" in out.stderr and "sampler.offline_ratio: 0" in out.stderr
+
+
+class _Still:
+    """A fixed policy (zero action) that records every observation it is shown."""
+
+    def __init__(self):
+        self.seen: list[np.ndarray] = []
+
+    def act(self, obs, deterministic=False):
+        self.seen.append(np.array(obs))
+        return np.zeros(3, np.float32)
+
+
+def _episodes_seen(cfg, step: int) -> np.ndarray:
+    """First observations of the eval episodes at `step`, evaluating the same fixed policy."""
+    env = make_env(cfg.sim, max_episode_steps=5)
+    agent = _Still()
+    evaluate(agent, env, ActionScaler(cfg.robot.action.low, cfg.robot.action.high), 3,
+             eval_seed(cfg.train, step))
+    return np.stack(agent.seen[::5])
+
+
+def test_each_evaluation_draws_new_episodes_and_a_seed_repeats_them(tmp_path):
+    cfg = tiny_config(tmp_path, 100)
+    first, second = _episodes_seen(cfg, 100), _episodes_seen(cfg, 200)
+    assert not np.allclose(first, second)                       # new episodes per evaluation
+    np.testing.assert_array_equal(first, _episodes_seen(cfg, 100))   # same seed: same episodes
+    other = tiny_config(tmp_path, 100, seed=1)
+    assert not np.allclose(first, _episodes_seen(other, 100))   # another training seed: others
+    fixed = cfg.model_copy(deep=True)
+    fixed.train.eval_seeds = "fixed"
+    np.testing.assert_array_equal(_episodes_seen(fixed, 100), _episodes_seen(fixed, 200))
+
+
+def test_train_on_a_task_without_success_signal_is_solved_on_return(tmp_path):
+    """InvertedPendulum-v5 reports no is_success: the eval records leave success_rate out,
+    train.success_return sets solved_at, and the progress (not a terminal here) is plain lines
+    that show the eval return, without a bar's carriage returns."""
+    run = tmp_path / "run"
+    sections = tiny_sections(run, 220)
+    sections["sim"] = {"task": "InvertedPendulum-v5"}
+    sections["sampler"]["offline_ratio"] = 0.0
+    sections["train"]["success_return"] = 1.0   # every episode lasts at least a step: met at once
+    out = cli("train", "--config", write_config(tmp_path / "pendulum.yaml", sections))
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout[out.stdout.index("{"):])   # after the robot-spec line
+    assert summary["solved_at"] == 100
+    evals = read_metrics(run, "eval")
+    assert evals and all("success_rate" not in r and r["return_mean"] >= 1.0 for r in evals)
+    assert "\r" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("train ")]
+    assert lines and len(lines) <= 2 + summary["wall_s"] / 10
+    assert "eval_return" in lines[-1] and "eval_success" not in lines[-1]
+    assert lines[-1].startswith(f"train {summary['env_steps']}/220 steps")
+
+
+def test_train_refuses_a_store_imported_for_another_task(tmp_path):
+    """An HDF5 file without env_name gives its file name as the store's task: the import says
+    how its rows were labelled, train refuses the store for another task (exit 2, both named),
+    and `data import --task` records the task to train."""
+    import h5py
+
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "pendulum-medium.hdf5", "w") as f:   # D4RL layout, no env_name
+        f["observations"] = rng.normal(size=(20, 4)).astype(np.float32)
+        f["next_observations"] = rng.normal(size=(20, 4)).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, (20, 1)).astype(np.float32)
+        f["rewards"] = np.ones(20, np.float32)
+        f["terminals"] = np.arange(20) % 10 == 9
+    guessed, named = tmp_path / "guessed.zarr", tmp_path / "named.zarr"
+    out = cli("data", "import", "hdf5", tmp_path / "pendulum-medium.hdf5", "--store", guessed)
+    assert out.returncode == 0, out.stderr
+    assert "rows labelled source=offline, task 'pendulum-medium'" in out.stdout
+    assert "import into a new store with --source demo" in out.stdout
+    sections = tiny_sections(tmp_path / "run", 50)
+    sections["sim"] = {"task": "InvertedPendulum-v5"}
+    sections["store"]["path"] = str(guessed)
+    refused = cli("train", "--config", write_config(tmp_path / "pendulum.yaml", sections))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert "'pendulum-medium'" in refused.stderr and "'InvertedPendulum-v5'" in refused.stderr
+    assert "--task InvertedPendulum-v5" in refused.stderr
+
+    out = cli("data", "import", "hdf5", tmp_path / "pendulum-medium.hdf5", "--store", named,
+              "--source", "demo", "--task", "InvertedPendulum-v5")
+    assert out.returncode == 0, out.stderr
+    assert "rows labelled source=demo, task 'InvertedPendulum-v5'" in out.stdout
+    assert "--source demo" not in out.stdout
+    sections["store"]["path"] = str(named)
+    fits = cli("config", "validate", write_config(tmp_path / "named.yaml", sections))
+    assert fits.returncode == 0 and f"store {named} fits" in fits.stdout, fits.stderr

@@ -27,7 +27,12 @@ def add_data_commands(data) -> None:
         q.add_argument("src", help=helps[fmt][0])
         q.add_argument("--store", required=True, help="target store (created when absent)")
         q.add_argument("--source", choices=("demo", "offline"), default="offline",
-                       help="source recorded on every row (default: offline)")
+                       help="source recorded on every row (default: offline, for data of "
+                       "unknown quality; demo for demonstrations; both are sampled on the demo side)")
+        q.add_argument("--task", default=None,
+                       help="task recorded in a new store's spec, which `train` checks against "
+                       "sim.task (default: the source's: a Minari env id, an HDF5 file's "
+                       "env_name attribute or else its file name)")
         q.add_argument("--force", action="store_true",
                        help="import again a source this store already holds")
         q.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -87,7 +92,10 @@ def cmd_import(args) -> int:
     from o2o_robot.data.store import StoreError
 
     try:
-        summary = run_import(_source(args), args.store, source=args.source, force=args.force,
+        src = _source(args)
+        if args.task:
+            src.spec["task"] = args.task
+        summary = run_import(src, args.store, source=args.source, force=args.force,
                              progress=True)
     except (ImportInputError, SourceFileError, StoreError, ConfigError) as exc:
         return _fail(exc)
@@ -99,6 +107,9 @@ def cmd_import(args) -> int:
            if s["return_mean"] is not None else "")
     print(f"imported {s['episodes']} episodes ({s['transitions']} transitions) from {s['source_path']} "
           f"into {s['store']} as {s['source']}{ret}")
+    print(f"  rows labelled source={s['source']}, task {s['task']!r}"
+          + ("; to label them as demonstrations, import into a new store with --source demo"
+             if s["source"] != "demo" else ""))
     if s.get("resumed_after"):
         print(f"  resumed: the first {s['resumed_after']} of {s['episodes_in_source']} episodes "
               f"were already in the store")

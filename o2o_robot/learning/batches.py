@@ -25,6 +25,7 @@ import numpy as np
 
 from o2o_robot.config import O2OConfig
 from o2o_robot.data.replay import PrioritySampler, ReplayMirror
+from o2o_robot.runlog import Progress
 
 
 class BatchPlan(Protocol):
@@ -131,14 +132,11 @@ def pretrain(agent: Any, cfg: O2OConfig, mirror: ReplayMirror, rng: np.random.Ge
     if mirror.size("offline") == 0:
         raise ValueError(f"algorithm.pretrain_steps: {total} pre-training steps need demo, "
                          f"intervention or offline rows, and the store has none")
-    from tqdm import tqdm
-
     metrics: dict[str, float] = {}
-    bar = tqdm(total=total, initial=agent.pretrain_steps_done, desc="pretrain", unit="step",
-               disable=not progress, dynamic_ncols=True)
+    bar = Progress(total, agent.pretrain_steps_done, desc="pretrain", enabled=progress)
     while agent.pretrain_steps_done < total:
         metrics = agent.pretrain_update(mirror.sample_mixed(cfg.sampler.batch_size, 1.0, rng))
-        bar.update(1)
+        bar.update()
         if log is not None and agent.pretrain_steps_done % 1000 == 0:
             log(agent.pretrain_steps_done, metrics)
     bar.close()

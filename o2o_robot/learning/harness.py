@@ -6,7 +6,8 @@ agent's own stochastic policy; after it, a sample of the behaviour policy), step
 the row to the core as a `Transition` (store + mirror), then run the updates the core owes
 (`learner.utd_ratio` critic steps per env step after warm-up). Agents with an offline phase
 (OEMA's TD3+BC) pre-train first. Every `train.eval_every` steps the deterministic policy is
-evaluated on a separate env. The run directory receives the store rows, checkpoints, exported
+evaluated on a separate env, on new episodes each time unless `train.eval_seeds` is fixed
+(`eval_seed`); the first evaluation that meets the solved threshold (`solved`) is solved_at. The run directory receives the store rows, checkpoints, exported
 policies, `metrics.jsonl`, TensorBoard scalars and `learning_curve.png`.
 
 Exact resume: the run ends at an episode boundary, checkpoints are written at boundaries and hold
@@ -24,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from o2o_robot.config import ActionSpace, O2OConfig, ObservationSource, RobotSpec
+from o2o_robot.config import (ActionSpace, ConfigError, O2OConfig, ObservationSource, RobotSpec,
+                              TrainConfig)
 from o2o_robot.data.schema import SOURCE_CODE, Transition
 from o2o_robot.data.store import TransitionStore
-from o2o_robot.runlog import RunLogger, plot_curve
-from o2o_robot.sim.demos import ensure_demos
+from o2o_robot.runlog import Progress, RunLogger, plot_curve
+from o2o_robot.sim.demos import check_store_spec, ensure_demos
 from o2o_robot.sim.envs import env_spec, make_env
 from o2o_robot.sim.rollout import EVAL_SEED_BASE, run_episodes
 from o2o_robot.spaces import ActionScaler
@@ -40,10 +42,36 @@ def episode_seed(seed: int, episode: int) -> int:
     return seed * 1_000_003 + episode
 
 
-def evaluate(agent, env, scaler: ActionScaler, episodes: int) -> dict:
-    """Deterministic policy (tanh of the mean) on fixed seeds; touches no training RNG."""
-    return run_episodes(env, lambda obs: scaler.to_physical(agent.act(obs, deterministic=True)),
-                        episodes, seed=EVAL_SEED_BASE)
+def eval_seed(tc: TrainConfig, step: int) -> int:
+    """Reset seed of the first episode of the evaluation at env step `step` (episode i: + i).
+
+    `train.eval_seeds` fixed: EVAL_SEED_BASE, the same episodes every time. fresh: drawn from a
+    stream keyed by (train.seed, step), so each evaluation sees new episodes, a run repeats
+    exactly, and a resumed run needs no extra state to continue the stream.
+    """
+    if tc.eval_seeds == "fixed":
+        return EVAL_SEED_BASE
+    draw = int(np.random.SeedSequence([tc.seed, step]).generate_state(1, np.uint64)[0])
+    return EVAL_SEED_BASE + draw   # a 64-bit draw: practically never a training episode's seed
+
+
+def evaluate(agent, env, scaler: ActionScaler, episodes: int, seed: int) -> dict:
+    """Deterministic policy (tanh of the mean) on episodes reset with `seed + i`; touches no
+    training RNG. The record names its seeds (eval_seed) and leaves success_rate out when the
+    env reports no info['is_success'] (a rate of 0 would only say the signal is missing)."""
+    result = run_episodes(env, lambda obs: scaler.to_physical(agent.act(obs, deterministic=True)),
+                          episodes, seed=seed)
+    if not result.pop("success_signal"):
+        del result["success_rate"]
+    return {**result, "eval_seed": seed}
+
+
+def solved(tc: TrainConfig, result: dict) -> bool:
+    """Whether an eval `result` meets the solved threshold: mean return >= train.success_return
+    when that is set, else success rate >= train.success_threshold."""
+    if tc.success_return is not None:
+        return result["return_mean"] >= tc.success_return
+    return result.get("success_rate", 0.0) >= tc.success_threshold
 
 
 def robot_for_env(cfg: O2OConfig, spec: dict) -> O2OConfig:
@@ -66,26 +94,17 @@ def robot_for_env(cfg: O2OConfig, spec: dict) -> O2OConfig:
     return cfg.model_copy(update={"robot": robot})
 
 
-class _Progress:
-    """tqdm bar over env steps when available and wanted, else periodic lines."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                            desc="train")
-
-    def update(self, postfix: dict | None = None) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _check_store_task(store: TransitionStore, spec: dict, path: str) -> None:
+    """Refuse (ConfigError) a store recorded for another task than the one trained: its rows
+    would be learned from as if they came from this env. An imported store's task is the
+    source's (an HDF5 file's env_name attribute, else its file name; a Minari env id), or
+    `data import ... --task`."""
+    try:
+        check_store_spec(store, spec)
+    except ValueError as exc:
+        raise ConfigError(f"store.path {path}: {exc}, or, when its rows are this task's, "
+                          f"import them into a new store with `o2o-robot data import ... "
+                          f"--task {spec['task']}`") from None
 
 
 HARNESS_STATE = {"episode": 0, "solved_at": None, "act_rng": None}   # beside the core's
@@ -109,6 +128,7 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
                                            flush_every=cfg.store.flush_every, spec=spec)
     logger = RunLogger(run_dir)
     try:
+        _check_store_task(store, spec, cfg.store.path)
         ensure_demos(store, cfg, label="train")
         core = LearnerCore.open(cfg, store, run_dir, resume=resume)
         state = {**HARNESS_STATE, **{k: core.resumed.get(k) for k in HARNESS_STATE
@@ -130,7 +150,7 @@ def _loop(cfg, core, env, eval_env, state, logger, progress) -> dict:
     act_rng = np.random.default_rng(tc.seed + 1)
     if state["act_rng"] is not None:
         act_rng.bit_generator.state = state["act_rng"]
-    bar = _Progress(tc.total_env_steps, s.env_steps, progress)
+    bar = Progress(tc.total_env_steps, s.env_steps, desc="train", enabled=progress)
     obs, _ = env.reset(seed=episode_seed(tc.seed, state["episode"]))
     ep_return, ep_len, last_eval, started = 0.0, 0, {}, time.perf_counter()
     last_ckpt, timed = s.env_steps, (core.update_time, s.updates)
@@ -165,9 +185,9 @@ def _loop(cfg, core, env, eval_env, state, logger, progress) -> dict:
         obs = next_obs
         t = s.env_steps
         if t % tc.eval_every == 0:
-            last_eval = evaluate(agent, eval_env, scaler, tc.eval_episodes)
-            logger.log("eval", t, last_eval)
-            if state["solved_at"] is None and last_eval["success_rate"] >= tc.success_threshold:
+            last_eval = evaluate(agent, eval_env, scaler, tc.eval_episodes, eval_seed(tc, t))
+            logger.log("eval", t, {**last_eval, "eval_seeds": tc.eval_seeds})
+            if state["solved_at"] is None and solved(tc, last_eval):
                 state["solved_at"] = t
         if ended:
             logger.log("episode", t, {"return": ep_return, "length": ep_len,
@@ -178,7 +198,9 @@ def _loop(cfg, core, env, eval_env, state, logger, progress) -> dict:
             if t - last_ckpt >= lc.checkpoint_every_steps or t >= tc.total_env_steps:
                 checkpoint()
                 last_ckpt = t
-        bar.update({"ep": state["episode"], "eval_success": last_eval.get("success_rate"),
+        bar.update({"ep": state["episode"], "eval_return": last_eval.get("return_mean"),
+                    **({"eval_success": last_eval["success_rate"]}
+                       if "success_rate" in last_eval else {}),
                     "alpha": round(core.metrics.get("temperature", float("nan")), 4)})
     bar.close()
     if s.env_steps != last_ckpt:

@@ -14,7 +14,7 @@ import numpy as np
 from o2o_robot.config import ConfigError, O2OConfig, SimConfig
 from o2o_robot.data.schema import OFFLINE_SIDE
 from o2o_robot.sim.envs import env_spec, make_env
-from o2o_robot.sim.experts import expert_for
+from o2o_robot.sim.experts import expert_for, has_expert
 
 
 def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: float, seed: int,
@@ -35,7 +35,7 @@ def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: floa
     env = make_env(sim_cfg, seed=seed, max_episode_steps=max_episode_steps)
     try:
         spec = env_spec(env)
-        _check_store_dims(store, spec)
+        check_store_spec(store, spec)
         expert_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
         expert = expert_for(env, noise, expert_seed)
         transitions, successes, returns = 0, 0, []
@@ -70,13 +70,26 @@ def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
                  progress: bool = True) -> dict[str, Any] | None:
     """Scripted demos (`train.demo_episodes`, noise `teleop.expert_noise`) into an open `store`
     when the sampler draws demo-side rows (`sampler.offline_ratio > 0`) and the store has none;
-    None when nothing was needed. ConfigError when rows are needed but `train.demo_episodes` is
-    0: the learner could never draw a batch."""
+    None when nothing was needed. ConfigError when rows are needed but cannot be generated
+    (`train.demo_episodes` is 0, or the task has no scripted expert): the learner could never
+    draw a batch, and the message says how to bring demonstrations in instead."""
     if cfg.sampler.offline_ratio == 0:
         return None
     counts = store.counts()
     if sum(counts[s]["transitions"] for s in OFFLINE_SIDE):
         return None
+    env = make_env(cfg.sim)
+    try:
+        scripted = has_expert(env)
+    finally:
+        env.close()
+    if not scripted:
+        raise ConfigError(
+            f"{cfg.store.path}: no demo, intervention or offline rows, sampler.offline_ratio is "
+            f"{cfg.sampler.offline_ratio}, and task {cfg.sim.task!r} has no scripted expert to "
+            f"generate demos (only 'reach' has one): import demonstrations first (o2o-robot data "
+            f"import hdf5|minari SRC --store {cfg.store.path} --source demo) or set "
+            f"sampler.offline_ratio: 0 (learn from online rows only)")
     if cfg.train.demo_episodes == 0:
         raise ConfigError(f"{cfg.store.path}: no demo, intervention or offline rows, but "
                           f"sampler.offline_ratio is {cfg.sampler.offline_ratio}: set "
@@ -90,14 +103,16 @@ def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
                           max_episode_steps=cfg.control.max_episode_steps, progress=False)
 
 
-def _check_store_dims(store: Any, spec: dict[str, Any]) -> None:
+def check_store_spec(store: Any, spec: dict[str, Any]) -> None:
+    """ValueError naming both sides when `store` (a TransitionStore, or anything with obs_dim,
+    act_dim and spec) does not fit `spec` (env_spec's keys; a task of None is not compared)."""
     for key in ("obs_dim", "act_dim"):
         have = getattr(store, key, None)
         if have is not None and int(have) != spec[key]:
             raise ValueError(f"store {key} is {have} but task {spec['task']!r} has {spec[key]}; "
                              f"use a store created for this task")
     task = (getattr(store, "spec", None) or {}).get("task")
-    if task is not None and task != spec["task"]:
+    if task is not None and spec["task"] is not None and task != spec["task"]:
         raise ValueError(f"store was created for task {task!r}, not {spec['task']!r}; "
                          f"use a store created for this task")
 

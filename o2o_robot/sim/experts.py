@@ -78,10 +78,15 @@ class ScriptedReachExpert:
         return np.clip(qdot, self._low, self._high).astype(np.float32)
 
 
+def has_expert(env: gymnasium.Env) -> bool:
+    """Whether `expert_for(env, ...)` has a scripted expert to return (reach only)."""
+    return isinstance(env.unwrapped, ReachEnv)
+
+
 def expert_for(env: gymnasium.Env, noise: float, seed: int | None = None) -> Expert:
     """The scripted expert of `env`'s task; ValueError for tasks that have none."""
     base = env.unwrapped
-    if isinstance(base, ReachEnv):
+    if has_expert(env):
         return ScriptedReachExpert(env, noise, seed)
     task = base.spec.id if base.spec is not None else type(base).__name__
     raise ValueError(f"no scripted expert for task {task!r}; scripted experts exist for: reach. "

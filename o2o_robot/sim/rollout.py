@@ -14,9 +14,10 @@ def run_episodes(env: gymnasium.Env, act: Callable[[np.ndarray], np.ndarray], ep
                  seed: int, on_reset: Callable[[], None] | None = None,
                  max_steps: int | None = None) -> dict:
     """Episode i resets with `seed + i` (then `on_reset()`), steps `act(obs)` until terminated,
-    truncated or `max_steps`; returns success_rate (info['is_success'] at the end), return_mean
-    and return_std."""
-    returns, successes = [], []
+    truncated or `max_steps`; returns success_rate (info['is_success'] at the end), return_mean,
+    return_std, and success_signal: whether every episode's final info had 'is_success' (when
+    it is False, success_rate counts a missing signal as failure and measures nothing)."""
+    returns, successes, signal = [], [], True
     for i in range(episodes):
         obs, info = env.reset(seed=seed + i)
         if on_reset is not None:
@@ -27,5 +28,6 @@ def run_episodes(env: gymnasium.Env, act: Callable[[np.ndarray], np.ndarray], ep
             total, steps, done = total + float(reward), steps + 1, terminated or truncated
         returns.append(total)
         successes.append(bool(info.get("is_success", False)))
+        signal = signal and "is_success" in info
     return {"success_rate": float(np.mean(successes)), "return_mean": float(np.mean(returns)),
-            "return_std": float(np.std(returns))}
+            "return_std": float(np.std(returns)), "success_signal": signal}

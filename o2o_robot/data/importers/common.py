@@ -178,7 +178,8 @@ def run_import(src: Source, store_path, *, source: str = "offline", force: bool 
     store = TransitionStore.open_or_create(store_path, *dims, flush_every=flush_every,
                                            spec=src.spec, durable=durable)
     summary = {"source_path": label, "format": src.format, "store": str(store_path),
-               "source": source, "sha256": digest, "episodes_in_source": len(lengths)}
+               "source": source, "task": store.spec.get("task"), "sha256": digest,
+               "episodes_in_source": len(lengths)}
     returns: list[float] = []
     finished = False
     try:
