@@ -266,6 +266,10 @@ class SafetyConfig(Model):
         None, description="rate limit per tick, physical units (scalar or per dimension)")
     hold: Literal["zero", "last"] = Field("zero", description="action while held")
     estop_topic: str = "estop"
+    rollback_after_non_finite: int = Field(10, ge=0, description=(
+        "consecutive ticks on which the serving policy's action is NaN/inf (each one held) "
+        "before the actor rolls back to the previous policy and says so; a policy can pass "
+        "validation and still fail on the robot's real observations. 0: never roll back"))
 
     @model_validator(mode="after")
     def _positive_rate(self) -> "SafetyConfig":

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import rclpy
 from onnx import TensorProto, helper
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -199,25 +200,51 @@ def check_main_lifecycle(module: str, ready_text: str, ns: str, domain: int,
 # ------------------------------------------------------------------------------------ policies
 def linear_policy(obs_dim: int, act_dim: int, low: Sequence[float], high: Sequence[float], *,
                   weight: np.ndarray, bias: np.ndarray, version: int = 1,
-                  noise_scale: float = 0.1, nan: bool = False) -> bytes:
+                  noise_scale: float = 0.1, nan: bool = False, nan_at_obs0: float | None = None,
+                  slow: tuple[int, int] | None = None) -> bytes:
     """ONNX bytes of `action = mid + half * tanh(obs @ weight + bias + noise_scale * noise)`
-    (the policy contract's inputs/output and metadata; `nan=True` adds NaN to every output)."""
+    (the policy contract's inputs/output and metadata). `nan=True` adds NaN to every output;
+    `nan_at_obs0=v` only where obs[0] == v exactly (random probe observations never are);
+    `slow=(width, layers)` adds 0 x a chain of `layers` width x width tanh layers to the output:
+    the same actions, at a higher latency."""
     low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
     consts = {"W": np.asarray(weight, np.float32).reshape(obs_dim, act_dim),
               "b": np.asarray(bias, np.float32).reshape(act_dim),
               "s": np.full(act_dim, noise_scale, np.float32), "half": (high - low) / 2,
-              "mid": (high + low) / 2, "bad": np.full(act_dim, np.nan, np.float32)}
-    inits = [helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.ravel().tolist())
-             for k, v in consts.items()]
+              "mid": (high + low) / 2, "bad": np.full(act_dim, np.nan, np.float32),
+              "zero": np.zeros(1, np.float32), "v": np.full(1, nan_at_obs0 or 0.0, np.float32),
+              "first": np.zeros(1, np.int64), "axis1": np.ones(1, np.int64)}
     nodes = [helper.make_node("MatMul", ["obs", "W"], ["h"]),
              helper.make_node("Add", ["h", "b"], ["z0"]),
              helper.make_node("Mul", ["noise", "s"], ["n"]),
              helper.make_node("Add", ["z0", "n"], ["z"]),
              helper.make_node("Tanh", ["z"], ["t"]),
              helper.make_node("Mul", ["t", "half"], ["th"]),
-             helper.make_node("Add", ["th", "mid"], ["a" if nan else "action"])]
+             helper.make_node("Add", ["th", "mid"], ["a0"])]
+    out = "a0"
+    if slow is not None:
+        width, layers = slow
+        rng = np.random.default_rng(0)
+        consts["Win"] = rng.normal(0, 0.1, (obs_dim, width)).astype(np.float32)
+        consts["Wh"] = rng.normal(0, 1 / np.sqrt(width), (width, width)).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", ["obs", "Win"], ["x0"]))
+        for i in range(layers):
+            nodes += [helper.make_node("MatMul", [f"x{i}", "Wh"], [f"m{i}"]),
+                      helper.make_node("Tanh", [f"m{i}"], [f"x{i + 1}"])]
+        nodes += [helper.make_node("ReduceSum", [f"x{layers}", "axis1"], ["r"], keepdims=1),
+                  helper.make_node("Mul", ["r", "zero"], ["r0"]),
+                  helper.make_node("Add", [out, "r0"], ["a1"])]
+        out = "a1"
+    if nan_at_obs0 is not None:
+        nodes += [helper.make_node("Gather", ["obs", "first"], ["o0"], axis=1),
+                  helper.make_node("Equal", ["o0", "v"], ["hit"]),
+                  helper.make_node("Where", ["hit", "bad", out], ["a2"])]
+        out = "a2"
     if nan:
-        nodes.append(helper.make_node("Add", ["a", "bad"], ["action"]))
+        nodes.append(helper.make_node("Add", [out, "bad"], ["a3"]))
+        out = "a3"
+    nodes.append(helper.make_node("Identity", [out], ["action"]))
+    inits = [onnx.numpy_helper.from_array(v, k) for k, v in consts.items()]
     graph = helper.make_graph(
         nodes, "linear_policy",
         [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", obs_dim]),

@@ -26,10 +26,11 @@ operator acts, rows are demo, handed to a `DemoRecorder` that writes whole episo
 
 Threads: every callback that touches the ControlCore is in one mutually exclusive group, so the
 core sees one caller at a time. `main` spins a single-threaded executor (rclpy's multi-threaded
-one starved the tick, see `ros/spin.py`): a `policy_path` set validates its policy in the
-callback and delays the ticks while it runs (tens of ms); learner policies are validated on a
-worker thread (`PolicyProposer`) and never delay a tick. Times are `time.monotonic()`: message
-ages must not jump with the wall clock.
+one starved the tick, see `ros/spin.py`). Policies are validated off that thread, so no swap
+delays a tick: a `policy_path` set through the parameter services on a worker thread that the
+set request awaits (`ros/params.py`; the request is answered when validation is over), learner
+policies on the `PolicyProposer`'s thread. Times are `time.monotonic()`: message ages must not
+jump with the wall clock.
 """
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ from o2o_robot.control.status import actor_status, learner_stats
 from o2o_robot.control.timing import TickTiming
 from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.policy.runtime import PolicyRejected
-from o2o_robot.policy.slot import PolicyProposer, PolicySlot, SwapResult
+from o2o_robot.policy.slot import Candidate, PolicyProposer, PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
+from o2o_robot.ros.params import OffTickParameterService
 from o2o_robot.ros.spin import spin_node, start_node
 
 NODE_NAME = "o2o_actor"
@@ -86,7 +88,12 @@ class ActorNode(Node):
         `policy_path` parameter is loaded before the first tick (raises PolicyRejected).
         `latency_budget_share`: the p99 single-call latency a policy may have, as a share of
         the control period (None: not checked, e.g. on a loaded test machine)."""
+        # rclpy's own parameter services would validate a `policy_path` set on the executor
+        # thread, the one that ticks: ours validate it on a worker thread (ros/params.py).
+        node_kwargs["start_parameter_services"] = False
         super().__init__(node_kwargs.pop("node_name", NODE_NAME), **node_kwargs)
+        self._checked: tuple[str, Candidate] | None = None   # the policy_path set in progress
+        OffTickParameterService(self, self._prepare_parameters)
         text = lambda d, **kw: ParameterDescriptor(description=d, **kw)  # noqa: E731
         self.declare_parameter("config", DEFAULT_CONFIG, text(
             "config file: a path, or a file name in the package's config/ folder", read_only=True))
@@ -111,7 +118,8 @@ class ActorNode(Node):
         budget = None if latency_budget_share is None else latency_budget_share * period
         self.slot = PolicySlot(robot.obs_dim, robot.act_dim, robot.action.low, robot.action.high,
                                latency_budget_s=budget)
-        self.swaps = {"accepted": 0, "rejected": 0, "last_rejection": ""}
+        self.swaps = {"accepted": 0, "rejected": 0, "last_rejection": "",
+                      "non_finite_rollbacks": 0, "last_non_finite_rollback": ""}
         start_policy = self.get_parameter("policy_path").value
         if start_policy and self.mode == "collect":
             raise ValueError("policy_path: must be empty in mode 'collect' (demonstrations come "
@@ -261,8 +269,18 @@ class ActorNode(Node):
         return response
 
     # -------------------------------------------------------------------- parameters
+    def _prepare_parameters(self, params) -> None:
+        """On a worker thread, before a set request reaches `_on_set_parameters`: load and
+        validate a new `policy_path` (the slow part), so the control tick never waits for it."""
+        for param in params:
+            if param.name == "policy_path" and isinstance(param.value, str) and param.value \
+                    and self.mode != "collect":
+                self._checked = (param.value, self.slot.check(param.value))
+
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Validate a new `policy_path` before the set is accepted (types are checked by rclpy)."""
+        """Accept or refuse a set (types are checked by rclpy); a new `policy_path` is swapped in
+        here, validated beforehand by `_prepare_parameters` when the set came through the
+        parameter services (`ros2 param set`), else validated now on the caller's thread."""
         for param in params:
             if param.name != "policy_path":
                 continue
@@ -272,7 +290,10 @@ class ActorNode(Node):
             if not param.value:
                 return SetParametersResult(successful=False, reason=(
                     "policy_path: empty; call ~/rollback_policy to return to the previous policy"))
-            result = self.slot.propose(param.value)
+            checked, self._checked = self._checked, None
+            candidate = (checked[1] if checked is not None and checked[0] == param.value
+                         else self.slot.check(param.value))
+            result = self.slot.install(candidate)
             self._record_swap(result, "policy_path")
             if not result.accepted:
                 return SetParametersResult(successful=False,
@@ -308,6 +329,9 @@ class ActorNode(Node):
             self.core.policy_act = self._act   # first policy: installed on this thread, between ticks
         result = self.core.tick(now)
         self._action_pub.publish(convert.array_to_msg(result.action, self._action_msg))
+        limit = self.cfg.safety.rollback_after_non_finite
+        if limit and self.core.non_finite_streak >= limit:
+            self._roll_back_non_finite()
         if self._learning and self.learner is not None:
             item = self._learner_item(result)
             if item is not None:
@@ -319,6 +343,22 @@ class ActorNode(Node):
             self._advance_reset(now)
         else:
             self._resets.clear()
+
+    def _roll_back_non_finite(self) -> None:
+        """The serving policy acted with NaN/inf (each tick held) `safety.rollback_after_
+        non_finite` ticks in a row: put the previous policy back, and say so."""
+        bad, ticks = self.slot.version, self.core.non_finite_streak
+        self.core.non_finite_streak = 0
+        result = self.slot.rollback()
+        why = f"policy version {bad} acted with NaN/inf on {ticks} consecutive ticks (held)"
+        if result.accepted:
+            self.swaps["non_finite_rollbacks"] += 1
+            self.swaps["last_non_finite_rollback"] = f"{why}: rolled back to version {result.version}"
+            self.get_logger().error(self.swaps["last_non_finite_rollback"])
+        else:
+            self.swaps["last_non_finite_rollback"] = f"{why}; no previous policy: holding"
+            self.get_logger().error(self.swaps["last_non_finite_rollback"],
+                                    throttle_duration_sec=WARN_EVERY_S)
 
     def _learner_item(self, result) -> Transition | EpisodeEnd | None:
         """What this tick hands the learner: the completed row as a `Transition` (episode index,
@@ -433,9 +473,7 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
             node.destroy_node()
             rclpy.try_shutdown()
             return 1
-    # The price of the single-threaded executor (see spin_node): validating a `policy_path`
-    # set (tens of ms) delays the ticks while it runs. Once the node is down, the learner
-    # flushes the store, checkpoints and stops its worker.
+    # Once the node is down, the learner flushes the store, checkpoints and stops its worker.
     return spin_node(node, on_shutdown=None if node.learner is None else node.learner.close)
 
 if __name__ == "__main__":

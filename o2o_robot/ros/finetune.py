@@ -279,6 +279,7 @@ class _Session:
         values = {"rate_hz": status.get("rate_hz"), "jitter_p50_ms": jitter.get("p50"),
                   "jitter_p99_ms": jitter.get("p99"), "jitter_max_ms": jitter.get("max"),
                   "policy_version": status.get("policy", {}).get("version"),
+                  "non_finite_rollbacks": status.get("policy", {}).get("non_finite_rollbacks"),
                   "intervention_rate": status.get("intervention_rate"),
                   **{k: learner.get(k) for k in ("achieved_utd", "updates", "queue_dropped",
                                                   "pending_updates", "critic_updates_per_s")}}
@@ -311,7 +312,10 @@ class _Session:
               f"policy v{fmt(values['policy_version'], 'd')}  interv "
               f"{fmt(values['intervention_rate'], '.2f')}  utd "
               f"{fmt(learner.get('achieved_utd'), '.1f')}/{self.cfg.learner.utd_ratio}  {timing}  "
-              f"learner {learner.get('state', '?')}  {time.monotonic() - self.started:.0f} s",
+              f"learner {learner.get('state', '?')}"
+              + (f"  rolled back {values['non_finite_rollbacks']}x (NaN actions)"
+                 if values["non_finite_rollbacks"] else "")
+              + f"  {time.monotonic() - self.started:.0f} s",
               flush=True)
 
     def _collect(self, timeout_s: float | None = None) -> None:
