@@ -160,18 +160,51 @@ def set_parameter(node, target: str, name: str, value, timeout: float = 15.0):
     return future.result().results[0]
 
 
-def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str | os.PathLike = ROOT
-                    ) -> tuple[subprocess.Popen, list[str]]:
+def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str | os.PathLike = ROOT,
+                    *, entry: bool = False) -> tuple[subprocess.Popen, list[str]]:
     """`python -m module --ros-args -r __ns:=ns *args` in its own domain; (process, output
-    lines as they arrive). The caller ends it (SIGINT) or waits for it."""
+    lines as they arrive). The caller ends it (SIGINT) or waits for it. `entry`: through
+    `o2o_robot.ros.entry`, as the console scripts (`ros2 run`, the launch files) start it."""
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", "-r", f"__ns:={ns}",
+    # Its own process group, so `kill_group` also ends what it started (a learner worker).
+    command = ["-m", "o2o_robot.ros.entry", module] if entry else ["-m", module]
+    proc = subprocess.Popen([sys.executable, *command, "--ros-args", "-r", f"__ns:={ns}",
                              *args], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     return proc, lines
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc`'s process group (a `start_node_main` process and its children) and reap
+    it; a no-op for a group that is gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def stop_processes(procs: Sequence[subprocess.Popen], timeout: float = 30.0) -> list[int | None]:
+    """SIGINT every process, wait for all within `timeout` seconds in total, then kill (with
+    its group) any still running: nothing is leaked whatever happens. The exit codes, None for
+    a process that had to be killed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline, codes = time.monotonic() + timeout, []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(deadline - time.monotonic(), 0.0)))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+        kill_group(proc)
+    return codes
 
 
 def check_main_lifecycle(module: str, ready_text: str, ns: str, domain: int,
@@ -189,10 +222,13 @@ def check_main_lifecycle(module: str, ready_text: str, ns: str, domain: int,
         proc.send_signal(signal.SIGINT)       # a no-op when the process has already exited
         assert proc.wait(timeout=30) == 0, "".join(lines)
     finally:
-        proc.kill()
+        kill_group(proc)
     bad, lines = start_node_main(module, ["-p", "config:=/nonexistent/robot.yaml"], ns + "_bad",
                                  domain, cwd)
-    assert bad.wait(timeout=30) == 1
+    try:
+        assert bad.wait(timeout=30) == 1
+    finally:
+        kill_group(bad)
     time.sleep(0.1)
     assert any("/nonexistent/robot.yaml" in line for line in lines), "".join(lines)
 
