@@ -60,7 +60,7 @@ from o2o_robot.policy.runtime import PolicyRejected
 from o2o_robot.policy.slot import Candidate, PolicyProposer, PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
 from o2o_robot.ros.params import OffTickParameterService
-from o2o_robot.ros.spin import spin_node, start_node
+from o2o_robot.ros.spin import spin_node, start_failed, start_node, stopped_by_signal
 
 NODE_NAME = "o2o_actor"
 MODES = ("finetune", "collect")
@@ -452,29 +452,46 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
     # ConfigError, RewardFunctionError (ValueErrors), a bad start policy (PolicyRejected)
     node = start_node(ActorNode, NODE_NAME, (ValueError, PolicyRejected), args)
     if node is None:
-        return 1
-    if learner_factory is None and node._learning and node.mode == "collect":
+        return start_failed()
+    from o2o_robot.data.store import StoreError
+
+    learner = None
+    try:
+        learner = (learner_factory or _default_learner(node))(node.cfg)
+        if learner is not None:
+            node.attach_learner(learner)
+    except Exception as exc:
+        # A SIGINT/SIGTERM meanwhile shut rclpy down under us: a stop, not a failure.
+        stopped = stopped_by_signal()
+        if not stopped and not isinstance(exc, (StoreError, OSError)):
+            raise
+        if not stopped:   # the recorder's store: locked, other dims, ...
+            get_logger(NODE_NAME).fatal(f"{node.cfg.store.path}: {exc}")
+        if learner is not None:
+            learner.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return start_failed()
+    # Once the node is down, the learner flushes the store, checkpoints and stops its worker.
+    return spin_node(node, on_shutdown=None if learner is None else learner.close)
+
+
+def _default_learner(node: ActorNode) -> Callable[[O2OConfig], Learner | None]:
+    """What `main` hands rows to without a `learner_factory`: nothing when learning is off; in
+    mode "collect" a `DemoRecorder` on `store.path` that logs a line per episode; else (`ros2
+    run` / launch) a `LearnerClient` writing to `train.run_dir`."""
+    if not node._learning:
+        return lambda cfg: None
+    if node.mode == "collect":
         from o2o_robot.teleop.recorder import DemoRecorder, episode_line
 
         log = node.get_logger()
-        learner_factory = lambda cfg: DemoRecorder.for_config(  # noqa: E731
+        return lambda cfg: DemoRecorder.for_config(
             cfg, on_episode=lambda info: log.info(episode_line(info)))
-    elif learner_factory is None and node._learning:  # `ros2 run` / launch: the configured learner
-        from o2o_robot.learning.worker import LearnerClient
+    from o2o_robot.learning.worker import LearnerClient
 
-        learner_factory = lambda cfg: LearnerClient(cfg, cfg.train.run_dir)  # noqa: E731
-    if learner_factory is not None:
-        from o2o_robot.data.store import StoreError
+    return lambda cfg: LearnerClient(cfg, cfg.train.run_dir)
 
-        try:
-            node.attach_learner(learner_factory(node.cfg))
-        except (StoreError, OSError) as exc:   # the recorder's store: locked, other dims, ...
-            get_logger(NODE_NAME).fatal(f"{node.cfg.store.path}: {exc}")
-            node.destroy_node()
-            rclpy.try_shutdown()
-            return 1
-    # Once the node is down, the learner flushes the store, checkpoints and stops its worker.
-    return spin_node(node, on_shutdown=None if node.learner is None else node.learner.close)
 
 if __name__ == "__main__":
     raise SystemExit(main())
