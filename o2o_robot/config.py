@@ -230,7 +230,15 @@ class LearnerConfig(Model):
     compile: bool = False
     bf16: bool = Field(False, description="opt-in bf16 autocast (not yet shown to learn as fp32)")
     export_every_updates: int = Field(1000, ge=1, description="env-step updates between exports")
-    checkpoint_every_steps: int = Field(5000, ge=1)
+    checkpoint_every_steps: int = Field(1000, ge=1, description=(
+        "env steps between learner checkpoints (and on a clean stop): after a kill -9 a "
+        "resumed learner loses at most this many env steps of updates; the rows stay in the "
+        "store"))
+    max_restarts: int = Field(3, ge=0, description=(
+        "times the learner worker is restarted from its last checkpoint after it crashed or "
+        "died; the actor keeps acting on its last good policy meanwhile"))
+    restart_backoff_s: float = Field(2.0, ge=0, description=(
+        "wait before the first restart; doubled for each further one"))
     queue_size: int = Field(10000, ge=1, description="transition queue; full => dropped, counted")
 
 

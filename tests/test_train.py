@@ -89,6 +89,22 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
             np.testing.assert_array_equal(ra[f], rb[f], err_msg=f)
 
 
+def test_a_resume_record_supersedes_what_was_logged_after_its_step(tmp_path):
+    """A run killed after logging step 30 but checkpointed at 20 logs 30 again on resume: the
+    curve reads each step once, in order."""
+    from o2o_robot.runlog import RunLogger
+
+    log = RunLogger(tmp_path, tensorboard=False)
+    for step, value in ((10, 1.0), (20, 2.0), (30, 3.0)):
+        log.log("eval", step, {"return_mean": value})
+    log.mark_resume(20, lost_steps=10)
+    log.log("eval", 30, {"return_mean": 3.5})
+    log.close()
+    assert [(r["step"], r["return_mean"]) for r in read_metrics(tmp_path, "eval")] == \
+        [(10, 1.0), (20, 2.0), (30, 3.5)]
+    assert [r["lost_steps"] for r in read_metrics(tmp_path, "resume")] == [10]
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         train(tiny_config(tmp_path / "none", 50), resume=True, progress=False)
