@@ -1,8 +1,9 @@
 """`o2o-robot` command: a table of contents; each subcommand imports what it needs lazily.
 
-Exit codes: 0 success, 1 the checked thing is bad (inconsistent store, unusable policy),
-2 bad input (arguments, config file), 141 stdout closed by its reader (`... | head`; 128 +
-SIGPIPE, what a shell reports for a C tool killed by the signal) without a traceback.
+Exit codes: 0 success, 1 the checked thing is bad (inconsistent or damaged store, a disk that
+refuses a write, unusable policy), 2 bad input (arguments, config file), 141 stdout closed by
+its reader (`... | head`; 128 + SIGPIPE, what a shell reports for a C tool killed by the
+signal) without a traceback.
 """
 from __future__ import annotations
 
@@ -142,6 +143,21 @@ def cmd_data_validate(args) -> int:
     return 0
 
 
+def cmd_data_repair(args) -> int:
+    from o2o_robot.data.store import repair
+
+    if not Path(args.store).exists():
+        raise CliError(f"{args.store}: no such store")
+    result = repair(args.store)   # StoreCorruptError (exit 1) when it cannot
+    if not result["repaired"]:
+        print(f"{args.store}: consistent, nothing to repair ({result['rows']} rows, "
+              f"{result['episodes']} episodes)")
+        return 0
+    print(f"{args.store}: rebuilt the commit marker from the arrays: {result['rows']} rows, "
+          f"{result['episodes']} episodes, checksums recorded")
+    return 0
+
+
 # ------------------------------------------------------------------------------------- demos
 def cmd_demos_generate(args) -> int:
     from o2o_robot.data.store import TransitionStore
@@ -261,9 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("store")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_data_info)
-    q = data.add_parser("validate", help="exit 0 when consistent, else 1")
+    q = data.add_parser("validate", help="exit 0 when consistent (every chunk checked against "
+                        "its checksum), else 1 naming each problem")
     q.add_argument("store")
     q.set_defaults(fn=cmd_data_validate)
+    q = data.add_parser("repair", help="rebuild a lost or wrong commit marker from the arrays, "
+                        "keeping every row; exit 1 saying why where they are not consistent")
+    q.add_argument("store")
+    q.set_defaults(fn=cmd_data_repair)
     from o2o_robot.ingest.cli import add_data_commands  # import, export (argparse only)
 
     add_data_commands(data)
@@ -338,6 +359,13 @@ def _input_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
+def _bad_thing_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean the checked thing is bad (one line, exit 1): a damaged store, a
+    write the disk refused."""
+    store = sys.modules.get("o2o_robot.data.store")
+    return (store.StoreCorruptError, store.StoreWriteError) if store else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -350,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
+        if isinstance(exc, _bad_thing_errors()):
+            print(str(exc), file=sys.stderr)
+            return 1
         if not isinstance(exc, _input_errors()):
             raise
         print(str(exc), file=sys.stderr)

@@ -82,3 +82,86 @@ def test_info_into_a_closed_pipe_exits_without_a_traceback(demo_store):
     stderr = proc.communicate(timeout=300)[1]
     assert "BrokenPipeError" not in stderr and "Traceback" not in stderr, stderr
     assert proc.returncode == 141
+
+
+# ------------------------------------------------------------------ damaged stores (issue 13)
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def one_line_naming(out, name: str) -> bool:
+    lines = out.stderr.strip().splitlines()
+    return len(lines) == 1 and str(name) in lines[0] and "Traceback" not in out.stderr
+
+
+def test_a_store_without_its_marker_is_refused_then_repaired(demo_store, tmp_path):
+    """Issue 13 item 1: `demos generate` used to recreate it, keeping 4 of its rows."""
+    import shutil
+
+    store = tmp_path / "S"
+    shutil.copytree(demo_store, store)
+    rows = json.loads(cli("data", "info", store, "--json").stdout)["rows"]
+    (store / "commit.json").unlink()
+    before = snapshot(store)
+    out = cli("demos", "generate", "--task", "reach", "--episodes", 1, "--store", store)
+    assert out.returncode == 1 and one_line_naming(out, store / "commit.json"), out.stderr
+    assert f"o2o-robot data repair {store}" in out.stderr
+    assert snapshot(store) == before
+    out = cli("data", "validate", store)
+    assert out.returncode == 1 and "create it again" not in out.stderr and "data repair" in out.stderr
+    out = cli("data", "repair", store)
+    assert out.returncode == 0 and f"{rows} rows, 4 episodes" in out.stdout, out.stderr
+    assert json.loads(cli("data", "info", store, "--json").stdout)["rows"] == rows
+    assert cli("data", "validate", store).returncode == 0
+
+
+def damage(store: Path, how: str) -> Path:
+    """Damage the store as the issue's reproductions did; the file to be named."""
+    if how == "truncated chunk":
+        target = store / "data" / "action" / "c.0.0"
+        target.write_bytes(target.read_bytes()[:30])
+    elif how == "garbled zarr.json":
+        target = store / "zarr.json"
+        target.write_text("{\"zarr_format\": 3, \"node_")
+    elif how == "no root zarr.json":
+        target = store / "zarr.json"
+        target.unlink()
+    else:   # a marker claiming more rows than the arrays hold
+        target = store / "commit.json"
+        target.write_text(json.dumps({**json.loads(target.read_text()), "rows": 99_999}))
+    return target
+
+
+@pytest.mark.parametrize("how", ["truncated chunk", "garbled zarr.json", "no root zarr.json",
+                                 "marker claims more rows"])
+def test_a_damaged_store_gives_one_line_naming_the_file_and_exit_1(demo_store, tmp_path, how):
+    import shutil
+
+    store = tmp_path / "S"
+    shutil.copytree(demo_store, store)
+    target = damage(store, how)
+    before = snapshot(store)
+    commands = [("data", "validate", store), ("demos", "generate", "--episodes", 1, "--store", store)]
+    if how != "truncated chunk":   # info reads only what it sums up (source, episodes)
+        commands.append(("data", "info", store))
+    for command in commands:
+        out = cli(*command)
+        assert out.returncode == 1 and one_line_naming(out, target), (command, out.stderr)
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_learning_commands_do_not_append_to_a_damaged_store(demo_store, tmp_path, command):
+    """Issue 13 item 2: finetune appended to a store with a deleted chunk (all its obs read 0)."""
+    import shutil
+
+    run = tmp_path / "run"
+    store = run / "store.zarr"      # sim_reach.yaml's store moves into --run-dir
+    shutil.copytree(demo_store, store)
+    chunk = store / "data" / "obs" / "c.0.0"
+    chunk.unlink()
+    before = snapshot(store)
+    out = cli(command, "--run-dir", run, "--steps", 5, *(["--lockstep"] if command == "finetune" else []))
+    assert out.returncode == 1 and one_line_naming(out, chunk), out.stderr
+    assert "missing chunk file" in out.stderr
+    assert snapshot(store) == before

@@ -40,9 +40,11 @@ Modules: `transition_store` (the `TransitionStore` façade that composes the oth
 `counts`, `validate`), `layout` (file and array names), `errors`. Rows are validated by
 `o2o_robot.data.schema`.
 """
-from o2o_robot.data.store.errors import StoreError, StoreLockedError, StoreValueError
+from o2o_robot.data.store.errors import (StoreCorruptError, StoreError, StoreLockedError,
+                                         StoreValueError, StoreWriteError)
 from o2o_robot.data.store.layout import LOCK, MARKER, META
+from o2o_robot.data.store.recovery import repair
 from o2o_robot.data.store.transition_store import TransitionStore
 
-__all__ = ["LOCK", "MARKER", "META", "StoreError", "StoreLockedError", "StoreValueError",
-           "TransitionStore"]
+__all__ = ["LOCK", "MARKER", "META", "StoreCorruptError", "StoreError", "StoreLockedError",
+           "StoreValueError", "StoreWriteError", "TransitionStore", "repair"]
