@@ -26,8 +26,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int = 0o644) -> Path
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)   # a full disk: say which file it refused
         raise
     try:  # not every platform can open a directory
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -1,5 +1,5 @@
 """A store whose commit marker is missing or wrong: never recreated, repaired only where the
-arrays tell the whole truth.
+arrays tell the whole truth (and the laying out of a new store, which must tell the two apart).
 
 `leftovers` tells an interrupted create (layout files, no stored row: creating the store again
 loses nothing) from a store that lost its marker (rows stored: refused, nothing touched).
@@ -17,9 +17,11 @@ import numpy as np
 
 from o2o_robot.data.lock import WriteLock
 from o2o_robot.data.schema import FIELDS
-from o2o_robot.data.store.errors import StoreCorruptError, StoreLockedError
+from o2o_robot.data.store.errors import (StoreCorruptError, StoreError, StoreLockedError,
+                                         StoreWriteError)
 from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
 from o2o_robot.data.store.layout import LOCK, MARKER, META, chunk_sizes
+from o2o_robot.fsutil import os_error_line
 
 
 def leftovers(path: Path) -> str | None:
@@ -50,6 +52,36 @@ def missing_marker_error(path: Path) -> StoreCorruptError:
                              f"`o2o-robot data repair {path}`")
 
 
+def lay_out(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: int,
+            durable: bool) -> None:
+    """Lay out a new store in `path` (the caller holds its lock): an empty directory, or the
+    leftovers of an interrupted create; a directory with rows but no marker is refused."""
+    from o2o_robot.data.store.zarr_io import init_layout
+
+    own = {LOCK, "zarr.json", "data", "meta"}
+    other = [p.name for p in path.iterdir() if p.name not in own and not p.name.endswith(".partial")]
+    if other:
+        raise StoreError(f"{path}: directory is not empty ({', '.join(sorted(other)[:5])})")
+    if leftovers(path) is not None:
+        raise missing_marker_error(path)
+    try:
+        init_layout(path, obs_dim, act_dim, spec, chunk_rows, durable)
+    except OSError as e:
+        raise StoreWriteError(f"store not created: {os_error_line(e)}") from None
+
+
+def check_marker_fits(path: Path, shapes: dict[str, int], rows: int) -> None:
+    """StoreCorruptError when the marker claims more rows than the data arrays hold (the
+    marker is written last, so this is damage, not a crash)."""
+    short = {f: n for f, n in shapes.items() if f in FIELDS and n < rows}
+    if short:
+        held = (f"the data/ arrays hold {min(short.values())}" if len(short) == len(FIELDS)
+                and len(set(short.values())) == 1
+                else ", ".join(f"data/{f} holds {n}" for f, n in short.items()))
+        raise StoreCorruptError(f"{path / MARKER}: claims {rows} rows but {held} "
+                                f"(`o2o-robot data repair {path}` rebuilds it from them)")
+
+
 def repair(path: str | Path) -> dict:
     """Rebuild the commit marker of the store at `path` from its arrays (module docstring).
 
@@ -60,7 +92,7 @@ def repair(path: str | Path) -> dict:
     from o2o_robot.data.store.transition_store import TransitionStore
 
     path = Path(path)
-    lock = WriteLock(path / LOCK, StoreLockedError)
+    lock = WriteLock(path / LOCK, StoreLockedError, StoreWriteError)
     lock.acquire()
     try:
         try:

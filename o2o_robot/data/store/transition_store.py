@@ -23,9 +23,9 @@ from o2o_robot.data.store.errors import (StoreCorruptError, StoreError, StoreLoc
                                          StoreValueError, StoreWriteError)
 from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
 from o2o_robot.data.store.layout import LOCK, MARKER, META, chunk_sizes
-from o2o_robot.data.store.recovery import leftovers, missing_marker_error
+from o2o_robot.data.store.recovery import check_marker_fits, lay_out, missing_marker_error
 from o2o_robot.data.store.staging import Stage
-from o2o_robot.data.store.zarr_io import StoreFiles, init_layout
+from o2o_robot.data.store.zarr_io import StoreFiles
 from o2o_robot.fsutil import os_error_line
 
 
@@ -57,7 +57,7 @@ class TransitionStore:
         self._rows, episodes, self._notes = marker["rows"], marker["episodes"], marker["notes"]
         self._staged_notes = dict(self._notes)
         files.open_arrays()   # after the marker: a writer grows arrays before committing rows
-        self._check_lengths(self._rows)
+        check_marker_fits(path, files.shapes(), self._rows)
         self._reader = CheckedReader(files, chunk_sizes(self.chunk_rows))
         self._reader.sums = ChunkSums.from_marker(self._reader.sizes, marker.get("crc32"),
                                                   path / MARKER)
@@ -65,20 +65,9 @@ class TransitionStore:
         if writable:
             problems = self.validate()   # never append to (nor trust the tail of) a damaged store
             if problems:
-                raise StoreCorruptError(
-                    f"{problems[0]} (store {path} not opened for writing"
-                    + (f"; {len(problems) - 1} more problem(s)" if len(problems) > 1 else "")
-                    + f"; see `o2o-robot data validate {path}`)")
+                raise StoreCorruptError(f"{problems[0]} (store {path} not opened for writing; "
+                                        f"{len(problems)} problem(s): `o2o-robot data validate {path}`)")
             self._recover()
-
-    def _check_lengths(self, rows: int) -> None:
-        short = {f: n for f, n in self._files.shapes().items() if f in FIELDS and n < rows}
-        if short:   # the marker is written last, so this is damage, not a crash
-            held = (f"the data/ arrays hold {min(short.values())}" if len(short) == len(FIELDS)
-                    and len(set(short.values())) == 1
-                    else ", ".join(f"data/{f} holds {n}" for f, n in short.items()))
-            raise StoreCorruptError(f"{self.path / MARKER}: claims {rows} rows but {held} "
-                                    f"(`o2o-robot data repair {self.path}` rebuilds it from them)")
 
     def _read_meta(self, name: str, episodes: int) -> np.ndarray:
         return self._reader.read(name, 0, episodes, episodes)
@@ -112,14 +101,14 @@ class TransitionStore:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreWriteError(f"store not created: {os_error_line(e, path)}") from None
-        lock = WriteLock(path / LOCK, StoreLockedError)
+        lock = WriteLock(path / LOCK, StoreLockedError, StoreWriteError)
         lock.acquire()
         try:
             if (path / MARKER).exists():
                 if not exist_ok:
                     raise StoreError(f"{path}: a store already exists (pass exist_ok=True to append)")
             else:
-                cls._init(path, int(obs_dim), int(act_dim), spec_json, int(chunk_rows), durable)
+                lay_out(path, int(obs_dim), int(act_dim), spec_json, int(chunk_rows), durable)
             store = cls(path, StoreFiles(path, writable=True, durable=durable), writable=True,
                         flush_every=flush_every, lock=lock, checksums=checksums)
         except BaseException:
@@ -131,22 +120,6 @@ class TransitionStore:
             raise StoreError(f"{path}: store has obs_dim={store.obs_dim}, act_dim={store.act_dim}; "
                              f"asked for obs_dim={obs_dim}, act_dim={act_dim}")
         return store
-
-    @staticmethod
-    def _init(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: int,
-              durable: bool) -> None:
-        """Lay out a new store in `path`: empty, or the leftovers of an interrupted create."""
-        own = {LOCK, "zarr.json", "data", "meta"}
-        other = [p.name for p in path.iterdir() if p.name not in own
-                 and not p.name.endswith(".partial")]
-        if other:
-            raise StoreError(f"{path}: directory is not empty ({', '.join(sorted(other)[:5])})")
-        if leftovers(path) is not None:   # rows without a marker: never erased by a create
-            raise missing_marker_error(path)
-        try:
-            init_layout(path, obs_dim, act_dim, spec, chunk_rows, durable)
-        except OSError as e:
-            raise StoreWriteError(f"store not created: {os_error_line(e)}") from None
 
     @classmethod
     def open(cls, path, mode: str = "r", *, flush_every: int = 1000,
@@ -163,7 +136,7 @@ class TransitionStore:
             raise StoreError(f"{path}: no TransitionStore here (no zarr.json)")
         if mode == "r":
             return cls(path, StoreFiles(path, writable=False), writable=False, flush_every=flush_every)
-        lock = WriteLock(path / LOCK, StoreLockedError)
+        lock = WriteLock(path / LOCK, StoreLockedError, StoreWriteError)
         lock.acquire()
         try:
             return cls(path, StoreFiles(path, writable=True, durable=durable), writable=True,
@@ -365,7 +338,7 @@ class TransitionStore:
                 shapes = files.shapes()
                 if any(shapes[f] < rows for f in FIELDS) or any(shapes[m] < episodes for m in META):
                     files.reopen()   # the writer grew them: re-read their shapes
-                self._check_lengths(rows)
+                check_marker_fits(self.path, files.shapes(), rows)
                 self._reader.sums = ChunkSums.from_marker(self._reader.sizes, marker.get("crc32"),
                                                           self.path / MARKER)
                 self._rows = rows

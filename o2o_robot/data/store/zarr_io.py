@@ -41,31 +41,48 @@ def _fsync_dir(path: Path) -> None:
 
 class _DurableStore(LocalStore):
     """LocalStore whose writes are tmp + rename (+ fsync when durable) and which remembers the
-    directories it changed, so a commit can make those renames durable before the marker."""
+    directories it changed, so a commit can make those renames durable before the marker.
+
+    During a commit (`collect`) a write the OS refuses (a full disk) is not raised into zarr but
+    kept in `error`, and the commit's remaining writes are skipped: zarr writes chunks in
+    concurrent tasks and, on the first exception, would leave the others running unobserved,
+    where one could still rename a stale chunk over a later commit's. The commit raises `error`
+    once every task has ended."""
 
     def __init__(self, root, *, read_only: bool = False, durable: bool = True):
         super().__init__(root, read_only=read_only)
         self.durable, self.dirty, self._mu = durable, set(), threading.Lock()
+        self.collect, self.error = False, None
 
     def with_read_only(self, read_only: bool = False):
         return type(self)(self.root, read_only=read_only, durable=self.durable)
 
     def _put(self, key: str, value) -> None:
+        if self.collect and self.error is not None:
+            return   # the commit has failed: write nothing more
         path, dirty = self.root / key, [self.root / key]
-        if not path.parent.is_dir():   # new directories are entries of their parents too
-            dirty += [p for p in path.parents if not p.exists()]
-            path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
         try:
+            if not path.parent.is_dir():   # new directories are entries of their parents too
+                dirty += [p for p in path.parents if not p.exists()]
+                path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(value.as_buffer_like())
                 if self.durable:
                     f.flush()
                     os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as e:
             tmp.unlink(missing_ok=True)   # a full disk must not keep the space it got
-            raise
+            if not isinstance(e, OSError):
+                raise
+            if e.filename is None:
+                e.filename = str(path)    # name the file the error is about
+            if not self.collect:
+                raise
+            with self._mu:
+                self.error = self.error or e
+            return
         with self._mu:
             self.dirty.update(p.parent for p in dirty)
 
@@ -100,11 +117,22 @@ async def _commit(jobs: list[tuple], zstore: _DurableStore, marker: dict) -> Non
     """Chunks (fsynced) and their directories first, then the marker replaces the old one.
 
     One event-loop call for all arrays pays zarr's per-call overhead once; the marker's temp
-    file is written and fsynced meanwhile, as it is invisible until the rename.
+    file is written and fsynced meanwhile, as it is invisible until the rename. A refused write
+    (see _DurableStore) is raised after all of them ended, and the marker is left as it was.
     """
     path, durable = Path(zstore.root) / MARKER, zstore.durable
-    _, tmp = await asyncio.gather(asyncio.gather(*(_write_block(*job) for job in jobs)),
-                                  asyncio.to_thread(_write_tmp, path, marker, durable))
+    zstore.collect, zstore.error = True, None
+    try:
+        chunks, tmp = await asyncio.gather(asyncio.gather(*(_write_block(*job) for job in jobs)),
+                                           asyncio.to_thread(_write_tmp, path, marker, durable),
+                                           return_exceptions=True)
+    finally:
+        zstore.collect = False
+    failed = zstore.error or next((r for r in (chunks, tmp) if isinstance(r, BaseException)), None)
+    if failed is not None:
+        if isinstance(tmp, Path):
+            tmp.unlink(missing_ok=True)
+        raise failed
     await zstore.sync_dirs()
     os.replace(tmp, path)
     if durable:
@@ -118,11 +146,13 @@ def _write_tmp(path: Path, obj: dict, durable: bool) -> Path:
     try:
         data = json.dumps(obj).encode()
         if os.write(fd, data) != len(data):   # a short write: the disk filled up meanwhile
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if durable:
             os.fsync(fd)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)
         raise
     finally:
         os.close(fd)
@@ -261,6 +291,7 @@ class StoreFiles:
             sync(_commit([(self.arrays[name], start, block) for name, start, block in jobs],
                          self._zstore, marker))
         except OSError as e:
+            self.open_arrays()   # zarr may hold a grown shape whose metadata file was refused
             raise StoreWriteError(f"commit not written: {os_error_line(e)}; rows committed "
                                   f"before are intact") from None
 
