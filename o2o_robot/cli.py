@@ -177,13 +177,20 @@ def cmd_demos_generate(args) -> int:
         raise CliError(str(exc)) from None
     store = TransitionStore.open_or_create(args.store, spec["obs_dim"], spec["act_dim"],
                                            flush_every=cfg.store.flush_every, spec=spec)
-    with store:
+    with store:   # Ctrl-C: the whole episodes written so far are committed, and recorded
         summary = generate_demos(store, sim_cfg, episodes=args.episodes, noise=noise,
                                  seed=args.seed, max_episode_steps=cfg.control.max_episode_steps,
                                  progress=True)
+    done = summary["resumed_from"]
+    old = summary["replaced"]
+    if old:
+        print(f"note: an earlier interrupted generation ({old['episodes_done']} of "
+              f"{old['episodes']} episodes, seed {old['seed']}, noise {old['noise']}) is left "
+              f"as it was", file=sys.stderr)
     print(f"wrote {summary['episodes']} demo episodes ({summary['transitions']} transitions, "
           f"success {summary['success_rate']:.0%}, mean return {summary['mean_return']:.3f}) "
-          f"to {args.store}")
+          f"to {args.store}" + (f", completing an interrupted generation ({done} of "
+                                f"{args.episodes} were there)" if done else ""))
     return 0
 
 
@@ -291,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demos = sub.add_parser("demos", help="demonstrations").add_subparsers(dest="action",
                                                                          required=True)
-    q = demos.add_parser("generate", help="scripted-expert demos of a sim task into a store")
+    q = demos.add_parser("generate", help="scripted-expert demos of a sim task into a store; "
+                         "the same command after an interruption completes it")
     q.add_argument("--task", default=None, help="sim task (default: the config's sim.task)")
     q.add_argument("--episodes", type=int, required=True)
     q.add_argument("--store", required=True)
