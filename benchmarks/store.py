@@ -1,12 +1,18 @@
 """Transition store figures (DESIGN.md "Performance budgets": store).
 
-    python benchmarks/store.py [--rows N] [--dir DIR]
+    python benchmarks/store.py [--rows N] [--dir DIR] [--repeats K]
 
 Prints, for obs_dim 17 and act_dim 6 at the default flush_every and chunk_rows:
 durable append rates (the commit fsyncs the chunk files, their directories and the marker)
 with append() per row and with append_rows() blocks, the commit latency, the same without fsync
 for reference, and the time to draw one RLPD UTD batch (20 minibatches of 256 = 5,120 rows) from
 the in-memory ReplayMirror. Use --dir to measure on the disk the stores will live on.
+
+The cost of the chunk checksums (data/store/integrity.py): the durable append rates with and
+without them (`checksums=False`), measured alternately K times in the same run (medians), and
+their ratio; the time to read the whole store the first time (every chunk checked) against
+the same store written without checksums; and the time a writer takes to open the store (it
+validates every row first).
 """
 from __future__ import annotations
 
@@ -32,11 +38,11 @@ def block_of(n: int, start: int, rng: np.random.Generator) -> dict[str, np.ndarr
     return rows
 
 
-def per_row(path: Path, n: int, durable: bool) -> float:
+def per_row(path: Path, n: int, durable: bool, checksums: bool = True) -> float:
     """append() one row at a time; returns rows/s including the last commit."""
     data = block_of(n, 0, np.random.default_rng(0))
     rows = [{f: v[i] for f, v in data.items()} for i in range(n)]
-    store = TransitionStore.create(path, OBS_DIM, ACT_DIM, durable=durable)
+    store = TransitionStore.create(path, OBS_DIM, ACT_DIM, durable=durable, checksums=checksums)
     gc.freeze()   # the 100k prepared rows are the benchmark's, not the store's, GC burden
     t0 = time.perf_counter()
     for i, row in enumerate(rows):
@@ -50,11 +56,12 @@ def per_row(path: Path, n: int, durable: bool) -> float:
     return rate
 
 
-def blocks(path: Path, n: int, block: int, durable: bool) -> tuple[float, np.ndarray]:
+def blocks(path: Path, n: int, block: int, durable: bool,
+           checksums: bool = True) -> tuple[float, np.ndarray]:
     """append_rows() blocks of `block` rows; returns rows/s and the per-call times (s)."""
     rng = np.random.default_rng(1)
     data = [block_of(block, s, rng) for s in range(0, n, block)]
-    store = TransitionStore.create(path, OBS_DIM, ACT_DIM, durable=durable)
+    store = TransitionStore.create(path, OBS_DIM, ACT_DIM, durable=durable, checksums=checksums)
     times = []
     t0 = time.perf_counter()
     for b in data:
@@ -66,6 +73,40 @@ def blocks(path: Path, n: int, block: int, durable: bool) -> tuple[float, np.nda
     rate = len(data) * block / (time.perf_counter() - t0)
     store.close()
     return rate, np.array(times)
+
+
+def checksum_cost(tmp: Path, n: int, repeats: int) -> list[tuple]:
+    """Rows of the table: durable append rates with and without checksums (medians of
+    `repeats` alternating runs, so both see the same machine load), their ratio, and the first
+    full read of a store with and without them."""
+    rates: dict[tuple[str, bool], list[float]] = {}
+    for k in range(repeats):
+        for checksums in (True, False):
+            for mode in ("row", "block"):
+                path = tmp / f"{mode}_{checksums}_{k}"
+                rate = (per_row(path, n, True, checksums) if mode == "row"
+                        else blocks(path, n, 1000, True, checksums)[0])
+                rates.setdefault((mode, checksums), []).append(rate)
+    med = {key: float(np.median(v)) for key, v in rates.items()}
+    reads = {}
+    for checksums in (True, False):
+        path = tmp / f"block_{checksums}_0"
+        t = time.perf_counter()
+        TransitionStore.open(path).read()
+        reads[checksums] = time.perf_counter() - t
+    t = time.perf_counter()
+    TransitionStore.open(tmp / "block_True_0", "a").close()   # validates before it appends
+    opened = time.perf_counter() - t
+    table = []
+    for mode, what in (("row", "append() per row"), ("block", "append_rows(1000 rows)")):
+        on, off = med[(mode, True)], med[(mode, False)]
+        table += [(f"{what}, durable, checksums", f"{on:,.0f} rows/s", f"median of {repeats}", None),
+                  (f"{what}, durable, no checksums", f"{off:,.0f} rows/s", "(reference)", None),
+                  ("  rate with / without checksums", f"{on / off:.3f}", "", None)]
+    table += [("first read of all rows, checked", f"{reads[True] * 1e3:.1f} ms", "", None),
+              ("first read of all rows, no checksums", f"{reads[False] * 1e3:.1f} ms", "(reference)", None),
+              ("open for writing (validate all rows)", f"{opened / n * 1e9:.0f} ns/row", "", None)]
+    return table
 
 
 def big_batch(path: Path) -> tuple[float, str]:
@@ -101,6 +142,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="rows appended per measurement")
     parser.add_argument("--dir", type=Path, default=None, help="directory for the temporary stores")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating runs with and without checksums (medians)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="o2o_store_bench_") as tmp:
         tmp = Path(tmp)
@@ -109,6 +152,7 @@ def main(argv=None) -> None:
         row_fast = per_row(tmp / "row_nosync", args.rows, durable=False)
         block_fast, _ = blocks(tmp / "block_nosync", args.rows, 1000, durable=False)
         batch_s, what = big_batch(tmp / "block")
+        sums = checksum_cost(tmp, args.rows, args.repeats)
     defaults = TransitionStore.create.__kwdefaults__
     p50, p99 = np.percentile(call_s * 1e3, [50, 99])
     table = [
@@ -118,13 +162,14 @@ def main(argv=None) -> None:
         ("append() per row, durable=False", f"{row_fast:,.0f} rows/s", "(reference)", None),
         ("append_rows(1000 rows), durable=False", f"{block_fast:,.0f} rows/s", "(reference)", None),
         ("big batch 20x256 = 5,120 rows", f"{batch_s * 1e3:.3f} ms", "<= 1 ms", batch_s <= 1e-3),
+        *sums,
     ]
     print(f"store benchmark: obs_dim={OBS_DIM} act_dim={ACT_DIM} rows={args.rows:,} "
           f"flush_every={defaults['flush_every']} chunk_rows={defaults['chunk_rows']} "
           f"dir={args.dir or tempfile.gettempdir()}")
-    print(f"{'measure':36s} {'value':>20s}  {'budget':18s} ok")
+    print(f"{'measure':44s} {'value':>20s}  {'budget':18s} ok")
     for name, value, budget, ok in table:
-        print(f"{name:36s} {value:>20s}  {budget:18s} {'' if ok is None else ('yes' if ok else 'NO')}")
+        print(f"{name:44s} {value:>20s}  {budget:18s} {'' if ok is None else ('yes' if ok else 'NO')}")
     print(f"big batch timed: {what}")
 
 

@@ -5,10 +5,8 @@ client; no empty lock file is left; the run's metrics go on once there is space 
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 

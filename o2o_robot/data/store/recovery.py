@@ -52,6 +52,33 @@ def missing_marker_error(path: Path) -> StoreCorruptError:
                              f"`o2o-robot data repair {path}`")
 
 
+def make_store_dir(path: Path) -> None:
+    """Make the store directory `path` (and its parents); one line when the OS refuses."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreWriteError(f"store not created: {os_error_line(e, path)}") from None
+
+
+def take_lock(path: Path) -> WriteLock:
+    """The store's write lock, taken (StoreLockedError: held; StoreWriteError: a full disk)."""
+    lock = WriteLock(path / LOCK, StoreLockedError, StoreWriteError)
+    lock.acquire()
+    return lock
+
+
+def check_root(path: Path) -> None:
+    """Refuse a directory without the root zarr.json: a damaged store (it has a marker or
+    arrays: StoreCorruptError) or no store at all (StoreError, bad input)."""
+    if not (path / "zarr.json").is_file():
+        if (path / MARKER).exists() or (path / "data").is_dir():
+            raise StoreCorruptError(f"{path / 'zarr.json'}: missing (the store's root "
+                                    f"metadata); restore the store from a copy")
+        raise StoreError(f"{path}: no TransitionStore here (no zarr.json)")
+
+
 def lay_out(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: int,
             durable: bool) -> None:
     """Lay out a new store in `path` (the caller holds its lock): an empty directory, or the
@@ -92,8 +119,7 @@ def repair(path: str | Path) -> dict:
     from o2o_robot.data.store.transition_store import TransitionStore
 
     path = Path(path)
-    lock = WriteLock(path / LOCK, StoreLockedError, StoreWriteError)
-    lock.acquire()
+    lock = take_lock(path)
     try:
         try:
             store = TransitionStore.open(path, "r")

@@ -15,18 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from o2o_robot.data.lock import WriteLock
 from o2o_robot.data.schema import FIELDS, SCHEMA_VERSION, RowValidator, validate_rows
 from o2o_robot.data.store import inspection
 from o2o_robot.data.store.episodes import EpisodeLog
-from o2o_robot.data.store.errors import (StoreCorruptError, StoreError, StoreLockedError,
-                                         StoreValueError, StoreWriteError)
+from o2o_robot.data.store.errors import StoreCorruptError, StoreError, StoreValueError
 from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
-from o2o_robot.data.store.layout import LOCK, MARKER, META, chunk_sizes
-from o2o_robot.data.store.recovery import check_marker_fits, lay_out, missing_marker_error
+from o2o_robot.data.store.layout import MARKER, META, chunk_sizes
+from o2o_robot.data.store.recovery import (check_marker_fits, check_root, lay_out, make_store_dir,
+                                           missing_marker_error, take_lock)
 from o2o_robot.data.store.staging import Stage
 from o2o_robot.data.store.zarr_io import StoreFiles
-from o2o_robot.fsutil import os_error_line
 
 
 class TransitionStore:
@@ -95,14 +93,8 @@ class TransitionStore:
         if int(obs_dim) < 1 or int(act_dim) < 1 or int(chunk_rows) < 1:
             raise StoreError(f"obs_dim, act_dim, chunk_rows must be positive, got "
                              f"{obs_dim}, {act_dim}, {chunk_rows}")
-        if path.exists() and not path.is_dir():
-            raise StoreError(f"{path}: exists and is not a directory")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreWriteError(f"store not created: {os_error_line(e, path)}") from None
-        lock = WriteLock(path / LOCK, StoreLockedError, StoreWriteError)
-        lock.acquire()
+        make_store_dir(path)
+        lock = take_lock(path)
         try:
             if (path / MARKER).exists():
                 if not exist_ok:
@@ -129,15 +121,10 @@ class TransitionStore:
         path = Path(path)
         if mode not in ("r", "a"):
             raise StoreError(f"mode: expected 'r' or 'a', got {mode!r}")
-        if not (path / "zarr.json").is_file():
-            if (path / MARKER).exists() or (path / "data").is_dir():   # a store, damaged
-                raise StoreCorruptError(f"{path / 'zarr.json'}: missing (the store's root "
-                                        f"metadata); restore the store from a copy")
-            raise StoreError(f"{path}: no TransitionStore here (no zarr.json)")
+        check_root(path)
         if mode == "r":
             return cls(path, StoreFiles(path, writable=False), writable=False, flush_every=flush_every)
-        lock = WriteLock(path / LOCK, StoreLockedError, StoreWriteError)
-        lock.acquire()
+        lock = take_lock(path)
         try:
             return cls(path, StoreFiles(path, writable=True, durable=durable), writable=True,
                        flush_every=flush_every, lock=lock)
