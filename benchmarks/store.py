@@ -38,56 +38,60 @@ def block_of(n: int, start: int, rng: np.random.Generator) -> dict[str, np.ndarr
     return rows
 
 
-def per_row(path: Path, n: int, durable: bool, checksums: bool = True) -> float:
-    """append() one row at a time; returns rows/s including the last commit."""
+def per_row(path: Path, n: int, durable: bool, checksums: bool = True) -> tuple[float, float]:
+    """append() one row at a time; returns rows/s including the last commit, and the CPU
+    seconds the process spent meanwhile (every thread: zarr's and the fsync workers too)."""
     data = block_of(n, 0, np.random.default_rng(0))
     rows = [{f: v[i] for f, v in data.items()} for i in range(n)]
     store = TransitionStore.create(path, OBS_DIM, ACT_DIM, durable=durable, checksums=checksums)
     gc.freeze()   # the 100k prepared rows are the benchmark's, not the store's, GC burden
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i, row in enumerate(rows):
         store.append(**row)
         if i % EP_LEN == EP_LEN - 1:
             store.end_episode()
     store.flush()
-    rate = n / (time.perf_counter() - t0)
+    rate, cpu = n / (time.perf_counter() - t0), time.process_time() - c0
     gc.unfreeze()
     store.close()
-    return rate
+    return rate, cpu
 
 
 def blocks(path: Path, n: int, block: int, durable: bool,
-           checksums: bool = True) -> tuple[float, np.ndarray]:
-    """append_rows() blocks of `block` rows; returns rows/s and the per-call times (s)."""
+           checksums: bool = True) -> tuple[float, np.ndarray, float]:
+    """append_rows() blocks of `block` rows; returns rows/s, the per-call times (s) and the
+    CPU seconds the process spent."""
     rng = np.random.default_rng(1)
     data = [block_of(block, s, rng) for s in range(0, n, block)]
     store = TransitionStore.create(path, OBS_DIM, ACT_DIM, durable=durable, checksums=checksums)
     times = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for b in data:
         t = time.perf_counter()
         store.append_rows(b)
         store.end_episode()
         times.append(time.perf_counter() - t)
     store.flush()
-    rate = len(data) * block / (time.perf_counter() - t0)
+    rate, cpu = len(data) * block / (time.perf_counter() - t0), time.process_time() - c0
     store.close()
-    return rate, np.array(times)
+    return rate, np.array(times), cpu
 
 
 def checksum_cost(tmp: Path, n: int, repeats: int) -> list[tuple]:
     """Rows of the table: durable append rates with and without checksums (medians of
-    `repeats` alternating runs, so both see the same machine load), their ratio, and the first
-    full read of a store with and without them."""
-    rates: dict[tuple[str, bool], list[float]] = {}
+    `repeats` alternating runs, so both see the same machine load), their ratio, the same for
+    the CPU time per row (less disturbed by other processes than the fsync-bound wall time),
+    and the first full read of a store with and without them."""
+    runs: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     for k in range(repeats):
         for checksums in (True, False):
             for mode in ("row", "block"):
                 path = tmp / f"{mode}_{checksums}_{k}"
-                rate = (per_row(path, n, True, checksums) if mode == "row"
-                        else blocks(path, n, 1000, True, checksums)[0])
-                rates.setdefault((mode, checksums), []).append(rate)
-    med = {key: float(np.median(v)) for key, v in rates.items()}
+                rate, cpu = (per_row(path, n, True, checksums) if mode == "row"
+                             else blocks(path, n, 1000, True, checksums)[::2])
+                runs.setdefault((mode, checksums), []).append((rate, cpu / n))
+    rate = {key: float(np.median([r for r, _ in v])) for key, v in runs.items()}
+    cpu = {key: float(np.median([c for _, c in v])) for key, v in runs.items()}
     reads = {}
     for checksums in (True, False):
         path = tmp / f"block_{checksums}_0"
@@ -99,10 +103,14 @@ def checksum_cost(tmp: Path, n: int, repeats: int) -> list[tuple]:
     opened = time.perf_counter() - t
     table = []
     for mode, what in (("row", "append() per row"), ("block", "append_rows(1000 rows)")):
-        on, off = med[(mode, True)], med[(mode, False)]
+        on, off = rate[(mode, True)], rate[(mode, False)]
         table += [(f"{what}, durable, checksums", f"{on:,.0f} rows/s", f"median of {repeats}", None),
                   (f"{what}, durable, no checksums", f"{off:,.0f} rows/s", "(reference)", None),
-                  ("  rate with / without checksums", f"{on / off:.3f}", "", None)]
+                  ("  rate with / without checksums", f"{on / off:.3f}", "", None),
+                  ("  CPU per row with / without checksums",
+                   f"{cpu[(mode, True)] * 1e6:.1f} / {cpu[(mode, False)] * 1e6:.1f} us", "", None),
+                  ("  CPU ratio with / without checksums",
+                   f"{cpu[(mode, True)] / cpu[(mode, False)]:.3f}", "", None)]
     table += [("first read of all rows, checked", f"{reads[True] * 1e3:.1f} ms", "", None),
               ("first read of all rows, no checksums", f"{reads[False] * 1e3:.1f} ms", "(reference)", None),
               ("open for writing (validate all rows)", f"{opened / n * 1e9:.0f} ns/row", "", None)]
@@ -147,10 +155,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="o2o_store_bench_") as tmp:
         tmp = Path(tmp)
-        row_rate = per_row(tmp / "row", args.rows, durable=True)
-        block_rate, call_s = blocks(tmp / "block", args.rows, 1000, durable=True)
-        row_fast = per_row(tmp / "row_nosync", args.rows, durable=False)
-        block_fast, _ = blocks(tmp / "block_nosync", args.rows, 1000, durable=False)
+        row_rate, _ = per_row(tmp / "row", args.rows, durable=True)
+        block_rate, call_s, _ = blocks(tmp / "block", args.rows, 1000, durable=True)
+        row_fast, _ = per_row(tmp / "row_nosync", args.rows, durable=False)
+        block_fast, _, _ = blocks(tmp / "block_nosync", args.rows, 1000, durable=False)
         batch_s, what = big_batch(tmp / "block")
         sums = checksum_cost(tmp, args.rows, args.repeats)
     defaults = TransitionStore.create.__kwdefaults__
