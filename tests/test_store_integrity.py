@@ -236,3 +236,27 @@ def test_a_reader_refuses_a_marker_claiming_rows_the_arrays_lack(tmp_path):
     with pytest.raises(StoreCorruptError, match=rf"^{path / MARKER}: unreadable"):
         TransitionStore.open(path)
     assert issubclass(StoreCorruptError, StoreError)   # callers catching StoreError still do
+
+
+def test_an_interrupted_append_episode_keeps_nothing_of_that_episode(tmp_path, monkeypatch):
+    """Ctrl-C between an episode's rows and its end (here injected into end_episode) must not
+    leave its rows buffered as an open episode: the notes would not describe them, and the
+    next append_episode would be refused."""
+    path = tmp_path / "s"
+    s = TransitionStore.create(path, OBS_DIM, ACT_DIM, chunk_rows=CHUNK, flush_every=100)
+    s.append_episode(expected_rows(0, 10), notes={"done": 1})
+    real = TransitionStore.end_episode
+
+    def interrupted(self, **kw):
+        monkeypatch.setattr(TransitionStore, "end_episode", real)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TransitionStore, "end_episode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        s.append_episode(expected_rows(10, 20), notes={"done": 2})
+    assert (s.num_buffered, s.open_episode_rows) == (10, 0)
+    s.append_episode(expected_rows(10, 20), notes={"done": 2})   # as a resumed run does
+    s.close()
+    store = TransitionStore.open(path)
+    assert (store.notes, [e["end"] for e in store.episodes()]) == ({"done": 2}, [10, 20])
+    same_rows(path, 20)

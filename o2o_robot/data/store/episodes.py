@@ -67,6 +67,14 @@ class EpisodeLog:
             self.meta[m][k] = v
         self.n, self.start, self.return_, self.source = k + 1, end, 0.0, None
 
+    def mark(self) -> tuple:
+        """The buffered state, for `rewind` (the meta arrays past `n` are ignored anyway)."""
+        return self.n, self.start, self.return_, self.source
+
+    def rewind(self, mark: tuple) -> None:
+        """Back to the state of `mark` (nothing committed in between)."""
+        self.n, self.start, self.return_, self.source = mark
+
     def chunks(self) -> list[tuple[str, int, np.ndarray]]:
         """(meta name, start, block): whole META chunks covering the uncommitted entries."""
         if self.n <= self.committed:

@@ -194,8 +194,9 @@ class TransitionStore:
         into the store's notes; commit only after the end (when `flush_every` rows are buffered).
 
         A crash therefore leaves the episode complete or absent, and the notes always describe
-        the committed rows. Refused (StoreError) while an episode is open; nothing is buffered
-        when the block or the notes are refused."""
+        the committed rows; so does an exception here (Ctrl-C included): the buffer is put back
+        as it was. Refused (StoreError) while an episode is open; nothing is buffered when the
+        block or the notes are refused."""
         self._check_writable()
         open_rows = self._stage.end - self._log.start
         if open_rows:
@@ -208,9 +209,15 @@ class TransitionStore:
             staged = json.loads(json.dumps({**self._staged_notes, **(notes or {})}))
         except (TypeError, ValueError) as e:
             raise StoreError(f"notes: must be JSON-serialisable ({e})") from None
-        self._stage_block(block)
-        self.end_episode(success=success)
-        self._staged_notes = staged
+        mark = self._stage.n, self._log.mark()
+        try:
+            self._stage_block(block)
+            self.end_episode(success=success)
+            self._staged_notes = staged
+        except BaseException:   # a Ctrl-C between the rows and their end: neither is kept
+            self._stage.n = mark[0]
+            self._log.rewind(mark[1])
+            raise
         if self.num_buffered >= self.flush_every:
             self.flush()
 
