@@ -10,7 +10,8 @@ the in-memory ReplayMirror. Use --dir to measure on the disk the stores will liv
 
 The cost of the chunk checksums (data/store/integrity.py): the durable append rates with and
 without them (`checksums=False`), measured alternately K times in the same run (medians), and
-their ratio; the time to read the whole store the first time (every chunk checked) against
+their ratio; the checksum work itself, timed around its calls, per row and as a share of the
+append time; the time to read the whole store the first time (every chunk checked) against
 the same store written without checksums; and the time a writer takes to open the store (it
 validates every row first).
 """
@@ -117,6 +118,38 @@ def checksum_cost(tmp: Path, n: int, repeats: int) -> list[tuple]:
     return table
 
 
+def checksum_share(tmp: Path, n: int) -> list[tuple]:
+    """The checksum work itself (ChunkSums.record and .to_marker, timed around each call),
+    per row and as a share of a durable append's wall time: a figure the machine's other
+    load disturbs far less than the difference of two rates."""
+    from o2o_robot.data.store.integrity import ChunkSums
+
+    table, originals = [], {name: getattr(ChunkSums, name) for name in ("record", "to_marker")}
+    for mode, what in (("row", "append()"), ("block", "append_rows(1000)")):
+        spent = [0.0]
+
+        def timed(fn):
+            def call(*args, **kwargs):
+                t = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    spent[0] += time.perf_counter() - t
+            return call
+
+        for name, fn in originals.items():
+            setattr(ChunkSums, name, timed(fn))
+        try:
+            path = tmp / f"share_{mode}"
+            rate = per_row(path, n, True)[0] if mode == "row" else blocks(path, n, 1000, True)[0]
+        finally:
+            for name, fn in originals.items():
+                setattr(ChunkSums, name, fn)
+        table.append((f"checksum work timed in {what}, durable",
+                      f"{spent[0] / n * 1e6:.2f} us/row = {spent[0] * rate / n:.1%}", "", None))
+    return table
+
+
 def big_batch(path: Path) -> tuple[float, str]:
     """Median time (s) to draw a 20 x 256 RLPD batch, and what was timed."""
     rng = np.random.default_rng(2)
@@ -160,7 +193,7 @@ def main(argv=None) -> None:
         row_fast, _ = per_row(tmp / "row_nosync", args.rows, durable=False)
         block_fast, _, _ = blocks(tmp / "block_nosync", args.rows, 1000, durable=False)
         batch_s, what = big_batch(tmp / "block")
-        sums = checksum_cost(tmp, args.rows, args.repeats)
+        sums = checksum_cost(tmp, args.rows, args.repeats) + checksum_share(tmp, args.rows)
     defaults = TransitionStore.create.__kwdefaults__
     p50, p99 = np.percentile(call_s * 1e3, [50, 99])
     table = [
