@@ -208,9 +208,9 @@ def main(argv=None) -> None:
     print(f"store benchmark: obs_dim={OBS_DIM} act_dim={ACT_DIM} rows={args.rows:,} "
           f"flush_every={defaults['flush_every']} chunk_rows={defaults['chunk_rows']} "
           f"dir={args.dir or tempfile.gettempdir()}")
-    print(f"{'measure':44s} {'value':>20s}  {'budget':18s} ok")
+    print(f"{'measure':50s} {'value':>20s}  {'budget':18s} ok")
     for name, value, budget, ok in table:
-        print(f"{name:44s} {value:>20s}  {budget:18s} {'' if ok is None else ('yes' if ok else 'NO')}")
+        print(f"{name:50s} {value:>20s}  {budget:18s} {'' if ok is None else ('yes' if ok else 'NO')}")
     print(f"big batch timed: {what}")
 
 
