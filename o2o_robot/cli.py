@@ -1,8 +1,9 @@
 """`o2o-robot` command: a table of contents; each subcommand imports what it needs lazily.
 
-Exit codes: 0 success, 1 the checked thing is bad (inconsistent store, unusable policy),
-2 bad input (arguments, config file), 141 stdout closed by its reader (`... | head`; 128 +
-SIGPIPE, what a shell reports for a C tool killed by the signal) without a traceback.
+Exit codes: 0 success, 1 the checked thing is bad (inconsistent or damaged store, a disk that
+refuses a write, unusable policy), 2 bad input (arguments, config file), 141 stdout closed by
+its reader (`... | head`; 128 + SIGPIPE, what a shell reports for a C tool killed by the
+signal) without a traceback.
 """
 from __future__ import annotations
 
@@ -142,6 +143,21 @@ def cmd_data_validate(args) -> int:
     return 0
 
 
+def cmd_data_repair(args) -> int:
+    from o2o_robot.data.store import repair
+
+    if not Path(args.store).exists():
+        raise CliError(f"{args.store}: no such store")
+    result = repair(args.store)   # StoreCorruptError (exit 1) when it cannot
+    if not result["repaired"]:
+        print(f"{args.store}: consistent, nothing to repair ({result['rows']} rows, "
+              f"{result['episodes']} episodes)")
+        return 0
+    print(f"{args.store}: rebuilt the commit marker from the arrays: {result['rows']} rows, "
+          f"{result['episodes']} episodes, checksums recorded")
+    return 0
+
+
 # ------------------------------------------------------------------------------------- demos
 def cmd_demos_generate(args) -> int:
     from o2o_robot.data.store import TransitionStore
@@ -161,13 +177,20 @@ def cmd_demos_generate(args) -> int:
         raise CliError(str(exc)) from None
     store = TransitionStore.open_or_create(args.store, spec["obs_dim"], spec["act_dim"],
                                            flush_every=cfg.store.flush_every, spec=spec)
-    with store:
+    with store:   # Ctrl-C: the whole episodes written so far are committed, and recorded
         summary = generate_demos(store, sim_cfg, episodes=args.episodes, noise=noise,
                                  seed=args.seed, max_episode_steps=cfg.control.max_episode_steps,
                                  progress=True)
+    done = summary["resumed_from"]
+    old = summary["replaced"]
+    if old:
+        print(f"note: an earlier interrupted generation ({old['episodes_done']} of "
+              f"{old['episodes']} episodes, seed {old['seed']}, noise {old['noise']}) is left "
+              f"as it was", file=sys.stderr)
     print(f"wrote {summary['episodes']} demo episodes ({summary['transitions']} transitions, "
           f"success {summary['success_rate']:.0%}, mean return {summary['mean_return']:.3f}) "
-          f"to {args.store}")
+          f"to {args.store}" + (f", completing an interrupted generation ({done} of "
+                                f"{args.episodes} were there)" if done else ""))
     return 0
 
 
@@ -261,16 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("store")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_data_info)
-    q = data.add_parser("validate", help="exit 0 when consistent, else 1")
+    q = data.add_parser("validate", help="exit 0 when consistent (every chunk checked against "
+                        "its checksum), else 1 naming each problem")
     q.add_argument("store")
     q.set_defaults(fn=cmd_data_validate)
+    q = data.add_parser("repair", help="rebuild a lost or wrong commit marker from the arrays, "
+                        "keeping every row; exit 1 saying why where they are not consistent")
+    q.add_argument("store")
+    q.set_defaults(fn=cmd_data_repair)
     from o2o_robot.ingest.cli import add_data_commands  # import, export (argparse only)
 
     add_data_commands(data)
 
     demos = sub.add_parser("demos", help="demonstrations").add_subparsers(dest="action",
                                                                          required=True)
-    q = demos.add_parser("generate", help="scripted-expert demos of a sim task into a store")
+    q = demos.add_parser("generate", help="scripted-expert demos of a sim task into a store; "
+                         "the same command after an interruption completes it")
     q.add_argument("--task", default=None, help="sim task (default: the config's sim.task)")
     q.add_argument("--episodes", type=int, required=True)
     q.add_argument("--store", required=True)
@@ -341,6 +370,13 @@ def _input_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
+def _bad_thing_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean the checked thing is bad (one line, exit 1): a damaged store, a
+    write the disk refused."""
+    store = sys.modules.get("o2o_robot.data.store")
+    return (store.StoreCorruptError, store.StoreWriteError) if store else ()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -353,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
+        if isinstance(exc, _bad_thing_errors()):
+            print(str(exc), file=sys.stderr)
+            return 1
         if not isinstance(exc, _input_errors()):
             raise
         print(str(exc), file=sys.stderr)

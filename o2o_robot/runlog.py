@@ -2,9 +2,13 @@
 the progress display of long loops."""
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,29 +75,73 @@ class RunLogger:
     Every record goes to `metrics.jsonl` (one JSON object per line, with `step`, `kind` and the
     values); scalar values also go to TensorBoard under `<kind>/<name>` when tensorboard is
     importable. Records of kind "eval" drive the learning curve written by `plot_curve`.
+
+    A write the disk refuses (full, read-only) never stops the run: the record is dropped and
+    counted in `dropped`, one line on `stream` names the file and the free space, and a line
+    follows when records are written again. Each record is one `write` of a whole line to a file
+    opened for appending, and a partial line is cut off again, so the file never holds a torn
+    record. TensorBoard, whose writer thread fails on its own, is switched off at its first error.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, stream=None):
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self._file = self.path.open("a", buffering=1)
-        self._tb = None
+        self.stream = sys.stderr if stream is None else stream
+        self.dropped, self._failing, self._fd, self._tb = 0, False, None, None
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            self._failed(exc)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                _quiet_tensorboard_write_errors()
             except Exception:  # tensorboard is optional: metrics.jsonl is the record of truth
                 self._tb = None
 
     def log(self, kind: str, step: int, values: dict) -> None:
         record = {"kind": kind, "step": int(step), "time": time.time(), **values}
-        self._file.write(json.dumps(record, default=float) + "\n")
+        self._append((json.dumps(record, default=float) + "\n").encode())
         if self._tb is not None:
-            for name, value in values.items():
-                if isinstance(value, (int, float)) and math.isfinite(float(value)):
-                    self._tb.add_scalar(f"{kind}/{name}", float(value), int(step))
+            try:
+                for name, value in values.items():
+                    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+                        self._tb.add_scalar(f"{kind}/{name}", float(value), int(step))
+            except Exception as exc:   # its writer thread's OSError surfaces here
+                self._tb = None
+                print(f"{self.run_dir / 'tensorboard'}: {exc}: TensorBoard scalars off for the "
+                      f"rest of the run (metrics.jsonl keeps them)", file=self.stream, flush=True)
+
+    def _append(self, line: bytes) -> None:
+        if self._fd is None:
+            self.dropped += 1
+            return
+        size = os.fstat(self._fd).st_size
+        try:
+            if os.write(self._fd, line) != len(line):   # short: the disk filled up mid-line
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, size)   # no torn last line for readers of the file
+            except OSError:
+                pass
+            self._failed(exc)
+            return
+        if self._failing:
+            self._failing = False
+            print(f"{self.path}: metrics written again ({self.dropped} records dropped)",
+                  file=self.stream, flush=True)
+
+    def _failed(self, exc: OSError) -> None:
+        self.dropped += 1
+        if not self._failing:
+            self._failing = True
+            where = exc.filename or self.path
+            print(f"{where}: {exc.strerror or exc} ({_free_space(where)}): metrics are dropped "
+                  f"until it can be written; the run goes on", file=self.stream, flush=True)
 
     def mark_resume(self, step: int, **values) -> None:
         """A "resume" record: the run continues from env step `step` (its last checkpoint).
@@ -102,9 +150,43 @@ class RunLogger:
         self.log("resume", step, values)
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._tb is not None:
-            self._tb.close()
+            try:
+                self._tb.close()
+            except Exception:
+                pass
+
+
+def _quiet_tensorboard_write_errors() -> None:
+    """tensorboard's event writer thread keeps a write error (a full disk) for the writer, which
+    raises it at the next scalar (RunLogger then reports one line), and also re-raises it, so
+    Python prints the thread's traceback. This hook leaves out that traceback, only that one."""
+    previous = threading.excepthook
+    if getattr(previous, "o2o_runlog", False):
+        return
+
+    def hook(args) -> None:
+        if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+            return
+        previous(args)
+
+    hook.o2o_runlog = True
+    threading.excepthook = hook
+
+
+def _free_space(path: str | Path) -> str:
+    """Free space of the filesystem holding `path`, in MiB (runlog imports no project module,
+    so not fsutil's)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB free"
+    except OSError:
+        return "free space unknown"
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
@@ -124,7 +206,8 @@ def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
 
 def plot_curve(run_dir: str | Path, out: str | Path | None = None,
                keys: tuple[str, ...] = ("success_rate", "return_mean")) -> Path | None:
-    """Plot the eval records' `keys` against env steps into a PNG; None when there is no eval."""
+    """Plot the eval records' `keys` against env steps into a PNG; None when there is no eval
+    (or the disk refused the file: one line on stderr says so)."""
     evals = read_metrics(run_dir, "eval")
     if not evals:
         return None
@@ -143,6 +226,12 @@ def plot_curve(run_dir: str | Path, out: str | Path | None = None,
         ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "learning_curve.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=100)
+    except OSError as exc:   # a full disk: the run's records are safe, the picture is not made
+        print(f"{out}: {exc.strerror or exc} ({_free_space(out)}): learning curve not written",
+              file=sys.stderr, flush=True)
+        return None
+    finally:
+        plt.close(fig)
     return out

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,13 @@ MALFORMED = [
      "stamp_s is not finite"),
     ("ee_pose", lambda a: a.update_pose("ee_pose", [0, 0, 0], [0, 0, 0, 0], stamp_s=5),
      "zero quaternion"),
+    # Finite in the float64 message, inf in the float32 observation (issue 13, item 4).
+    ("joint_states", lambda a: a.update_joint_state("joint_states", JOINTS, [0, 1e39, 0],
+                                                    [0, 0, 0], stamp_s=5), "beyond float32 range"),
+    ("task_obs", lambda a: a.update_array("task_obs", [0, 0, -1e39, 0, 0, 0], stamp_s=5),
+     "beyond float32 range"),
+    ("ee_pose", lambda a: a.update_pose("ee_pose", [0, 1e39, 0], [0, 0, 0, 1], stamp_s=5),
+     "beyond float32 range"),
     ("wrist_cam", lambda a: a.update_array("wrist_cam", [0] * 6, stamp_s=5),
      "not a configured observation topic"),
 ]
@@ -113,6 +121,19 @@ def test_malformed_message_rejected_counted_previous_kept(topic, send, reason):
     np.testing.assert_array_equal(asm.assemble(), before)
     assert asm.ages_ms(2.0) == ages                      # the rejected stamp was not taken
     assert send(asm) is False and asm.dropped[topic] == 2
+
+
+def test_the_largest_float32_values_are_accepted_exactly():
+    """Negative control for the float32 range check: its edge is still a value."""
+    big = float(np.finfo(np.float32).max)
+    asm = ObservationAssembler(RobotSpec())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # no "overflow encountered in cast"
+        assert asm.update_joint_state("joint_states", JOINTS, [big, -big, 0], [0, 0, 0], stamp_s=0)
+        assert asm.update_array("task_obs", [big, 0, 0, 0, 0, -big], stamp_s=0)
+        obs = asm.assemble()
+    assert asm.dropped == {} and np.isfinite(obs).all()
+    assert obs[[0, 2, 6, 11]].tolist() == [big, -big, big, -big]
 
 
 def test_nan_in_an_unconfigured_joint_is_not_our_business():

@@ -192,14 +192,16 @@ def test_malformed_messages_are_dropped_counted_and_the_node_keeps_acting(g):
              "matched publishers")
     before = g.actor.status()["malformed"]
     g.task_pub.publish(Float64MultiArray(data=[0.1, float("nan"), 0.2, 0.3, 0.4, 0.5]))
+    g.task_pub.publish(Float64MultiArray(data=[0.1, 1e39, 0.2, 0.3, 0.4, 0.5]))   # inf as float32
     g.task_pub.publish(Float64MultiArray(data=[0.1] * 5))
+    g.joint_pub.publish(JointState(name=JOINTS, position=[0.0, 1e39, 0.0], velocity=QD))
     g.joint_pub.publish(JointState(name=["joint1", "joint2"], position=[0.0, 0.0],
                                    velocity=[0.0, 0.0]))
     g.joint_pub.publish(JointState(name=JOINTS, position=[0.0], velocity=QD))
     teleop.publish(Float64MultiArray(data=[0.1, 0.2]))
     reward.publish(Float64(data=float("nan")))
     t0 = time.monotonic()
-    want = {"task_obs": 2, "joint_states": 2, "teleop/action": 1, "reward": 1}
+    want = {"task_obs": 3, "joint_states": 3, "teleop/action": 1, "reward": 1}
 
     def counted(st):
         return {k: st["malformed"].get(k, 0) - before.get(k, 0) for k in want} == want
@@ -379,5 +381,16 @@ def test_message_conversion_round_trips_and_rejects_bad_messages():
         convert.pose_from_msg(convert.pose_to_msg([1, float("inf"), 3], [0, 0, 0, 1]))
     with pytest.raises(convert.MessageError, match="NaN"):
         convert.float_from_msg(Float64(data=float("inf")))
+    # Finite in float64, inf as the float32 observation, action or reward (issue 13, item 4).
+    big = float(np.finfo(np.float32).max)
+    for values in ([1e39, 0.0, 0.0], [0.0, -1e39, 0.0]):
+        with pytest.raises(convert.MessageError, match="beyond float32 range"):
+            convert.array_from_msg(convert.array_to_msg(np.array(values)), 3)
+    with pytest.raises(convert.MessageError, match="beyond float32 range"):
+        convert.pose_from_msg(convert.pose_to_msg([1, 1e39, 3], [0, 0, 0, 1]))
+    with pytest.raises(convert.MessageError, match="beyond float32 range"):
+        convert.float_from_msg(Float64(data=-1e39))
+    assert convert.float_from_msg(Float64(data=big)) == big          # the edge is a value
+    assert convert.array_from_msg(convert.array_to_msg(np.array([big, -big])), 2).tolist() == [big, -big]
     status = convert.status_to_msg({"a": np.float32(0.5), "b": float("nan"), "c": np.arange(2)})
     assert status.data == '{"a":0.5,"b":null,"c":[0,1]}'

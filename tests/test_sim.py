@@ -201,53 +201,41 @@ def test_gymnasium_mujoco_task_has_the_right_dims():
 
 
 # -------------------------------------------------------------------------------------- demos
-class RecordingStore:
-    """Stand-in with the TransitionStore writing API, to test generate_demos on its own."""
+def reach_store(path, spec=None, obs_dim=12):
+    from o2o_robot.data.store import TransitionStore
 
-    obs_dim, act_dim = 12, 3
-
-    def __init__(self):
-        self.rows, self.episodes = [], []
-
-    def append(self, **row):
-        self.rows.append(row)
-
-    def end_episode(self, success):
-        self.episodes.append((len(self.rows), success))
+    return TransitionStore.create(path, obs_dim, 3, spec=spec, durable=False)
 
 
-def test_generate_demos_writes_whole_labelled_episodes():
-    store = RecordingStore()
+def test_generate_demos_writes_whole_labelled_episodes(tmp_path):
+    store = reach_store(tmp_path / "s")
     summary = generate_demos(store, SimConfig(), episodes=4, noise=0.1, seed=0, progress=False)
-    assert summary["episodes"] == 4 and summary["transitions"] == len(store.rows)
-    assert {row["source"] for row in store.rows} == {"demo"}
-    assert {row["policy_version"] for row in store.rows} == {0}
-    ends = [end for end, _ in store.episodes]
-    for start, (end, success) in zip([0] + ends[:-1], store.episodes):
-        episode = store.rows[start:end]
-        assert success == bool(episode[-1]["terminated"])  # sparse reach: success ends it
-        assert episode[-1]["terminated"] or episode[-1]["truncated"]
-        assert not any(r["terminated"] or r["truncated"] for r in episode[:-1])
-        for prev, row in zip(episode, episode[1:]):
-            np.testing.assert_array_equal(prev["next_obs"], row["obs"])
-    assert summary["success_rate"] == sum(s for _, s in store.episodes) / 4
-    assert summary["mean_return"] == pytest.approx(sum(r["reward"] for r in store.rows) / 4)
+    rows, episodes = store.read(), store.episodes()
+    assert summary["episodes"] == 4 and summary["transitions"] == len(store) == len(rows["obs"])
+    assert np.all(rows["source"] == 0) and np.all(rows["policy_version"] == 0)
+    for ep in episodes:
+        term, trunc = rows["terminated"][ep["start"]:ep["end"]], rows["truncated"][ep["start"]:ep["end"]]
+        assert ep["success"] == bool(term[-1])  # sparse reach: success ends it
+        assert term[-1] or trunc[-1]
+        assert not (term[:-1] | trunc[:-1]).any()
+        np.testing.assert_array_equal(rows["next_obs"][ep["start"]:ep["end"] - 1],
+                                      rows["obs"][ep["start"] + 1:ep["end"]])
+    assert summary["success_rate"] == sum(e["success"] for e in episodes) / 4
+    assert summary["mean_return"] == pytest.approx(float(rows["reward"].sum()) / 4)
 
 
-def test_generate_demos_refuses_a_store_of_other_dims():
-    store = RecordingStore()
-    store.obs_dim = 17
+def test_generate_demos_refuses_a_store_of_other_dims(tmp_path):
+    store = reach_store(tmp_path / "s", obs_dim=17)
     with pytest.raises(ValueError, match="obs_dim"):
         generate_demos(store, SimConfig(), episodes=1, noise=0.1, seed=0, progress=False)
-    assert store.rows == [] and store.episodes == []
+    assert store.num_buffered == 0 and len(store) == 0
 
 
-def test_generate_demos_refuses_a_store_of_another_task():
-    store = RecordingStore()
-    store.spec = {"task": "Other-v1"}
+def test_generate_demos_refuses_a_store_of_another_task(tmp_path):
+    store = reach_store(tmp_path / "s", spec={"task": "Other-v1"})
     with pytest.raises(ValueError, match="'Other-v1'"):
         generate_demos(store, SimConfig(), episodes=1, noise=0.1, seed=0, progress=False)
-    assert store.rows == []
+    assert store.num_buffered == 0 and len(store) == 0
 
 
 def test_generate_demos_into_a_real_store(tmp_path):

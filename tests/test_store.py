@@ -18,8 +18,8 @@ import pytest
 
 from o2o_robot.data.schema import FIELDS
 from o2o_robot.data.lock import _proc_start
-from o2o_robot.data.store import (LOCK, MARKER, StoreError, StoreLockedError, StoreValueError,
-                                  TransitionStore)
+from o2o_robot.data.store import (LOCK, MARKER, StoreCorruptError, StoreError, StoreLockedError,
+                                  StoreValueError, TransitionStore)
 from store_writer_proc import ACT_DIM, EP, OBS_DIM, expected_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,7 +202,8 @@ def test_validate_reports_corruption(tmp_path):
         s.end_episode()
     assert TransitionStore.open(path).validate() == []
     (path / MARKER).write_text(json.dumps({"rows": 25, "episodes": 1}))
-    assert any("20 rows < 25 committed" in p for p in TransitionStore.open(path).validate())
+    with pytest.raises(StoreCorruptError, match=rf"{MARKER}: claims 25 rows but the data/ arrays hold 20"):
+        TransitionStore.open(path)
     (path / MARKER).write_text(json.dumps({"rows": 15, "episodes": 1}))   # episode end beyond rows
     assert any("episode_ends" in p for p in TransitionStore.open(path).validate())
 

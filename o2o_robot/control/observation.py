@@ -6,8 +6,9 @@ preallocated vector (config order; a JointState source is joint-major: ``[j1.pos
 j1.velocity, j2.position, ...]``, the layout `o2o_robot.sim.reach` produces), so an update writes
 in place and the tick only copies.
 
-A malformed update (unknown topic, wrong type or length, NaN/inf, a configured joint missing from
-a JointState) is rejected whole: nothing is written, the previous value and its age are kept, and
+A malformed update (unknown topic, wrong type or length, NaN/inf, a value beyond float32 range,
+which the float32 observation would turn into inf, a configured joint missing from a JointState)
+is rejected whole: nothing is written, the previous value and its age are kept, and
 the drop is counted per topic in `dropped` with the last reason in `drop_reasons`.
 
 `stamp_s` is the receive time on the clock that the tick's `now_s` uses (the node's clock), not
@@ -23,6 +24,7 @@ import numpy as np
 from o2o_robot.config import ObservationSource, RobotSpec
 
 JOINT_FIELDS = ("position", "velocity", "effort")
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 class MalformedMessage(ValueError):
@@ -39,16 +41,26 @@ def _topic_key(topic: str) -> str:
     return topic.lstrip("/")
 
 
+def _check_float32(topic: str, what: str, arr: np.ndarray) -> None:
+    """MalformedMessage unless every value is finite and within float32 range (the observation
+    is float32: 1e39 is finite in float64 but inf there)."""
+    if not np.isfinite(arr).all():
+        raise MalformedMessage(topic, f"{what}: contains NaN or inf")
+    if arr.size and float(np.abs(arr).max()) > F32_MAX:
+        raise MalformedMessage(topic, f"{what}: contains values beyond float32 range "
+                                      f"(|x| > {F32_MAX:.4g})")
+
+
 def _vector(topic: str, what: str, values, length: int) -> np.ndarray:
-    """`values` as a finite float64 vector of exactly `length` entries, else MalformedMessage."""
+    """`values` as a float64 vector of exactly `length` entries, finite in float32, else
+    MalformedMessage."""
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise MalformedMessage(topic, f"{what}: not numeric") from None
     if arr.shape != (length,):
         raise MalformedMessage(topic, f"{what}: expected {length} values, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise MalformedMessage(topic, f"{what}: contains NaN or inf")
+    _check_float32(topic, what, arr)
     return arr
 
 
@@ -130,8 +142,7 @@ class ObservationAssembler:
                                                       f"{len(names)} joint names")
                     block[:, col] = arr[rows]
                 # Only the selected joints must be finite: other joints are not ours to judge.
-                if not np.isfinite(block).all():
-                    raise MalformedMessage(topic, "selected joint values contain NaN or inf")
+                _check_float32(topic, "selected joint values", block)
                 writes.append((i, block.reshape(-1)))
         except MalformedMessage as exc:
             return self._reject(topic, exc)

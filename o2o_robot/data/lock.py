@@ -1,6 +1,7 @@
 """The single-writer lock of a store directory (`write.lock`); see `WriteLock`."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -8,6 +9,8 @@ import socket
 import threading
 import time
 from pathlib import Path
+
+from o2o_robot.fsutil import os_error_line
 
 _HELD: set[str] = set()              # lock files held by open writers of this process
 _HELD_MU = threading.Lock()
@@ -32,8 +35,12 @@ class WriteLock:
     that is still empty and younger than 5 s is a writer between create and flock: held.
     """
 
-    def __init__(self, path: Path, error: type[Exception] = RuntimeError):
+    def __init__(self, path: Path, error: type[Exception] = RuntimeError,
+                 io_error: type[Exception] = OSError):
+        """`error`: raised when another writer holds the lock; `io_error`: when the lock file
+        cannot be written (a full disk: one line naming it and the free space, no file left)."""
         self.path, self.key, self.fd, self.error = path, str(path.resolve()), None, error
+        self.io_error = io_error
 
     def _read(self, fd: int) -> dict | None:
         try:
@@ -96,6 +103,8 @@ class WriteLock:
                 except FileExistsError:
                     self._clear_if_stale()
                     continue
+                except OSError as e:
+                    raise self.io_error(f"lock not taken: {os_error_line(e, self.path)}") from None
                 for _ in range(100):   # a contender may hold our fresh file while it checks it
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -105,12 +114,23 @@ class WriteLock:
                 else:
                     os.close(fd)
                     continue
-                os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                         "start": _proc_start(os.getpid()), "time": time.time()}).encode())
+                try:
+                    self._write_info(fd)
+                except OSError as e:   # an empty lock file would block the next writer 5 s
+                    os.unlink(self.path)
+                    os.close(fd)
+                    raise self.io_error(f"lock not taken: {os_error_line(e, self.path)}") from None
                 self.fd = fd
                 _HELD.add(self.key)
                 return
         raise self.error(f"{self.path.parent}: could not take the lock file {self.path}")
+
+    @staticmethod
+    def _write_info(fd: int) -> None:
+        data = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                           "start": _proc_start(os.getpid()), "time": time.time()}).encode()
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def release(self) -> None:
         if self.fd is None:

@@ -240,12 +240,27 @@ def run_worker(cfg_json: dict, run_dir: str, agent_factory, inbox, policies, sta
         worker = _Worker(O2OConfig.model_validate(cfg_json), Path(run_dir), agent_factory, inbox,
                          policies, stats, stop, progress)
         worker.run()
-    except Exception:
-        error = traceback.format_exc(limit=8)
+    except Exception as exc:
+        error = crash_line(exc) or traceback.format_exc(limit=8)
         report = worker.report("crashed") if worker is not None else {"state": "crashed"}
         if worker is not None:
-            worker.close_store()   # what was ingested stays; the store's lock is released
+            lost = worker.close_store_after_crash()
+            error += f"; {lost}" if lost else ""
         stats.put({**report, "state": "crashed", "error": error})
+
+
+def crash_line(exc: Exception) -> str | None:
+    """One line for a crash whose cause is outside the code: a store error (a damaged store, a
+    full disk: the message names the file and the free space) or an OS error (a checkpoint or
+    a policy file the disk refused); None for a bug (its traceback is the report)."""
+    from o2o_robot.data.store import StoreError
+    from o2o_robot.fsutil import os_error_line
+
+    if isinstance(exc, StoreError):
+        return f"learner stopped: {exc}"
+    if isinstance(exc, OSError):
+        return f"learner stopped: {os_error_line(exc)}"
+    return None
 
 
 class _Worker:
@@ -334,6 +349,19 @@ class _Worker:
 
     def close_store(self) -> None:
         self.store.close()   # idempotent
+
+    def close_store_after_crash(self) -> str:
+        """Commit what was ingested and release the store's lock. When the commit fails again
+        (the disk is still full) `close` has released the lock anyway: the committed rows stay,
+        the buffered ones are lost as in a crash. Returns what was lost, in words ("" if none)."""
+        from o2o_robot.data.store import StoreError
+
+        buffered = self.store.num_buffered
+        try:
+            self.store.close()
+        except StoreError:
+            return f"{buffered} buffered rows not committed"
+        return ""
 
     def _publish_progress(self) -> None:
         s, p = self.core.state, self.progress

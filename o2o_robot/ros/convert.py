@@ -1,7 +1,9 @@
 """ROS 2 messages <-> numpy, checked where they enter (STYLE.md rule 4).
 
 Every `*_from_msg` returns plain numpy / Python values or raises `MessageError` saying what was
-wrong (length, NaN/inf, inconsistent fields); the nodes count and drop such messages. Outgoing
+wrong (length, NaN/inf, a value beyond float32 range, inconsistent fields); the nodes count and
+drop such messages. Every value ends up in a float32 observation, action or reward, where 1e39
+(finite in a float64 message) would be inf, so it is refused here like NaN. Outgoing
 `*_to_msg` builders fill the float64 sequences from one bytes copy (`array('d')`), which is what
 rclpy stores them as anyway, instead of a per-element Python check.
 
@@ -33,6 +35,9 @@ def _doubles(values) -> array:
     return array("d", np.ascontiguousarray(values, dtype=np.float64).ravel().tobytes())
 
 
+F32_MAX = float(np.finfo(np.float32).max)
+
+
 def _finite_vector(values, what: str, size: int | None = None) -> np.ndarray:
     arr = np.array(values, dtype=np.float64)   # a copy: the message may be reused by rclpy
     if arr.ndim != 1:
@@ -41,6 +46,8 @@ def _finite_vector(values, what: str, size: int | None = None) -> np.ndarray:
         raise MessageError(f"{what}: expected {size} values, got {arr.size}")
     if not np.isfinite(arr).all():
         raise MessageError(f"{what}: contains NaN or inf")
+    if arr.size and float(np.abs(arr).max()) > F32_MAX:
+        raise MessageError(f"{what}: contains values beyond float32 range (|x| > {F32_MAX:.4g})")
     return arr
 
 
@@ -72,10 +79,12 @@ def pose_from_msg(msg: PoseStamped) -> tuple[np.ndarray, np.ndarray]:
 
 
 def float_from_msg(msg: Float64) -> float:
-    """A finite float from std_msgs/Float64."""
+    """A float from std_msgs/Float64, finite in float32 (the stored reward's type)."""
     value = float(msg.data)
     if not math.isfinite(value):
         raise MessageError(f"data: contains NaN or inf ({value})")
+    if abs(value) > F32_MAX:
+        raise MessageError(f"data: beyond float32 range ({value:g})")
     return value
 
 

@@ -3,6 +3,14 @@
 Each episode is rolled out completely before any of it is written, so an error mid-episode
 leaves no half episode in the store. Rows carry policy_version 0 (no learned policy) and the
 wall-clock timestamp (seconds since the epoch) of the step.
+
+A generation records what was asked in the store's notes (`notes["demos"]`: task, seed, noise,
+max_episode_steps, episodes, and episodes_done / rows_done), committed with the episodes
+themselves (`append_episode`), so after Ctrl-C, `kill -9` or a power cut the notes say exactly
+how far it got. Asking again for the same thing completes it; `ensure_demos` (finetune, train,
+pretrain) completes an unfinished generation before anything else. Episode i of a generation
+resets with seed `seed + i` and draws its expert noise from its own stream (seed, i), so a
+completed generation holds the same episodes as one never interrupted.
 """
 from __future__ import annotations
 
@@ -16,19 +24,35 @@ from o2o_robot.data.schema import OFFLINE_SIDE
 from o2o_robot.sim.envs import env_spec, make_env
 from o2o_robot.sim.experts import expert_for, has_expert
 
+NOTE = "demos"   # the store note that records the last generation asked for
+REQUEST_KEYS = ("task", "seed", "noise", "max_episode_steps", "episodes")
+
+
+def demo_request(store: Any) -> dict | None:
+    """The last generation recorded in `store`'s notes, None when there is none."""
+    return (getattr(store, "notes", None) or {}).get(NOTE)
+
+
+def unfinished(request: dict | None) -> bool:
+    """Whether a recorded generation stopped before all its episodes were written."""
+    return bool(request) and request["episodes_done"] < request["episodes"]
+
 
 def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: float, seed: int,
                    max_episode_steps: int | None = None,
-                   progress: bool = True) -> dict[str, float | int]:
-    """Write `episodes` expert episodes of `sim_cfg.task` into `store` (a TransitionStore).
+                   progress: bool = True) -> dict[str, Any]:
+    """Write `episodes` expert episodes of `sim_cfg.task` into `store` (a TransitionStore), or
+    complete them when the store records the same generation unfinished (module docstring).
 
     The store should have been created with `spec=env_spec(make_env(sim_cfg))`; its obs_dim,
     act_dim and spec task (when recorded) are checked against the env before anything is
     written. Episodes end at `max_episode_steps` (the config's `control.max_episode_steps`),
-    truncated, unless the task ends first. The rows are committed (`store.flush()`) before this returns. Episode i is reset with seed
-    `seed + i`; the expert's noise has its own stream derived from `seed`.
+    truncated, unless the task ends first. The rows are committed (`store.flush()`) before this
+    returns.
 
-    Returns {episodes, transitions, success_rate, mean_return}.
+    Returns {episodes (written now), transitions, success_rate, mean_return (of those),
+    resumed_from (episodes of this generation already in the store), replaced (an unfinished
+    generation of other parameters that this one replaces as the store's record, or None)}.
     """
     if episodes < 0:
         raise ValueError(f"episodes: must be >= 0, got {episodes}")
@@ -36,30 +60,44 @@ def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: floa
     try:
         spec = env_spec(env)
         check_store_spec(store, spec)
-        expert_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-        expert = expert_for(env, noise, expert_seed)
+        asked = {"task": spec["task"] or sim_cfg.task, "seed": int(seed), "noise": float(noise),
+                 "max_episode_steps": max_episode_steps, "episodes": int(episodes)}
+        last = demo_request(store)
+        same = bool(last) and all(last.get(k) == asked[k] for k in REQUEST_KEYS)
+        first = last["episodes_done"] if same and unfinished(last) else 0
+        rows_done = last["rows_done"] if first else 0
         transitions, successes, returns = 0, 0, []
-        for episode in range(episodes):
-            rows, success = _rollout(env, expert, seed + episode)
-            for row in rows:
-                store.append(**row, source="demo", policy_version=0)
-            store.end_episode(success=success)
+        for episode in range(first, episodes):
+            rows, success = _rollout(env, expert_for(env, noise, _expert_seed(seed, episode)),
+                                     seed + episode)
+            rows_done += len(rows)
+            block = {k: np.array([row[k] for row in rows]) for k in rows[0]}
+            block.update(source=np.zeros(len(rows), np.uint8), policy_version=np.zeros(len(rows), np.int64))
+            store.append_episode(block, success=success, notes={NOTE: {
+                **asked, "episodes_done": episode + 1, "rows_done": rows_done}})
             transitions += len(rows)
             successes += bool(success)
             returns.append(float(sum(row["reward"] for row in rows)))
             if progress:
                 print(f"demo {episode + 1}/{episodes}: {len(rows)} steps, return "
                       f"{returns[-1]:.2f}, {'success' if success else 'failure'}", flush=True)
-        if hasattr(store, "flush"):
-            store.flush()  # the demos are committed (durable) when this returns
+        store.flush()  # the demos are committed (durable) when this returns
     finally:
         env.close()
     return {
-        "episodes": episodes,
+        "episodes": len(returns),
         "transitions": transitions,
-        "success_rate": successes / episodes if episodes else 0.0,
+        "success_rate": successes / len(returns) if returns else 0.0,
         "mean_return": float(np.mean(returns)) if returns else 0.0,
+        "resumed_from": first,
+        "replaced": last if unfinished(last) and not same else None,
     }
+
+
+def _expert_seed(seed: int, episode: int) -> int:
+    """The expert noise seed of episode `episode` of a generation: one stream per episode, so a
+    resumed generation draws what an uninterrupted one would have."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
 
 
 # Demo episodes reset with seeds `train.seed + DEMO_SEED_OFFSET + i`: never a training episode's.
@@ -68,13 +106,23 @@ DEMO_SEED_OFFSET = 10_000
 
 def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
                  progress: bool = True) -> dict[str, Any] | None:
-    """Scripted demos (`train.demo_episodes`, noise `teleop.expert_noise`) into an open `store`
-    when the sampler draws demo-side rows (`sampler.offline_ratio > 0`) and the store has none;
-    None when nothing was needed. ConfigError when rows are needed but cannot be generated
-    (`train.demo_episodes` is 0, or the task has no scripted expert): the learner could never
-    draw a batch, and the message says how to bring demonstrations in instead."""
+    """Scripted demos into an open `store` when the sampler draws demo-side rows
+    (`sampler.offline_ratio > 0`): an unfinished generation recorded in the store is completed
+    (what was asked then, module docstring); otherwise, when the store has no demo-side rows,
+    `train.demo_episodes` are generated (noise `teleop.expert_noise`). None when nothing was
+    needed. ConfigError when rows are needed but cannot be generated (`train.demo_episodes` is
+    0, or the task has no scripted expert): the learner could never draw a batch, and the
+    message says how to bring demonstrations in instead."""
     if cfg.sampler.offline_ratio == 0:
         return None
+    last = demo_request(store)
+    if unfinished(last) and last["task"] == cfg.sim.task:
+        if progress:
+            print(f"[{label}] {cfg.store.path}: completing the interrupted demo generation "
+                  f"({last['episodes_done']} of {last['episodes']} episodes there)", flush=True)
+        return generate_demos(store, cfg.sim, episodes=last["episodes"], noise=last["noise"],
+                              seed=last["seed"], max_episode_steps=last["max_episode_steps"],
+                              progress=False)
     counts = store.counts()
     if sum(counts[s]["transitions"] for s in OFFLINE_SIDE):
         return None

@@ -8,7 +8,7 @@ Layout (DESIGN.md "Data store contract")::
     meta/episode_return   float64, sum of the episode's rewards
     meta/episode_success  int8, 1 / 0 / -1 (unknown)
     zarr.json             attribute "o2o_store": schema_version, obs_dim, act_dim, chunk_rows, spec
-    commit.json           the commit marker {"rows": R, "episodes": E[, "notes": {...}]}
+    commit.json           the commit marker {"rows": R, "episodes": E, "crc32": {...}[, "notes": {...}]}
     write.lock            the single writer's lock (pid, host, process start time)
 
 Only the first R rows and E episodes exist. Arrays may be longer: a writer killed between its
@@ -28,6 +28,13 @@ continues that episode with its next appends, or closes it first with `end_episo
 so a crash leaves each such episode either complete or absent. Its `notes` (small JSON, e.g.
 import provenance) live in the marker itself: they become visible with exactly those rows.
 
+Integrity: the marker holds a crc32 of every committed chunk's committed rows (`integrity`);
+every read checks a chunk before it is trusted, `validate` checks them all, and a writer opens
+only a store that validates. Damage gives StoreCorruptError naming the file; a directory whose
+marker is missing but which holds rows is never created again (`recovery`: `repair` rebuilds the
+marker from consistent arrays). A write the OS refuses (a full disk) gives StoreWriteError naming
+the path and the free space; the committed rows stay, the buffer is kept.
+
 Single writer: `write.lock` is created with O_EXCL and held with flock; a second writer, in this
 process or another, gets StoreLockedError naming the lock file and the holder's pid. The lock of
 a writer that died (flock free and its pid gone, a zombie or reused) is taken over. Readers take
@@ -37,12 +44,15 @@ as in a crash. `durable=False` skips the fsyncs: safe against `kill -9`, not aga
 Modules: `transition_store` (the `TransitionStore` façade that composes the others),
 `zarr_io` (the only zarr importer: durable chunk writes, commit, layout, marker), `staging`
 (the writer's chunk-aligned buffer), `episodes` (episode metadata), `inspection` (`info`,
-`counts`, `validate`), `layout` (file and array names), `errors`. Rows are validated by
+`counts`, `validate`), `integrity` (chunk checksums, checked reads), `recovery` (a missing or
+wrong marker, `repair`), `layout` (file and array names), `errors`. Rows are validated by
 `o2o_robot.data.schema`.
 """
-from o2o_robot.data.store.errors import StoreError, StoreLockedError, StoreValueError
+from o2o_robot.data.store.errors import (StoreCorruptError, StoreError, StoreLockedError,
+                                         StoreValueError, StoreWriteError)
 from o2o_robot.data.store.layout import LOCK, MARKER, META
+from o2o_robot.data.store.recovery import repair
 from o2o_robot.data.store.transition_store import TransitionStore
 
-__all__ = ["LOCK", "MARKER", "META", "StoreError", "StoreLockedError", "StoreValueError",
-           "TransitionStore"]
+__all__ = ["LOCK", "MARKER", "META", "StoreCorruptError", "StoreError", "StoreLockedError",
+           "StoreValueError", "StoreWriteError", "TransitionStore", "repair"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from o2o_robot.data.schema import SOURCES
-from o2o_robot.data.store.errors import StoreError
+from o2o_robot.data.store.errors import StoreCorruptError, StoreError
 from o2o_robot.data.store.layout import MARKER, META, META_CHUNK, ceil_to
 
 
@@ -18,33 +18,35 @@ class EpisodeLog:
     has a row, `return_` sums its rewards.
     """
 
-    def __init__(self, path: Path, arrays: dict, committed: int):
+    def __init__(self, path: Path, shapes: dict[str, int], read, committed: int):
         self.path = path
         self.meta: dict[str, np.ndarray] = {}
-        self.load(arrays, committed)
+        self.load(shapes, read, committed)
         self.start, self.return_, self.source = 0, 0.0, None
 
-    def load(self, arrays: dict, committed: int) -> None:
-        """Read the first `committed` entries of the meta arrays (a reader's refresh too)."""
-        short = {m: arrays[m].shape[0] for m in META if arrays[m].shape[0] < committed}
+    def load(self, shapes: dict[str, int], read, committed: int) -> None:
+        """Read the first `committed` entries of the meta arrays (a reader's refresh too);
+        `shapes`: the arrays' lengths, `read(name, stop)`: checked entries [0, stop)."""
+        short = {m: shapes[m] for m in META if shapes[m] < committed}
         if short:  # the marker is written last, so this is damage, not a crash
-            raise StoreError(f"{self.path}: {MARKER} claims {committed} episodes but meta/"
-                             + ", meta/".join(f"{m} holds {n}" for m, n in short.items()))
+            raise StoreCorruptError(f"{self.path / MARKER}: claims {committed} episodes but meta/"
+                                    + ", meta/".join(f"{m} holds {n}" for m, n in short.items()))
         self.meta = {m: np.zeros(ceil_to(committed + 1, META_CHUNK), dt) for m, dt in META.items()}
         for m in META:
-            self.meta[m][:committed] = arrays[m][:committed]
+            self.meta[m][:committed] = read(m, committed)
         self.committed = self.n = committed
 
     def last_end(self, e: int) -> int:
         """End row of the `e`-th episode (0 before the first)."""
         return int(self.meta["episode_ends"][e - 1]) if e else 0
 
-    def resume(self, arrays: dict, rows: int) -> None:
-        """Writer: continue the open episode of the committed rows after the last end, if any."""
+    def resume(self, reward: np.ndarray, source: np.ndarray, rows: int) -> None:
+        """Writer: continue the open episode of the committed rows after the last end, if any
+        (`reward`, `source`: the committed rows from the open episode's start on)."""
         self.start, self.return_, self.source = self.last_end(self.committed), 0.0, None
         if self.start < rows:
-            self.return_ = float(arrays["reward"][self.start:rows].sum(dtype=np.float64))
-            self.source = int(arrays["source"][self.start])
+            self.return_ = float(reward.sum(dtype=np.float64))
+            self.source = int(source[0])
 
     def add(self, first_source: int, reward_sum: float) -> None:
         """Rows joined the open episode (`first_source`: the first of them's source code)."""
@@ -64,6 +66,14 @@ class EpisodeLog:
         for m, v in zip(META, values):
             self.meta[m][k] = v
         self.n, self.start, self.return_, self.source = k + 1, end, 0.0, None
+
+    def mark(self) -> tuple:
+        """The buffered state, for `rewind` (the meta arrays past `n` are ignored anyway)."""
+        return self.n, self.start, self.return_, self.source
+
+    def rewind(self, mark: tuple) -> None:
+        """Back to the state of `mark` (nothing committed in between)."""
+        self.n, self.start, self.return_, self.source = mark
 
     def chunks(self) -> list[tuple[str, int, np.ndarray]]:
         """(meta name, start, block): whole META chunks covering the uncommitted entries."""

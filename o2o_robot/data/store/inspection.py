@@ -34,10 +34,14 @@ def info(store, log: EpisodeLog) -> dict:
             "sources": sources}
 
 
-def validate(store, log: EpisodeLog, arrays: dict, attrs: dict) -> list[str]:
+def validate(store, log: EpisodeLog, arrays: dict, attrs: dict, reader) -> list[str]:
     """Consistency problems of the committed data (an empty list means consistent): the
-    attributes, the arrays' lengths, shapes and dtypes, then the values, block-wise."""
+    attributes, the arrays' lengths, shapes and dtypes, every chunk against its checksum
+    (`reader`, an integrity.CheckedReader), then the values, block-wise."""
     problems, n, e = [], len(store), log.committed
+    broken = reader.files.metadata_problem()
+    if broken:
+        problems.append(broken)
     if attrs.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"schema_version {attrs.get('schema_version')!r} is not {SCHEMA_VERSION}")
     for name, arr in arrays.items():
@@ -48,6 +52,10 @@ def validate(store, log: EpisodeLog, arrays: dict, attrs: dict) -> list[str]:
             problems.append(f"{name}: {arr.shape[0]} rows < {length} committed")
         if tuple(arr.shape[1:]) != want or arr.dtype != dtype:
             problems.append(f"{name}: shape {arr.shape} {arr.dtype}, expected [N, *{want}] {dtype}")
+    if problems:
+        return problems
+    for name in arrays:
+        problems += reader.check_chunks(name, n if name in FIELDS else e)
     if problems:
         return problems
     meta = log.meta

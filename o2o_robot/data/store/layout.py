@@ -1,7 +1,10 @@
-"""Names of the store directory's on-disk layout (part of the format): files, metadata arrays."""
+"""Names of the store directory's on-disk layout (part of the format): files, metadata arrays,
+array directories and chunk file names."""
 from __future__ import annotations
 
 import numpy as np
+
+from o2o_robot.data.schema import FIELDS
 
 MARKER, LOCK = "commit.json", "write.lock"
 # meta/<name> arrays, one entry per completed episode
@@ -13,3 +16,19 @@ META_CHUNK = 4096
 def ceil_to(n: int, chunk: int) -> int:
     """`n` rounded up to a multiple of `chunk`."""
     return -(-n // chunk) * chunk
+
+
+def array_dir(name: str) -> str:
+    """Directory of array `name` in the store: data/<field> or meta/<name>."""
+    return f"data/{name}" if name in FIELDS else f"meta/{name}"
+
+
+def chunk_file(name: str, k: int, ndim: int) -> str:
+    """Path (relative to the store) of time chunk `k` of array `name` with `ndim` dimensions:
+    zarr v3 default chunk keys with the "." separator, one chunk across the other axes."""
+    return f"{array_dir(name)}/c." + ".".join([str(k)] + ["0"] * (ndim - 1))
+
+
+def chunk_sizes(chunk_rows: int) -> dict[str, int]:
+    """Rows per time chunk of every array: `chunk_rows` for data/, META_CHUNK for meta/."""
+    return {**{f: chunk_rows for f in FIELDS}, **{m: META_CHUNK for m in META}}

@@ -28,12 +28,12 @@ class Stage:
         """Global row after the last staged one."""
         return self.c0 + self.n
 
-    def load_tail(self, arrays: dict, rows: int) -> None:
-        """Start at the chunk holding committed row `rows - 1`, holding that chunk's rows."""
-        self.c0 = rows // self.chunk_rows * self.chunk_rows
-        self.n = rows - self.c0
+    def load_tail(self, c0: int, tail: dict[str, np.ndarray]) -> None:
+        """Start at chunk boundary `c0`, holding `tail`: the committed rows from `c0` on (those
+        of the chunk holding the last committed row)."""
+        self.c0, self.n = c0, len(tail["obs"])
         for f in FIELDS:
-            self.arrays[f][:self.n] = arrays[f][self.c0:rows]
+            self.arrays[f][:self.n] = tail[f]
 
     def reserve(self, k: int) -> None:
         """Make room for `k` more rows."""

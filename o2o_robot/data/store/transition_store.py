@@ -15,14 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from o2o_robot.data.lock import WriteLock
 from o2o_robot.data.schema import FIELDS, SCHEMA_VERSION, RowValidator, validate_rows
 from o2o_robot.data.store import inspection
 from o2o_robot.data.store.episodes import EpisodeLog
-from o2o_robot.data.store.errors import StoreError, StoreLockedError, StoreValueError
-from o2o_robot.data.store.layout import LOCK, MARKER, META
+from o2o_robot.data.store.errors import StoreCorruptError, StoreError, StoreValueError
+from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
+from o2o_robot.data.store.layout import MARKER, META, chunk_sizes
+from o2o_robot.data.store.recovery import (check_marker_fits, check_root, lay_out, make_store_dir,
+                                           missing_marker_error, take_lock)
 from o2o_robot.data.store.staging import Stage
-from o2o_robot.data.store.zarr_io import StoreFiles, init_layout
+from o2o_robot.data.store.zarr_io import StoreFiles
 
 
 class TransitionStore:
@@ -34,35 +36,54 @@ class TransitionStore:
     """
 
     def __init__(self, path: Path, files: StoreFiles, *, writable: bool, flush_every: int,
-                 lock=None):
+                 lock=None, checksums: bool = True, marker: dict | None = None):
+        """Use the constructors; `marker` replaces the marker file (for `data repair`, which
+        validates a rebuilt marker before it writes it)."""
         if int(flush_every) < 1:
             raise StoreError(f"flush_every: expected a positive integer, got {flush_every!r}")
         self.path, self.writable, self.flush_every = path, writable, int(flush_every)
-        self._files, self._lock, self._closed = files, lock, False
+        self._files, self._lock, self._closed, self._checksums = files, lock, False, checksums
         attrs = files.attrs
         if not attrs or attrs.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{path}: not a TransitionStore of schema version {SCHEMA_VERSION} "
                              f"(attributes: {attrs!r})")
         self.obs_dim, self.act_dim = int(attrs["obs_dim"]), int(attrs["act_dim"])
         self.chunk_rows, self.spec = int(attrs["chunk_rows"]), attrs.get("spec") or {}
-        self._rows, episodes, self._notes = files.read_marker()
+        marker = marker or files.read_marker()
+        if marker is None:
+            raise missing_marker_error(path)
+        self._rows, episodes, self._notes = marker["rows"], marker["episodes"], marker["notes"]
         self._staged_notes = dict(self._notes)
         files.open_arrays()   # after the marker: a writer grows arrays before committing rows
-        self._log = EpisodeLog(path, files.arrays, episodes)
+        check_marker_fits(path, files.shapes(), self._rows)
+        self._reader = CheckedReader(files, chunk_sizes(self.chunk_rows))
+        self._reader.sums = ChunkSums.from_marker(self._reader.sizes, marker.get("crc32"),
+                                                  path / MARKER)
+        self._log = EpisodeLog(path, files.shapes(), self._read_meta, episodes)
         if writable:
+            problems = self.validate()   # never append to (nor trust the tail of) a damaged store
+            if problems:
+                raise StoreCorruptError(f"{problems[0]} (store {path} not opened for writing; "
+                                        f"{len(problems)} problem(s): `o2o-robot data validate {path}`)")
             self._recover()
+
+    def _read_meta(self, name: str, episodes: int) -> np.ndarray:
+        return self._reader.read(name, 0, episodes, episodes)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
     def create(cls, path, obs_dim: int, act_dim: int, *, flush_every: int = 1000,
                spec: dict | None = None, chunk_rows: int = 4096, exist_ok: bool = False,
-               durable: bool = True) -> "TransitionStore":
+               durable: bool = True, checksums: bool = True) -> "TransitionStore":
         """Create an empty store at `path` and open it for writing.
 
         An existing store is refused unless `exist_ok`, in which case it is opened for writing
         (its dimensions must match; its stored spec and chunk_rows win). `spec` is free-form
         JSON (names, bounds) kept in the attributes. `chunk_rows` is the time chunk: every
         commit rewrites the last, partial chunk, so smaller chunks mean cheaper commits.
+        `checksums=False` records no chunk checksums (integrity.py; only to measure their
+        cost). A directory without a commit marker is created only where it stores no row
+        (the leftovers of an interrupted create); one with rows is refused, untouched.
         """
         path = Path(path)
         try:
@@ -72,24 +93,16 @@ class TransitionStore:
         if int(obs_dim) < 1 or int(act_dim) < 1 or int(chunk_rows) < 1:
             raise StoreError(f"obs_dim, act_dim, chunk_rows must be positive, got "
                              f"{obs_dim}, {act_dim}, {chunk_rows}")
-        if path.exists() and not path.is_dir():
-            raise StoreError(f"{path}: exists and is not a directory")
-        path.mkdir(parents=True, exist_ok=True)
-        lock = WriteLock(path / LOCK, StoreLockedError)
-        lock.acquire()
+        make_store_dir(path)
+        lock = take_lock(path)
         try:
             if (path / MARKER).exists():
                 if not exist_ok:
                     raise StoreError(f"{path}: a store already exists (pass exist_ok=True to append)")
             else:
-                own = {LOCK, "zarr.json", "data", "meta"}   # leftovers of an interrupted create
-                other = [p.name for p in path.iterdir() if p.name not in own
-                         and not p.name.endswith(".partial")]
-                if other:
-                    raise StoreError(f"{path}: directory is not empty ({', '.join(sorted(other)[:5])})")
-                init_layout(path, int(obs_dim), int(act_dim), spec_json, int(chunk_rows), durable)
+                lay_out(path, int(obs_dim), int(act_dim), spec_json, int(chunk_rows), durable)
             store = cls(path, StoreFiles(path, writable=True, durable=durable), writable=True,
-                        flush_every=flush_every, lock=lock)
+                        flush_every=flush_every, lock=lock, checksums=checksums)
         except BaseException:
             lock.release()
             raise
@@ -108,12 +121,10 @@ class TransitionStore:
         path = Path(path)
         if mode not in ("r", "a"):
             raise StoreError(f"mode: expected 'r' or 'a', got {mode!r}")
-        if not (path / "zarr.json").is_file():
-            raise StoreError(f"{path}: no TransitionStore here (no zarr.json)")
+        check_root(path)
         if mode == "r":
             return cls(path, StoreFiles(path, writable=False), writable=False, flush_every=flush_every)
-        lock = WriteLock(path / LOCK, StoreLockedError)
-        lock.acquire()
+        lock = take_lock(path)
         try:
             return cls(path, StoreFiles(path, writable=True, durable=durable), writable=True,
                        flush_every=flush_every, lock=lock)
@@ -130,17 +141,19 @@ class TransitionStore:
 
     def _recover(self) -> None:
         """Writer: drop a killed writer's temp files, stage the committed tail of the last chunk
-        (the uncommitted tail beyond the marker is overwritten), resume the open episode."""
+        (the uncommitted tail beyond the marker is overwritten), resume the open episode, and
+        sum the chunks of a store that has no sums yet."""
         for tmp in self.path.rglob("*.partial"):
             tmp.unlink(missing_ok=True)
-        arrays, log = self._files.arrays, self._log
-        short = [f for f in FIELDS if arrays[f].shape[0] < self._rows]
-        short += [m for m in META if arrays[m].shape[0] < log.committed]
-        if short:
-            raise StoreError(f"{self.path}: arrays shorter than {MARKER}: {', '.join(short)}")
+        rows, log = self._rows, self._log
         self._stage = Stage(self.obs_dim, self.act_dim, self.chunk_rows, self.flush_every)
-        self._stage.load_tail(arrays, self._rows)
-        log.resume(arrays, self._rows)
+        c0 = rows // self.chunk_rows * self.chunk_rows
+        self._stage.load_tail(c0, self.read(start=c0))
+        tail = self.read(["reward", "source"], start=log.last_end(log.committed))
+        log.resume(tail["reward"], tail["source"], rows)
+        if self._checksums and self._reader.sums is None:   # written before checksums
+            lengths = {**{f: rows for f in FIELDS}, **{m: log.committed for m in META}}
+            self._reader.sums = sum_all(self._reader, lengths)
         self._check_row = RowValidator(self.obs_dim, self.act_dim)
         weakref.finalize(self, self._lock.release)   # a writer dropped unclosed frees its lock
 
@@ -181,8 +194,9 @@ class TransitionStore:
         into the store's notes; commit only after the end (when `flush_every` rows are buffered).
 
         A crash therefore leaves the episode complete or absent, and the notes always describe
-        the committed rows. Refused (StoreError) while an episode is open; nothing is buffered
-        when the block or the notes are refused."""
+        the committed rows; so does an exception here (Ctrl-C included): the buffer is put back
+        as it was. Refused (StoreError) while an episode is open; nothing is buffered when the
+        block or the notes are refused."""
         self._check_writable()
         open_rows = self._stage.end - self._log.start
         if open_rows:
@@ -195,9 +209,15 @@ class TransitionStore:
             staged = json.loads(json.dumps({**self._staged_notes, **(notes or {})}))
         except (TypeError, ValueError) as e:
             raise StoreError(f"notes: must be JSON-serialisable ({e})") from None
-        self._stage_block(block)
-        self.end_episode(success=success)
-        self._staged_notes = staged
+        mark = self._stage.n, self._log.mark()
+        try:
+            self._stage_block(block)
+            self.end_episode(success=success)
+            self._staged_notes = staged
+        except BaseException:   # a Ctrl-C between the rows and their end: neither is kept
+            self._stage.n = mark[0]
+            self._log.rewind(mark[1])
+            raise
         if self.num_buffered >= self.flush_every:
             self.flush()
 
@@ -225,7 +245,9 @@ class TransitionStore:
         self._log.end(self._stage.end, success)
 
     def flush(self) -> None:
-        """Write the buffer and commit: chunks (and their directories) first, then the marker."""
+        """Write the buffer and commit: chunks (and their directories) first, then the marker.
+        StoreWriteError (naming the path and the free space) when the OS refuses a write: the
+        committed rows stay, the buffer is kept, a later flush may succeed."""
         self._check_writable()
         stage, log = self._stage, self._log
         end = stage.end
@@ -236,13 +258,21 @@ class TransitionStore:
         marker = {"rows": end, "episodes": log.n, "time": time.time()}
         if self._staged_notes:
             marker["notes"] = self._staged_notes
+        sums = None
+        if self._checksums:   # of exactly the rows this marker commits (integrity.py)
+            sums = self._reader.sums.copy()
+            for name, start, block in jobs:
+                sums.record(name, start, block, end if name in FIELDS else log.n)
+            marker["crc32"] = sums.to_marker()
         self._files.commit(jobs, marker)
         self._rows, log.committed, self._notes = end, log.n, self._staged_notes
+        self._reader.sums = sums
         stage.committed(end)
 
     def close(self) -> None:
         """Flush and commit, trim the arrays to the committed length, release the lock.
-        Idempotent; a reader's close only marks it closed."""
+        Idempotent; a reader's close only marks it closed. When the flush fails (StoreWriteError:
+        a full disk) the lock is still released and the buffered rows are lost, as in a crash."""
         if self._closed:
             return
         try:
@@ -294,13 +324,19 @@ class TransitionStore:
         """Reader: re-read the marker to see rows committed since; returns `len(self)`."""
         if not self.writable:
             files = self._files
-            rows, episodes, self._notes = files.read_marker()
+            marker = files.read_marker()
+            if marker is None:
+                raise missing_marker_error(self.path)
+            rows, episodes, self._notes = marker["rows"], marker["episodes"], marker["notes"]
             if (rows, episodes) != (self._rows, self._log.committed):
-                if any(files.arrays[f].shape[0] < rows for f in FIELDS) or \
-                        any(files.arrays[m].shape[0] < episodes for m in META):
+                shapes = files.shapes()
+                if any(shapes[f] < rows for f in FIELDS) or any(shapes[m] < episodes for m in META):
                     files.reopen()   # the writer grew them: re-read their shapes
+                check_marker_fits(self.path, files.shapes(), rows)
+                self._reader.sums = ChunkSums.from_marker(self._reader.sizes, marker.get("crc32"),
+                                                          self.path / MARKER)
                 self._rows = rows
-                self._log.load(files.arrays, episodes)
+                self._log.load(files.shapes(), self._read_meta, episodes)
         return self._rows
 
     def read(self, fields=None, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
@@ -311,7 +347,7 @@ class TransitionStore:
             raise StoreError(f"read: unknown field(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
         start, stop, _ = slice(start, stop).indices(self._rows)
         stop = max(stop, start)
-        return {f: self._files.arrays[f][start:stop] for f in fields}
+        return {f: self._reader.read(f, start, stop, self._rows) for f in fields}
 
     def episodes(self) -> list[dict]:
         """Completed episodes: index, start, end, length, source (name), return, success."""
@@ -326,8 +362,10 @@ class TransitionStore:
         return inspection.info(self, self._log)
 
     def validate(self) -> list[str]:
-        """Consistency problems of the committed data (an empty list means consistent)."""
-        return inspection.validate(self, self._log, self._files.arrays, self._files.attrs or {})
+        """Consistency problems of the committed data (an empty list means consistent): every
+        chunk is read and checked against its checksum, then the values and episodes."""
+        return inspection.validate(self, self._log, self._files.arrays, self._files.attrs or {},
+                                   self._reader)
 
     def __repr__(self) -> str:
         return (f"TransitionStore({str(self.path)!r}, {'a' if self.writable else 'r'}, "

@@ -4,10 +4,15 @@ Creates the array layout, opens the arrays, commits (chunks, fsynced, first; the
 marker replaces the old one) and reads the marker. Chunk files are written by tmp + rename
 (+ fsync when durable) so a chunk is never torn, and the directories those renames changed are
 fsynced before the marker, so a row below the marker survives `kill -9` (and, durable, a power cut).
+
+Errors are turned into one line naming the file: an unreadable or missing `zarr.json` or chunk
+(StoreCorruptError), a failed write such as a full disk (StoreWriteError, with the free space;
+its temp file is removed, the old marker stays).
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import threading
@@ -21,8 +26,9 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from o2o_robot.data.schema import FIELDS, SCHEMA_VERSION, row_shape
-from o2o_robot.data.store.errors import StoreError
-from o2o_robot.data.store.layout import MARKER, META, META_CHUNK
+from o2o_robot.data.store.errors import StoreCorruptError, StoreWriteError
+from o2o_robot.data.store.layout import MARKER, META, META_CHUNK, array_dir, chunk_file
+from o2o_robot.fsutil import os_error_line
 
 
 def _fsync_dir(path: Path) -> None:
@@ -35,27 +41,48 @@ def _fsync_dir(path: Path) -> None:
 
 class _DurableStore(LocalStore):
     """LocalStore whose writes are tmp + rename (+ fsync when durable) and which remembers the
-    directories it changed, so a commit can make those renames durable before the marker."""
+    directories it changed, so a commit can make those renames durable before the marker.
+
+    During a commit (`collect`) a write the OS refuses (a full disk) is not raised into zarr but
+    kept in `error`, and the commit's remaining writes are skipped: zarr writes chunks in
+    concurrent tasks and, on the first exception, would leave the others running unobserved,
+    where one could still rename a stale chunk over a later commit's. The commit raises `error`
+    once every task has ended."""
 
     def __init__(self, root, *, read_only: bool = False, durable: bool = True):
         super().__init__(root, read_only=read_only)
         self.durable, self.dirty, self._mu = durable, set(), threading.Lock()
+        self.collect, self.error = False, None
 
     def with_read_only(self, read_only: bool = False):
         return type(self)(self.root, read_only=read_only, durable=self.durable)
 
     def _put(self, key: str, value) -> None:
+        if self.collect and self.error is not None:
+            return   # the commit has failed: write nothing more
         path, dirty = self.root / key, [self.root / key]
-        if not path.parent.is_dir():   # new directories are entries of their parents too
-            dirty += [p for p in path.parents if not p.exists()]
-            path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-        with open(tmp, "wb") as f:
-            f.write(value.as_buffer_like())
-            if self.durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            if not path.parent.is_dir():   # new directories are entries of their parents too
+                dirty += [p for p in path.parents if not p.exists()]
+                path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(value.as_buffer_like())
+                if self.durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)   # a full disk must not keep the space it got
+            if not isinstance(e, OSError):
+                raise
+            if e.filename is None:
+                e.filename = str(path)    # name the file the error is about
+            if not self.collect:
+                raise
+            with self._mu:
+                self.error = self.error or e
+            return
         with self._mu:
             self.dirty.update(p.parent for p in dirty)
 
@@ -90,11 +117,22 @@ async def _commit(jobs: list[tuple], zstore: _DurableStore, marker: dict) -> Non
     """Chunks (fsynced) and their directories first, then the marker replaces the old one.
 
     One event-loop call for all arrays pays zarr's per-call overhead once; the marker's temp
-    file is written and fsynced meanwhile, as it is invisible until the rename.
+    file is written and fsynced meanwhile, as it is invisible until the rename. A refused write
+    (see _DurableStore) is raised after all of them ended, and the marker is left as it was.
     """
     path, durable = Path(zstore.root) / MARKER, zstore.durable
-    _, tmp = await asyncio.gather(asyncio.gather(*(_write_block(*job) for job in jobs)),
-                                  asyncio.to_thread(_write_tmp, path, marker, durable))
+    zstore.collect, zstore.error = True, None
+    try:
+        chunks, tmp = await asyncio.gather(asyncio.gather(*(_write_block(*job) for job in jobs)),
+                                           asyncio.to_thread(_write_tmp, path, marker, durable),
+                                           return_exceptions=True)
+    finally:
+        zstore.collect = False
+    failed = zstore.error or next((r for r in (chunks, tmp) if isinstance(r, BaseException)), None)
+    if failed is not None:
+        if isinstance(tmp, Path):
+            tmp.unlink(missing_ok=True)
+        raise failed
     await zstore.sync_dirs()
     os.replace(tmp, path)
     if durable:
@@ -106,9 +144,16 @@ def _write_tmp(path: Path, obj: dict, durable: bool) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        os.write(fd, json.dumps(obj).encode())
+        data = json.dumps(obj).encode()
+        if os.write(fd, data) != len(data):   # a short write: the disk filled up meanwhile
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         if durable:
             os.fsync(fd)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)
+        raise
     finally:
         os.close(fd)
     return tmp
@@ -134,6 +179,32 @@ def init_layout(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: 
     sync(_commit([], group.store, {"rows": 0, "episodes": 0}))   # creation complete
 
 
+def _metadata_problem(path: Path) -> str | None:
+    """The first missing or unparsable zarr.json of the layout, as one line (None: all fine)."""
+    names = ["", "data/", "meta/"] + [f"{array_dir(n)}/" for n in (*FIELDS, *META)]
+    for name in names:
+        meta = path / f"{name}zarr.json"
+        try:
+            json.loads(meta.read_bytes())
+        except FileNotFoundError:
+            return f"{meta}: missing" + ("" if name else " (the store's root metadata); restore "
+                                                         "the store from a copy")
+        except (OSError, ValueError) as e:
+            return f"{meta}: unreadable ({type(e).__name__}: {_one_line(e)})"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _corrupt(path: Path, exc: BaseException) -> StoreCorruptError:
+    """The store's metadata could not be opened: name the bad file where one is bad."""
+    return StoreCorruptError(_metadata_problem(path) or
+                             f"{path}: cannot open the zarr layout ({type(exc).__name__}: "
+                             f"{_one_line(exc)})")
+
+
 class StoreFiles:
     """One store directory opened through zarr: its attributes, arrays and commit marker.
 
@@ -145,45 +216,93 @@ class StoreFiles:
         self.path = path
         self._zstore = (_DurableStore(path, durable=durable) if writable
                         else LocalStore(path, read_only=True))
-        self._group = zarr.open_group(store=self._zstore, mode="r+" if writable else "r")
+        try:
+            self._group = zarr.open_group(store=self._zstore, mode="r+" if writable else "r")
+            self._attrs = dict(self._group.attrs).get("o2o_store")
+        except Exception as e:   # zarr raises JSONDecodeError, GroupNotFoundError, ...
+            raise _corrupt(path, e) from None
         self.arrays: dict = {}
 
     @property
     def attrs(self) -> dict | None:
         """The store's attributes ("o2o_store"), or None when the group has none."""
-        return dict(self._group.attrs).get("o2o_store")
+        return self._attrs
 
     def open_arrays(self) -> None:
         """(Re)open every array, reading its current shape."""
-        self.arrays = {f: self._group[f"data/{f}"] for f in FIELDS}
-        self.arrays.update({m: self._group[f"meta/{m}"] for m in META})
+        try:
+            self.arrays = {f: self._group[f"data/{f}"] for f in FIELDS}
+            self.arrays.update({m: self._group[f"meta/{m}"] for m in META})
+        except Exception as e:
+            raise _corrupt(self.path, e) from None
 
     def reopen(self) -> None:
         """Reader: re-read the group and the arrays' shapes (after a writer grew them)."""
-        self._group = zarr.open_group(store=self._zstore, mode="r")
+        try:
+            self._group = zarr.open_group(store=self._zstore, mode="r")
+        except Exception as e:
+            raise _corrupt(self.path, e) from None
         self.open_arrays()
 
-    def read_marker(self) -> tuple[int, int, dict]:
-        """(committed rows, committed episodes, notes) from the commit marker."""
+    def read_marker(self) -> dict | None:
+        """The commit marker ({"rows", "episodes"[, "notes", "crc32"]}), None when there is
+        none; StoreCorruptError naming it when it cannot be parsed."""
+        path = self.path / MARKER
         try:
-            marker = json.loads((self.path / MARKER).read_text())
-            return int(marker["rows"]), int(marker["episodes"]), dict(marker.get("notes") or {})
+            marker = json.loads(path.read_text())
+            marker["rows"], marker["episodes"] = int(marker["rows"]), int(marker["episodes"])
+            marker["notes"] = dict(marker.get("notes") or {})
+            return marker
         except FileNotFoundError:
-            raise StoreError(f"{self.path}: no {MARKER}: its creation is in progress or was "
-                             f"interrupted (then create it again)") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise StoreError(f"{self.path}: unreadable {MARKER} ({e})") from None
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StoreCorruptError(f"{path}: unreadable ({type(e).__name__}: {_one_line(e)})") from None
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of array `name`; StoreCorruptError naming the chunk file that
+        cannot be decoded (a truncated or garbled file)."""
+        arr = self.arrays[name]
+        try:
+            return arr[start:stop]
+        except Exception as e:   # blosc: RuntimeError; a wrong size: ValueError; ...
+            size = arr.chunks[0]
+            for k in range(start // size, -(-stop // size)):   # find the chunk to name it
+                try:
+                    arr[k * size:min((k + 1) * size, stop)]
+                except Exception as e_k:
+                    raise StoreCorruptError(
+                        f"{self.path / chunk_file(name, k, arr.ndim)}: unreadable chunk "
+                        f"({type(e_k).__name__}: {_one_line(e_k)})") from None
+            raise StoreCorruptError(f"{self.path / array_dir(name)}: unreadable rows "
+                                    f"{start}..{stop - 1} ({type(e).__name__}: {_one_line(e)})") from None
+
+    def metadata_problem(self) -> str | None:
+        """The first missing or unparsable zarr.json (zarr reads some only when it needs them)."""
+        return _metadata_problem(self.path)
+
+    def shapes(self) -> dict[str, int]:
+        """Length (axis 0) of every array."""
+        return {name: int(arr.shape[0]) for name, arr in self.arrays.items()}
 
     def commit(self, jobs: list[tuple[str, int, np.ndarray]], marker: dict) -> None:
-        """Write each (array name, start row, chunk-aligned block), then replace the marker."""
-        sync(_commit([(self.arrays[name], start, block) for name, start, block in jobs],
-                     self._zstore, marker))
+        """Write each (array name, start row, chunk-aligned block), then replace the marker.
+        StoreWriteError (the path, the free space) when the OS refuses a write."""
+        try:
+            sync(_commit([(self.arrays[name], start, block) for name, start, block in jobs],
+                         self._zstore, marker))
+        except OSError as e:
+            self.open_arrays()   # zarr may hold a grown shape whose metadata file was refused
+            raise StoreWriteError(f"commit not written: {os_error_line(e)}; rows committed "
+                                  f"before are intact") from None
 
     def trim(self, lengths: dict[str, int]) -> None:
         """Shrink arrays longer than their committed length (external readers then see exact
         lengths) and make the metadata renames durable."""
-        for name, n in lengths.items():
-            arr = self.arrays[name]
-            if arr.shape[0] > n:
-                arr.resize((n,) + arr.shape[1:])
-        sync(self._zstore.sync_dirs())
+        try:
+            for name, n in lengths.items():
+                arr = self.arrays[name]
+                if arr.shape[0] > n:
+                    arr.resize((n,) + arr.shape[1:])
+            sync(self._zstore.sync_dirs())
+        except OSError as e:
+            raise StoreWriteError(f"arrays not trimmed: {os_error_line(e)}") from None
