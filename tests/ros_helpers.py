@@ -21,7 +21,7 @@ import onnx
 import rclpy
 from onnx import TensorProto, helper
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.parameter import Parameter
+from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.parameter_client import AsyncParameterClient
 
 from o2o_robot.policy.runtime import META_SPEC, META_VERSION
@@ -157,6 +157,19 @@ def set_parameter(node, target: str, name: str, value, timeout: float = 15.0):
     future = client.set_parameters([Parameter(name, value=value)])
     wait_for(future.done, timeout, f"set {name} on {target}")
     return future.result().results[0]
+
+
+def get_parameter(node, target: str, name: str, timeout: float = 15.0):
+    """One parameter's value of node `target`, read through its GetParameters service (as
+    `ros2 param get` does)."""
+    key = (id(node), target)
+    if key not in _PARAM_CLIENTS:
+        _PARAM_CLIENTS[key] = AsyncParameterClient(node, target)
+    client = _PARAM_CLIENTS[key]
+    assert client.wait_for_services(timeout), f"parameter services of {target}"
+    future = client.get_parameters([name])
+    wait_for(future.done, timeout, f"get {name} of {target}")
+    return parameter_value_to_python(future.result().values[0])
 
 
 def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str | os.PathLike = ROOT
