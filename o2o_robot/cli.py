@@ -138,8 +138,10 @@ def cmd_demos_collect(args) -> int:
 # ------------------------------------------------------------------------------ train, policy
 def cmd_train(args) -> int:
     from o2o_robot.learning.harness import train
+    from o2o_robot.learning.preflight import learner_spec
 
     cfg = _config(args.config).with_run_dir(args.run_dir)
+    learner_spec(cfg, str(resolve_config_path(args.config or DEFAULT_CONFIG)))  # sim.task exists
     if args.steps:
         cfg.train.total_env_steps = args.steps
     result = train(cfg, resume=args.resume)

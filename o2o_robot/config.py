@@ -2,6 +2,11 @@
 
 Every section has defaults, so an empty file is a valid config. Errors name the file, the key path
 and what was expected, e.g. ``config/sim_reach.yaml: learner.utd_ratio: must be >= 1, got 0``.
+Beyond the types and ranges: no number may be NaN or infinite, a key may not appear twice in
+one mapping (plain YAML keeps the last silently), and the sections must fit together (a rate
+limit per action dimension, one role per topic: `topic_conflict`). What only the start of a
+node can tell (a reward function that imports, a sim task that exists, the store) is checked
+by `o2o_robot.learning.preflight`, which `o2o-robot config validate` runs too.
 
 A file may start from others with ``base: other.yaml`` or ``base: [a.yaml, b.yaml]`` (relative
 to the file); later files override earlier ones key by key, and the file itself overrides all. This module imports neither torch nor rclpy.
@@ -251,7 +256,10 @@ class LearnerConfig(Model):
 
 # ------------------------------------------------------------------------------- control, safety
 class RewardConfig(Model):
-    source: Literal["sim", "topic", "function", "success_button"] = "sim"
+    source: Literal["sim", "topic", "function", "success_button"] = Field("sim", description=(
+        "sim: the MuJoCo sim bridge publishes it on `topic` (and marks a sim config: the launch "
+        "files' use_sim:=auto starts the sim for it); topic: a node of yours publishes it there; "
+        "function: `function` computes it; success_button: 1 on the operator's success"))
     topic: str = "reward"
     function: str | None = Field(None, description="dotted path module:function(obs, action, next_obs)")
     done_topic: str | None = Field(None, description="optional std_msgs/Bool terminal signal")

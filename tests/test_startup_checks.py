@@ -7,7 +7,10 @@ waits silently), `sampler.offline_ratio: 0` learns from online rows only, and `p
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -59,9 +62,18 @@ BAD_FILES = [
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "o2o_robot.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    """`o2o-robot *args` in its own process group, which is killed whatever happens (a
+    finetune that got past a missing check would start a learner and an evaluator)."""
+    proc = subprocess.Popen([sys.executable, "-m", "o2o_robot.cli", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _write(tmp: Path, name: str, text: str | bytes) -> Path:
@@ -86,6 +98,15 @@ def test_a_bad_file_is_refused_alike_by_validate_and_by_the_start_of_finetune(tm
         assert "Traceback" not in out.stderr and len(lines) == 1, (args, out.stderr)
         assert lines[0].startswith(f"{path}: ") and key in lines[0], (args, lines[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]   # nothing written
+
+
+def test_train_names_an_unknown_task_in_one_line(tmp_path):
+    path = _write(tmp_path, "unknown", "sim:\n  task: NoSuchTask-v9\n")
+    out = _cli("train", "--config", str(path), "--steps", "1", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip() == (f"{path}: sim.task: unknown task 'NoSuchTask-v9' (Environment "
+                                  f"`NoSuchTask` doesn't exist.); use 'reach' or a gymnasium "
+                                  f"MuJoCo id such as 'Hopper-v5'")
 
 
 def test_the_sim_configs_pass_and_a_duplicate_key_names_both_lines(tmp_path):

@@ -21,6 +21,10 @@ config, DESIGN.md "ROS 2 interface"):
   params  config (read-only), mode (read-only), policy_path (names the file serving, "" for a
           learner's policy), learning_enabled, deterministic
 
+Start: a config, start policy or (from `main`) learner store that cannot work stops the node
+with one FATAL line (exit 1). An observation topic that has delivered nothing 3 s after start
+is named in a warning (`control.status.MissingObservations`): the robot holds until it does.
+
 Modes: "finetune" (the policy acts, an engaged operator intervenes: rows are online /
 intervention, handed to the learner) and "collect" (demonstrations: no policy, only the engaged
 operator acts, rows are demo, handed to a `DemoRecorder` that writes whole episodes to the store).
