@@ -182,7 +182,8 @@ def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str
                              *args], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    proc.reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    proc.reader.start()      # join it to have every line of a process that exited
     return proc, lines
 
 

@@ -74,7 +74,8 @@ def check_launch_file(path: Path, scripts: dict[str, str], root: Path = ROOT) ->
     imported = {a.name for n in tree.body if isinstance(n, ast.ImportFrom)
                 and n.module == "o2o_robot.launch_support" for a in n.names}
     if _calls(tree, "end_launch_on_exit") and "end_launch_on_exit" not in imported:
-        problems.append(f"{where}: end_launch_on_exit is not imported from o2o_robot.launch_support")
+        problems.append(f"{where}: end_launch_on_exit is not imported from "
+                        f"o2o_robot.launch_support")
     for call in nodes:
         package, executable = _kw(call, "package"), _kw(call, "executable")
         package = getattr(package, "value", None)
@@ -113,7 +114,8 @@ def _on_exit_problems(where: str, call: ast.Call, name: str | None, executable: 
     """A node must be `on_exit=end_launch_on_exit(<its name>, ...)`; the actor's clean exit
     must end the launch too (no clean_exit_ends=False)."""
     on_exit = _kw(call, "on_exit")
-    if not (isinstance(on_exit, ast.Call) and getattr(on_exit.func, "id", "") == "end_launch_on_exit"):
+    if not (isinstance(on_exit, ast.Call)
+            and getattr(on_exit.func, "id", "") == "end_launch_on_exit"):
         return [f"{where}: {executable} has no on_exit=end_launch_on_exit(...): its death would "
                 f"not end the launch"]
     problems = []
@@ -193,7 +195,8 @@ def test_the_default_config_is_a_sim_config_and_use_sim_auto_starts_the_sim_for_
     params = _kw(sim, "parameters").elts[0]
     only = params.values[[k.value for k in params.keys].index("only_sim_config")]
     assert ast.unparse(only) == "ParameterValue(_use_sim_is('auto'), value_type=bool)"
-    helper = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "_use_sim_is")
+    helper = next(f for f in tree.body
+                  if isinstance(f, ast.FunctionDef) and f.name == "_use_sim_is")
     assert "LaunchConfiguration('use_sim')" in ast.unparse(helper) and ".lower() in " in \
         ast.unparse(helper)
 

@@ -367,7 +367,7 @@ def test_main_refuses_a_store_without_demonstrations_in_one_line(tmp_path):
         assert proc.wait(timeout=60) == 1, "".join(lines)
     finally:
         proc.kill()
-    time.sleep(0.1)
+    proc.reader.join(timeout=10)
     said = [line for line in lines if "demo" in line]
     assert len(said) == 1 and "FATAL" in said[0], "".join(lines)
     assert "store.path runs/sim_reach/store.zarr: no demo, intervention or offline rows" in said[0]
@@ -384,7 +384,7 @@ def test_main_refuses_a_bad_start_policy_in_one_line(tmp_path):
         assert proc.wait(timeout=60) == 1, "".join(lines)
     finally:
         proc.kill()
-    time.sleep(0.1)
+    proc.reader.join(timeout=10)
     said = [line for line in lines if "garbage.onnx" in line]
     assert len(said) == 1 and "FATAL" in said[0], "".join(lines)
     assert f"policy_path {garbage}: cannot load" in said[0]
@@ -412,7 +412,8 @@ def test_an_actor_without_observations_says_which_topics_it_waits_for(tmp_path):
         line = wait_for(lambda: next((x for x in lines if "waiting for" in x
                                       and "joint_states" not in x), None), 60.0,
                         "a warning naming only task_obs")
-        assert "WARN" in line and f"holding: waiting for {ns}/task_obs (float64_multi_array)" in line
+        assert "WARN" in line
+        assert f"holding: waiting for {ns}/task_obs (float64_multi_array)" in line
         state["task"] = True
         wait_for(lambda: any("observations arriving on all 2 topics" in x for x in lines), 60.0,
                  "the all-clear")

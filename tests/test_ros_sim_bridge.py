@@ -206,12 +206,14 @@ def test_only_sim_config_starts_the_sim_for_a_sim_config_and_skips_a_robot_confi
     try:
         robot, lines = run("examples/my_robot.yaml", True, "auto_robot")
         assert robot.wait(timeout=60) == 0, "".join(lines)
-        time.sleep(0.1)
+        robot.reader.join(timeout=10)
         assert len(lines) == 1 and "INFO" in lines[0], "".join(lines)
         assert "control.reward.source is 'function', not 'sim': a robot config, so no sim" \
             in lines[0]
         forced, lines = run("examples/my_robot.yaml", False, "forced_robot")
-        assert forced.wait(timeout=60) == 1 and any(
+        assert forced.wait(timeout=60) == 1
+        forced.reader.join(timeout=10)
+        assert any(
             "FATAL" in x and "robot.action: 6 dimensions" in x for x in lines), "".join(lines)
         sim, lines = run("sim_reach.yaml", True, "auto_sim")
         wait_for(lambda: any("sim task 'reach'" in x for x in lines), 60.0, "the sim started")

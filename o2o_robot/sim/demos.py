@@ -104,8 +104,8 @@ def missing_demos(cfg: O2OConfig, not_generated: str, *, expert: bool = False) -
     needs them (`cfg.demo_rows_reason()`), why they are not generated here (`not_generated`),
     and where they can come from (`expert`: the sim task's scripted expert is one way)."""
     store = cfg.store.path
-    ways = [f"record them (o2o-robot demos collect, or ros2 launch o2o_robot "
-            f"collect_demos.launch.py)",
+    ways = ["record them (o2o-robot demos collect, or ros2 launch o2o_robot "
+            "collect_demos.launch.py)",
             f"import them (o2o-robot data import rosbag|hdf5|minari SRC --store {store} "
             f"--source demo)"]
     if expert:
