@@ -19,7 +19,8 @@ from o2o_robot.ros.sim_bridge_node import SimBridgeNode, observation_topics
 from o2o_robot.sim.envs import make_env
 from o2o_robot.sim.experts import expert_for
 from ros_helpers import (Recorder, RosGraph, call_service, check_main_lifecycle, domain_id,
-                         namespace, start_node_main, status_json, wait_for)
+                         kill_group, namespace, start_node_main, status_json, stop_processes,
+                         wait_for)
 
 SEED = 3
 
@@ -217,8 +218,7 @@ def test_only_sim_config_starts_the_sim_for_a_sim_config_and_skips_a_robot_confi
             "FATAL" in x and "robot.action: 6 dimensions" in x for x in lines), "".join(lines)
         sim, lines = run("sim_reach.yaml", True, "auto_sim")
         wait_for(lambda: any("sim task 'reach'" in x for x in lines), 60.0, "the sim started")
-        sim.send_signal(signal.SIGINT)
-        assert sim.wait(timeout=30) == 0, "".join(lines)
+        assert stop_processes([sim]) == [0], "".join(lines)
     finally:
         for proc in procs:
-            proc.kill()
+            kill_group(proc)

@@ -50,7 +50,7 @@ from std_srvs.srv import Trigger
 
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.spin import spin_node, start_node
+from o2o_robot.ros.spin import spin_node, start_failed, start_node
 from o2o_robot.sim.envs import make_env, observation_topics  # noqa: F401 (tests)
 from o2o_robot.sim.reach import ReachEnv
 
@@ -215,7 +215,7 @@ def main(args=None) -> int:
         get_logger(NODE_NAME).info(str(exc))
         rclpy.try_shutdown()
         return 0
-    return 1 if node is None else spin_node(node)
+    return start_failed() if node is None else spin_node(node)
 
 
 if __name__ == "__main__":
