@@ -5,7 +5,6 @@ clear, policy 1 unless it says otherwise)."""
 from __future__ import annotations
 
 import math
-import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace

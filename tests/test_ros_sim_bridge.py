@@ -3,7 +3,6 @@ observations equal to an independent env driven with the same seed and actions, 
 and freeze, malformed actions, and real-time stepping."""
 from __future__ import annotations
 
-import signal
 import time
 from types import SimpleNamespace
 
