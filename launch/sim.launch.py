@@ -3,12 +3,15 @@
 
     ros2 launch o2o_robot sim.launch.py config:=sim_reach.yaml namespace:=arm1
 
-Lock-step or real-time stepping is `sim.lockstep` in the config.
+Lock-step or real-time stepping is `sim.lockstep` in the config. The bridge's exit ends the
+launch, with exit status 1 when it failed (`o2o_robot.launch_support`).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from o2o_robot.launch_support import end_launch_on_exit
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -19,5 +22,6 @@ def generate_launch_description() -> LaunchDescription:
                               description="namespace of the node and its topics"),
         Node(package="o2o_robot", executable="sim_bridge", name="o2o_sim",
              namespace=LaunchConfiguration("namespace"), output="screen", emulate_tty=True,
-             parameters=[{"config": LaunchConfiguration("config")}]),
+             parameters=[{"config": LaunchConfiguration("config")}],
+             on_exit=end_launch_on_exit("o2o_sim")),
     ])

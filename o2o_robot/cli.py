@@ -33,61 +33,19 @@ def _print_json(obj) -> None:
 
 
 # ------------------------------------------------------------------------------------ config
-def _check_reward_function(cfg, label) -> None:
-    """Import and probe `control.reward.function` as the actor node does at start."""
-    reward = cfg.control.reward
-    if reward.source != "function":
-        return
-    from o2o_robot.control.rewards import RewardFunctionError, load_reward_function
-
-    try:
-        load_reward_function(reward.function, cfg.robot.obs_dim, cfg.robot.act_dim)
-    except RewardFunctionError as exc:
-        raise ConfigError(f"{label}: {exc}") from None
-
-
-def _learner_spec(cfg, label) -> dict:
-    """The obs/action spec the learner will use: a gymnasium `sim.task` brings its own, which
-    replaces the robot section in `train` (harness.robot_for_env); with 'reach' it is the
-    robot section's (the sim arm, or a real robot's config), task None."""
-    from o2o_robot.sim.envs import REACH_TASK, env_spec, make_env
-
-    if cfg.sim.task == REACH_TASK:
-        return {"task": None, "obs_dim": cfg.robot.obs_dim, "act_dim": cfg.robot.act_dim}
-    try:
-        env = make_env(cfg.sim)
-    except ValueError as exc:   # unknown task id, unsupported spaces: named in the message
-        raise ConfigError(f"{label}: {exc}") from None
-    try:
-        return env_spec(env)
-    finally:
-        env.close()
-
-
-def _check_store(cfg, label, spec) -> str:
-    """Check an existing `store.path` against `spec` (ConfigError naming both); a summary."""
-    from o2o_robot.data.store import TransitionStore
-    from o2o_robot.sim.demos import check_store_spec
-
-    if not Path(cfg.store.path).exists():
-        return f"store {cfg.store.path} not created yet"
-    with TransitionStore.open(cfg.store.path, "r") as store:
-        try:
-            check_store_spec(store, spec)
-        except ValueError as exc:
-            raise ConfigError(f"{label}: store.path {cfg.store.path}: {exc}") from None
-        return f"store {cfg.store.path} fits, {store.info()['rows']} rows"
-
-
 def cmd_config_validate(args) -> int:
+    """The start-up checks of `finetune` and the actor node (`learning.preflight`), reported."""
+    from o2o_robot.learning.preflight import startup_checks
+
     path = resolve_config_path(args.file)   # a file name also finds the packaged configs
     cfg = load_config(path)
-    _check_reward_function(cfg, path)
-    spec = _learner_spec(cfg, path)
-    stored = _check_store(cfg, path, spec)
+    found = startup_checks(cfg, str(path), sim=args.sim, demos=False)
+    spec = found["spec"]
     task = f"task {spec['task']}: " if spec["task"] else ""
     print(f"{path}: ok ({task}obs_dim {spec['obs_dim']}, act_dim {spec['act_dim']}, "
-          f"algorithm {cfg.algorithm.name}, reward {cfg.control.reward.source}; {stored})")
+          f"algorithm {cfg.algorithm.name}, reward {cfg.control.reward.source}; {found['store']})")
+    print(f"  sim: {found['sim']}")
+    print(f"  {found['demos']}")
     return 0
 
 
@@ -203,8 +161,10 @@ def cmd_demos_collect(args) -> int:
 # ------------------------------------------------------------------------------ train, policy
 def cmd_train(args) -> int:
     from o2o_robot.learning.harness import train
+    from o2o_robot.learning.preflight import learner_spec
 
     cfg = _config(args.config).with_run_dir(args.run_dir)
+    learner_spec(cfg, str(resolve_config_path(args.config or DEFAULT_CONFIG)))  # sim.task exists
     if args.steps:
         cfg.train.total_env_steps = args.steps
     result = train(cfg, resume=args.resume)
@@ -243,11 +203,18 @@ def cmd_export(args) -> int:
 
 
 def cmd_policy_check(args) -> int:
-    from o2o_robot.policy.runtime import PolicyRejected
+    from o2o_robot.policy.runtime import LATENCY_BUDGET_SHARE, PolicyRejected
     from o2o_robot.policy.tools import check_policy
 
+    robot = budget = None
+    if args.config:    # that robot's sizes and bounds, and the latency budget of its rate
+        cfg = _config(args.config)
+        robot, budget = cfg, LATENCY_BUDGET_SHARE / cfg.control.control_rate_hz
+    if not Path(args.policy).is_file():
+        raise CliError(f"{args.policy}: no such file")
     try:
-        report = check_policy(args.policy, checkpoint=args.checkpoint)
+        report = check_policy(args.policy, checkpoint=args.checkpoint, robot=robot,
+                              latency_budget_s=budget)
     except PolicyRejected as exc:
         print(f"{args.policy}: unusable: {exc.reason}", file=sys.stderr)
         return 1
@@ -271,12 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="validate or show a config file").add_subparsers(
         dest="action", required=True)
-    for name, fn, text in (("validate", cmd_config_validate, "exit 0 when valid (a reward "
-                            "function is imported and probed), else 2"),
-                           ("show", cmd_config_show, "print the resolved config")):
-        q = cfg.add_parser(name, help=text)
-        q.add_argument("file")
-        q.set_defaults(fn=fn)
+    q = cfg.add_parser("validate", help="the start-up checks of finetune and the actor node "
+                       "(a reward function is imported and probed, the store checked): exit 0 "
+                       "when they pass, else 2 naming the key")
+    q.add_argument("file")
+    q.add_argument("--sim", action="store_true", help="also require that o2o-robot finetune "
+                   "(the MuJoCo sim bridge) can run the robot section (else only reported)")
+    q.set_defaults(fn=cmd_config_validate)
+    q = cfg.add_parser("show", help="print the resolved config")
+    q.add_argument("file")
+    q.set_defaults(fn=cmd_config_show)
 
     data = sub.add_parser("data", help="inspect, import into, export a transition store").add_subparsers(
         dest="action", required=True)
@@ -356,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       required=True)
     q = pol.add_parser("check", help="spec, metadata, parity, latency; exit 1 if unusable")
     q.add_argument("policy")
+    q.add_argument("--config", default=None, help="check against this robot config: its obs and "
+                   "action sizes and bounds, and the p99 latency budget of its control rate "
+                   "(as the actor node does before a swap)")
     q.add_argument("--checkpoint", default=None)
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_policy_check)

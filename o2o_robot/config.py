@@ -2,6 +2,11 @@
 
 Every section has defaults, so an empty file is a valid config. Errors name the file, the key path
 and what was expected, e.g. ``config/sim_reach.yaml: learner.utd_ratio: must be >= 1, got 0``.
+Beyond the types and ranges: no number may be NaN or infinite, a key may not appear twice in
+one mapping (plain YAML keeps the last silently), and the sections must fit together (a rate
+limit per action dimension, one role per topic: `topic_conflict`). What only the start of a
+node can tell (a reward function that imports, a sim task that exists, the store) is checked
+by `o2o_robot.learning.preflight`, which `o2o-robot config validate` runs too.
 
 A file may start from others with ``base: other.yaml`` or ``base: [a.yaml, b.yaml]`` (relative
 to the file); later files override earlier ones key by key, and the file itself overrides all. This module imports neither torch nor rclpy.
@@ -22,9 +27,24 @@ PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
 class Model(BaseModel):
-    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+    """Base of every config section: unknown keys are errors, values are validated on
+    assignment, and no number may be NaN or infinite (an inf action bound or rate limit
+    validated before and crashed the learner or the safety filter at start)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# The actor node's topics that are not configurable (ros/qos.py names them from here), with
+# the message type each carries: a configured topic may not take one of these names.
+TELEOP_ACTION_TOPIC = "teleop/action"     # std_msgs/Float64MultiArray, physical units
+TELEOP_ENGAGED_TOPIC = "teleop/engaged"   # std_msgs/Bool, True = teleop overrides the policy
+SUCCESS_TOPIC = "operator/success"        # std_msgs/Bool, True = this episode succeeded
+FAILURE_TOPIC = "operator/failure"        # std_msgs/Bool, True = give up on this episode
+DEFAULT_DONE_TOPIC = "done"               # std_msgs/Bool, the sim bridge's terminal signal
+FIXED_TOPICS = {TELEOP_ACTION_TOPIC: "Float64MultiArray", TELEOP_ENGAGED_TOPIC: "Bool",
+                SUCCESS_TOPIC: "Bool", FAILURE_TOPIC: "Bool"}
+OBSERVATION_MSG = {"joint_state": "JointState", "float64_multi_array": "Float64MultiArray",
+                   "pose_stamped": "PoseStamped"}
 
 
 # --------------------------------------------------------------------------------------- robot
@@ -88,7 +108,7 @@ class RobotSpec(Model):
         ObservationSource(topic="joint_states", type="joint_state",
                           joint_names=["joint1", "joint2", "joint3"], fields=["position", "velocity"]),
         ObservationSource(topic="task_obs", type="float64_multi_array", size=6),
-    ])
+    ], min_length=1)
     action: ActionSpace = Field(default_factory=lambda: ActionSpace(
         names=["joint1", "joint2", "joint3"], low=[-2.0] * 3, high=[2.0] * 3))
 
@@ -244,7 +264,10 @@ class LearnerConfig(Model):
 
 # ------------------------------------------------------------------------------- control, safety
 class RewardConfig(Model):
-    source: Literal["sim", "topic", "function", "success_button"] = "sim"
+    source: Literal["sim", "topic", "function", "success_button"] = Field("sim", description=(
+        "sim: the MuJoCo sim bridge publishes it on `topic` (and marks a sim config: the launch "
+        "files' use_sim:=auto starts the sim for it); topic: a node of yours publishes it there; "
+        "function: `function` computes it; success_button: 1 on the operator's success"))
     topic: str = "reward"
     function: str | None = Field(None, description="dotted path module:function(obs, action, next_obs)")
     done_topic: str | None = Field(None, description="optional std_msgs/Bool terminal signal")
@@ -477,6 +500,28 @@ class O2OConfig(Model):
     teleop: TeleopConfig = Field(default_factory=TeleopConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @model_validator(mode="after")
+    def _fits_together(self) -> "O2OConfig":
+        limits, dim = self.safety.max_delta_per_tick, self.robot.act_dim
+        if isinstance(limits, list) and len(limits) not in (1, dim):
+            raise ValueError(f"safety.max_delta_per_tick: {len(limits)} values, but robot.action "
+                             f"has {dim} dimensions (give one value, or one per dimension)")
+        problem = topic_conflict(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def demo_rows_reason(self) -> str | None:
+        """Why the learner needs demo-side rows (demo, intervention or offline) in the store
+        before it can update, or None when it learns from online rows alone."""
+        if self.algorithm.name == "oema":
+            return ("algorithm oema pre-trains on them and replays them beside the online rows, "
+                    "whatever sampler.offline_ratio says")
+        if self.sampler.offline_ratio > 0:
+            return (f"sampler.offline_ratio is {self.sampler.offline_ratio:g}: that share of "
+                    f"every minibatch is drawn from them")
+        return None
+
     def config_hash(self) -> str:
         """Short stable hash of the resolved config (recorded in exported policies)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
@@ -497,9 +542,66 @@ class O2OConfig(Model):
         return cfg
 
 
+def config_topics(cfg: O2OConfig) -> list[tuple[str, str, str]]:
+    """(key path, topic, message type) of every topic the actor node and teleop_node use; the
+    fixed names first, so that a conflict is reported at the configured key."""
+    reward = cfg.control.reward
+    out = [("the actor's fixed topic", name, typ) for name, typ in FIXED_TOPICS.items()]
+    if reward.source == "sim" and not reward.done_topic:
+        out.append(("the sim's terminal topic", DEFAULT_DONE_TOPIC, "Bool"))
+    out += [(f"robot.observations.{i}.topic", src.topic, OBSERVATION_MSG[src.type])
+            for i, src in enumerate(cfg.robot.observations)]
+    out.append(("robot.action.topic", cfg.robot.action.topic, "Float64MultiArray"))
+    if reward.source in ("sim", "topic"):
+        out.append(("control.reward.topic", reward.topic, "Float64"))
+    if reward.done_topic:
+        out.append(("control.reward.done_topic", reward.done_topic, "Bool"))
+    out.append(("safety.estop_topic", cfg.safety.estop_topic, "Bool"))
+    out.append(("teleop.joy_topic", cfg.teleop.joy_topic, "Joy"))
+    return out
+
+
+def topic_conflict(cfg: O2OConfig) -> str | None:
+    """'key.path: ...' when one topic name has two roles: several observation sources may
+    read one topic of one type, nothing else may share a name (two message types on one topic
+    fail at node start; one type in two roles feeds e.g. the actions back as observations).
+    Names are compared without a leading '/', as they resolve in the default namespace."""
+    seen: dict[str, tuple[str, str]] = {}
+    for key, topic, typ in config_topics(cfg):
+        name = topic.strip().lstrip("/")
+        if not name:
+            return f"{key}: empty topic name"
+        if name in seen:
+            other_key, other_typ = seen[name]
+            both_obs = key.startswith("robot.observations") and \
+                other_key.startswith("robot.observations")
+            if both_obs and other_typ == typ:
+                continue
+            kinds = f"{other_typ} there, {typ} here" if other_typ != typ else f"both {typ}"
+            return (f"{key}: topic {topic!r} is also {other_key} ({kinds}); give each role a "
+                    f"topic of its own")
+        seen[name] = (key, typ)
+    return None
+
+
 # -------------------------------------------------------------------------------------- loading
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the key path."""
+
+
+def _key_path(loc: tuple) -> str:
+    """A pydantic error location as a key path, without validator and union-member entries
+    ('function-after[...]', 'float', 'list[float]' of `float | list[float]`)."""
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and (
+        p.startswith("function-after") or "[" in p or p in ("float", "int", "str", "bool"))))
+
+
+def _relevant(errors: list[dict]) -> list[dict]:
+    """A value that fits no member of a union fails each: for a key with a real complaint
+    (a range, NaN), drop the 'not of this member's type' ones."""
+    real = {_key_path(e["loc"]) for e in errors if not e["type"].endswith(("_type", "_parsing"))}
+    return [e for e in errors if not (e["type"].endswith(("_type", "_parsing")) and any(
+        r.startswith(_key_path(e["loc"])) for r in real))]
 
 
 def _lower_first(text: str) -> str:
@@ -510,7 +612,7 @@ def _lower_first(text: str) -> str:
 
 def _describe(err: dict[str, Any]) -> str:
     """One pydantic error as 'key.path: what was expected, got X'."""
-    path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    path = _key_path(err["loc"])
     kind, ctx, given = err["type"], err.get("ctx", {}), err.get("input")
     expected = {
         "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
@@ -521,14 +623,18 @@ def _describe(err: dict[str, Any]) -> str:
         "missing": lambda: "required key is missing",
         "literal_error": lambda: f"must be one of {ctx.get('expected')}",
         "union_tag_invalid": lambda: f"must be one of {ctx.get('expected_tags')}",
+        "finite_number": lambda: "must be a finite number",
+        "too_short": lambda: f"must have at least {ctx.get('min_length')} "
+                             f"entr{'y' if ctx.get('min_length') == 1 else 'ies'}",
     }.get(kind, lambda: _lower_first(err["msg"].removeprefix("Value error, ")))()
     if kind in ("missing",):
         return f"{path}: {expected}"
+    if kind != "value_error":
+        return f"{path or '<top>'}: {expected}, got {given!r}"
     head, sep, rest = expected.partition(": ")
-    if kind == "value_error" and sep and path and head.isidentifier():
+    if sep and path and head.isidentifier():
         return f"{path}.{head}: {rest}"     # a section's validator naming one of its keys
-    return f"{path or '<top>'}: {expected}, got {given!r}" if kind != "value_error" else \
-        f"{path or '<top>'}: {expected}"
+    return f"{path}: {expected}" if path else expected   # a whole-config check names its keys
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -546,15 +652,42 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key repeated in one mapping is an error: the safe
+    loader keeps the last one silently (a second `learner:` block wiped the first one's keys)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":   # `<<:` merges may overlap
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    again = key in first
+                except TypeError:     # an unhashable key: the base class reports it
+                    continue
+                if again:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping (lines "
+                        f"{first[key]} and {line}); YAML would keep only the last: merge them",
+                        key_node.start_mark)
+                first[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise ConfigError(f"{path}: base: cycle through {' -> '.join(map(str, seen))}")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a YAML text file (byte {exc.object[exc.start]:#04x} at "
+                          f"offset {exc.start} is not UTF-8)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -587,7 +720,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     try:
         return O2OConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{label}: {_describe(err)}" for err in exc.errors()]
+        lines = [f"{label}: {_describe(err)}" for err in _relevant(exc.errors())]
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -22,7 +22,7 @@ import onnx.numpy_helper
 import rclpy
 from onnx import TensorProto, helper
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.parameter import Parameter
+from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.parameter_client import AsyncParameterClient
 
 from o2o_robot.policy.runtime import META_SPEC, META_VERSION
@@ -160,6 +160,19 @@ def set_parameter(node, target: str, name: str, value, timeout: float = 15.0):
     return future.result().results[0]
 
 
+def get_parameter(node, target: str, name: str, timeout: float = 15.0):
+    """One parameter's value of node `target`, read through its GetParameters service (as
+    `ros2 param get` does)."""
+    key = (id(node), target)
+    if key not in _PARAM_CLIENTS:
+        _PARAM_CLIENTS[key] = AsyncParameterClient(node, target)
+    client = _PARAM_CLIENTS[key]
+    assert client.wait_for_services(timeout), f"parameter services of {target}"
+    future = client.get_parameters([name])
+    wait_for(future.done, timeout, f"get {name} of {target}")
+    return parameter_value_to_python(future.result().values[0])
+
+
 def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str | os.PathLike = ROOT,
                     *, entry: bool = False) -> tuple[subprocess.Popen, list[str]]:
     """`python -m module --ros-args -r __ns:=ns *args` in its own domain; (process, output
@@ -173,7 +186,8 @@ def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str
                              *args], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
     lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    proc.reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    proc.reader.start()      # join it to have every line of a process that exited
     return proc, lines
 
 

@@ -16,14 +16,16 @@ Two kinds of static rule:
     - a package of its own tier only where SAME_TIER_ALLOWED names the pair and the file:
       packages DESIGN puts side by side are independent unless the code needs the edge.
   The tiers, and where the ones DESIGN does not name come from:
-    0  config, fsutil, runlog, spaces   import nothing of the project (fsutil: atomic writes,
-                                        runlog: metrics/plots, spaces: ActionScaler), so they
+    0  config, fsutil, runlog, spaces,  import nothing of the project (fsutil: atomic writes,
+       launch_support                   runlog: metrics/plots, spaces: ActionScaler,
+                                        launch_support: what launch files share), so they
                                         sit with config; they do not import each other either
     1  agents, data                     independent: neither imports the other
     2  policy, control                  independent; policy may use agents (checkpoints)
     3  learning, sim, teleop, ingest    ingest (rosbag replay + `data import`) is "above
                                         control/". Within the tier only sim is used by others:
-                                        learning's harness/pretrain run sim envs (LearnerCore,
+                                        learning's harness/pretrain run sim envs, preflight
+                                        checks a config against them (LearnerCore,
                                         the worker and the batch plan never do: LearnerCore
                                         has no env) and teleop's scripted operators drive the
                                         sim's experts. sim imports none of the others.
@@ -64,7 +66,7 @@ ROS_IMPORTERS = ("ros/", "cli.py", "__main__.py")
 
 # Internal layering (module docstring): first-level module or subpackage -> tier.
 TIERS: dict[str, int] = {
-    "__init__": 0, "config": 0, "fsutil": 0, "runlog": 0, "spaces": 0,
+    "__init__": 0, "config": 0, "fsutil": 0, "runlog": 0, "spaces": 0, "launch_support": 0,
     "agents": 1, "data": 1,
     "policy": 2, "control": 2,
     "learning": 3, "sim": 3, "teleop": 3, "ingest": 3,
@@ -73,7 +75,7 @@ TIERS: dict[str, int] = {
 }
 # (importer, imported) of the same tier -> the files (path prefixes) that may make that import.
 SAME_TIER_ALLOWED: dict[tuple[str, str], tuple[str, ...]] = {
-    ("learning", "sim"): ("learning/harness.py", "learning/pretrain.py"),
+    ("learning", "sim"): ("learning/harness.py", "learning/pretrain.py", "learning/preflight.py"),
     ("teleop", "sim"): ("teleop/scripted.py",),
 }
 

@@ -428,7 +428,8 @@ def test_check_policy_against_robot_config(tmp_path, good):
     fitting = export(obs_dim=robot.obs_dim, act_dim=robot.act_dim, low=robot.action.low,
                      high=robot.action.high)
     report = tools.check_policy(write_policy(fitting, tmp_path / "fits.onnx"), robot=robot)
-    assert report["checked_against"] == "robot config" and report["obs_dim"] == robot.obs_dim
+    assert report["checked_against"].startswith("robot config (reach_arm: obs 12, action 3")
+    assert report["obs_dim"] == robot.obs_dim
 
 
 def test_export_checkpoint_and_parity_check(tmp_path, monkeypatch):

@@ -21,8 +21,8 @@ from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.ros import qos
 from o2o_robot.ros.actor_node import ActorNode
 from ros_helpers import (Recorder, RosGraph, call_service, check_main_lifecycle, domain_id,
-                         linear_policy, linear_reference, namespace, set_parameter, status_json,
-                         wait_for)
+                         get_parameter, kill_group, linear_policy, linear_reference, namespace,
+                         set_parameter, start_node_main, status_json, stop_processes, wait_for)
 
 JOINTS = ["joint1", "joint2", "joint3"]
 Q, QD = [0.1, 0.4, 1.2], [0.0, 0.0, 0.0]
@@ -252,6 +252,24 @@ def test_policy_path_swaps_a_good_file_refuses_a_bad_one_and_rolls_back(g):
     wait_for(lambda: _acting(g, g.p1.ref), 10.0, "the rolled-back policy's actions")
 
 
+def test_policy_path_names_the_serving_file_after_a_rollback_and_a_learner_swap(g):
+    """`ros2 param get /o2o_actor policy_path` names what serves: the file rolled back to, and
+    "" while a policy the learner sent (bytes, no file) serves."""
+    assert set_parameter(g.tester, g.target, "policy_path", g.p2.path).successful
+    wait_for(lambda: _acting(g, g.p2.ref), 10.0, "p2 in action")
+    assert call_service(g.rollback, Trigger.Request()).success
+    assert get_parameter(g.tester, g.target, "policy_path") == g.p1.path
+    wait_for(lambda: _acting(g, g.p1.ref), 10.0, "p1 back in action")
+    g.learner.next_policy = g.p2.data
+    wait_for(lambda: _acting(g, g.p2.ref), 10.0, "the learner's policy in action")
+    wait_for(lambda: get_parameter(g.tester, g.target, "policy_path") == "", 10.0,
+             "policy_path emptied for the learner's policy")
+    assert call_service(g.rollback, Trigger.Request()).success
+    wait_for(lambda: _acting(g, g.p1.ref), 10.0, "p1 back in action")
+    assert get_parameter(g.tester, g.target, "policy_path") == g.p1.path
+    assert _status_after(g, time.monotonic())["policy"]["version"] == 1   # not reloaded
+
+
 def test_learner_gets_transitions_and_its_policy_is_swapped_in(g):
     rows = list(g.learner.transitions)
     assert len(rows) > 20
@@ -261,10 +279,11 @@ def test_learner_gets_transitions_and_its_policy_is_swapped_in(g):
     np.testing.assert_allclose(row.next_obs, OBS)
     assert any(a.next_obs is b.obs for a, b in zip(rows, rows[1:]))   # rows chain
     assert abs(row.timestamp - time.time()) < 60.0      # seconds since the epoch (the schema)
+    polled = g.actor.learner_counts["polled"]
     g.learner.next_policy = g.p3.data
     wait_for(lambda: _acting(g, g.p3.ref), 10.0, "the learner's policy in action")
     st = _status_after(g, time.monotonic())
-    assert st["policy"]["version"] == 9 and st["learner"]["polled"] == 1
+    assert st["policy"]["version"] == 9 and st["learner"]["polled"] == polled + 1
     assert st["learner"]["stats"]["store_sizes"]["online"] > 0
     assert set_parameter(g.tester, g.target, "learning_enabled", False).successful
     time.sleep(0.1)
@@ -351,14 +370,97 @@ def test_a_policy_that_gives_nan_on_real_observations_is_rolled_back(g, tmp_path
     wait_for(lambda: _acting(g, serving), 10.0, "the previous policy acting again")
 
 
+def _demo_store(path: Path) -> None:
+    """One scripted reach demo episode at `path` (what the learner needs to start)."""
+    from o2o_robot.data.store import TransitionStore
+    from o2o_robot.sim.demos import generate_demos
+    from o2o_robot.sim.envs import env_spec, make_env
+
+    cfg = load_config(resolve_config_path("sim_reach.yaml"))
+    with TransitionStore.open_or_create(path, 12, 3, spec=env_spec(make_env(cfg.sim))) as store:
+        generate_demos(store, cfg.sim, episodes=1, noise=0.1, seed=0, max_episode_steps=20,
+                       progress=False)
+
+
+def _main(args: list[str], tag: str, cwd: Path):
+    return start_node_main("o2o_robot.ros.actor_node", ["-p", "config:=sim_reach.yaml", *args],
+                           namespace(tag), domain_id(1), cwd)
+
+
 def test_main_loads_the_config_parameter_and_exits_cleanly_on_sigint(tmp_path):
     """`actor_node` as `ros2 run` starts it: with learning enabled (the default) it runs the
     configured learner, which checkpoints into the run directory when the node stops, even
     when a second SIGINT arrives meanwhile."""
+    _demo_store(tmp_path / "runs" / "sim_reach" / "store.zarr")
     check_main_lifecycle("o2o_robot.ros.actor_node", "reach_arm: obs 12, action 3",
                          namespace("main"), domain_id(1), tmp_path)
     assert (tmp_path / "runs" / "sim_reach" / "checkpoints" / "latest.pt").exists()
     assert (tmp_path / "runs" / "sim_reach" / "policies" / "policy_00001.onnx").exists()
+
+
+def test_main_refuses_a_store_without_demonstrations_in_one_line(tmp_path):
+    """Nothing generates demonstrations beside a robot: a learner that needs them (RLPD,
+    sampler.offline_ratio 0.5) and finds none stops the node at start with what to do,
+    instead of running without a single update."""
+    proc, lines = _main([], "nodemos", tmp_path)
+    try:
+        assert proc.wait(timeout=60) == 1, "".join(lines)
+    finally:
+        kill_group(proc)
+    proc.reader.join(timeout=10)
+    said = [line for line in lines if "demo" in line]
+    assert len(said) == 1 and "FATAL" in said[0], "".join(lines)
+    assert "store.path runs/sim_reach/store.zarr: no demo, intervention or offline rows" in said[0]
+    assert "o2o-robot demos generate" in said[0] and "sampler.offline_ratio: 0" in said[0]
+    assert not (tmp_path / "runs").exists()      # no learner started, no store created
+
+
+def test_main_refuses_a_bad_start_policy_in_one_line(tmp_path):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    proc, lines = _main(["-p", f"policy_path:={garbage}", "-p", "learning_enabled:=false"],
+                        "badpolicy", tmp_path)
+    try:
+        assert proc.wait(timeout=60) == 1, "".join(lines)
+    finally:
+        kill_group(proc)
+    proc.reader.join(timeout=10)
+    said = [line for line in lines if "garbage.onnx" in line]
+    assert len(said) == 1 and "FATAL" in said[0], "".join(lines)
+    assert f"policy_path {garbage}: cannot load" in said[0]
+    assert not any("keeps running" in line for line in lines)
+
+
+def test_an_actor_without_observations_says_which_topics_it_waits_for(tmp_path):
+    """Observations on joint_states only: the actor holds and names task_obs (resolved in its
+    namespace), not joint_states; once task_obs arrives too it says so."""
+    ns = namespace("waiting")
+    graph = RosGraph(domain_id(1))
+    feeder = graph.node("feeder", ns)
+    joints = feeder.create_publisher(JointState, "joint_states", qos.STREAM)
+    task = feeder.create_publisher(Float64MultiArray, "task_obs", qos.STREAM)
+    state = {"task": False}
+
+    def feed():
+        joints.publish(JointState(name=JOINTS, position=Q, velocity=QD))
+        if state["task"]:
+            task.publish(Float64MultiArray(data=TASK))
+
+    feeder.create_timer(0.05, feed)
+    proc, lines = _main(["-p", "learning_enabled:=false"], "waiting", tmp_path)
+    try:
+        line = wait_for(lambda: next((x for x in lines if "waiting for" in x
+                                      and "joint_states" not in x), None), 60.0,
+                        "a warning naming only task_obs")
+        assert "WARN" in line
+        assert f"holding: waiting for {ns}/task_obs (float64_multi_array)" in line
+        state["task"] = True
+        wait_for(lambda: any("observations arriving on all 2 topics" in x for x in lines), 60.0,
+                 "the all-clear")
+    finally:
+        codes = stop_processes([proc])
+        graph.close()
+    assert codes == [0], "".join(lines)
 
 
 def test_message_conversion_round_trips_and_rejects_bad_messages():

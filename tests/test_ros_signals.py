@@ -39,7 +39,10 @@ def guarded(pid: int) -> bool:
 def test_two_sigints_at_any_moment_stop_a_node_cleanly(name, tmp_path):
     config = tmp_path / "robot.yaml"
     # teleop_node maps a Joy device: the packaged sim config's teleop device is the scripted one.
+    # offline_ratio 0: the actor's learner starts on an empty store (with the default 0.5 the
+    # actor refuses a store without demonstrations at start).
     config.write_text(f"base: {Path(ROOT) / 'config' / 'sim_reach.yaml'}\nteleop:\n  device: gamepad\n"
+                      f"sampler:\n  offline_ratio: 0\n"
                       f"train:\n  run_dir: {tmp_path / 'run'}\n"
                       f"store:\n  path: {tmp_path / 'run' / 'store.zarr'}\n")
     for i, delay in enumerate(DELAYS_S):

@@ -18,7 +18,8 @@ from o2o_robot.ros.sim_bridge_node import SimBridgeNode, observation_topics
 from o2o_robot.sim.envs import make_env
 from o2o_robot.sim.experts import expert_for
 from ros_helpers import (Recorder, RosGraph, call_service, check_main_lifecycle, domain_id,
-                         namespace, status_json, wait_for)
+                         kill_group, namespace, start_node_main, status_json, stop_processes,
+                         wait_for)
 
 SEED = 3
 
@@ -186,3 +187,37 @@ def test_observation_topics_refuses_a_config_the_sim_cannot_serve():
 def test_main_runs_the_configured_task_and_exits_cleanly_on_sigint(tmp_path):
     check_main_lifecycle("o2o_robot.ros.sim_bridge_node", "sim task 'reach', 20 Hz",
                          namespace("sim_main"), domain_id(2), tmp_path)
+
+
+def test_only_sim_config_starts_the_sim_for_a_sim_config_and_skips_a_robot_config(tmp_path):
+    """What `use_sim:=auto` of the launch files starts: `only_sim_config:=true`. A robot config
+    (control.reward.source 'function') makes the bridge exit 0 with one line saying why; the
+    sim config starts the sim. Negative control: without the flag the robot config is an error
+    (the sim cannot serve its 6-joint robot section)."""
+    procs = []
+
+    def run(config: str, only: bool, tag: str):
+        proc, lines = start_node_main("o2o_robot.ros.sim_bridge_node",
+                                      ["-p", f"config:={config}", "-p", f"only_sim_config:={only}"],
+                                      namespace(tag), domain_id(2), tmp_path)
+        procs.append(proc)
+        return proc, lines
+
+    try:
+        robot, lines = run("examples/my_robot.yaml", True, "auto_robot")
+        assert robot.wait(timeout=60) == 0, "".join(lines)
+        robot.reader.join(timeout=10)
+        assert len(lines) == 1 and "INFO" in lines[0], "".join(lines)
+        assert "control.reward.source is 'function', not 'sim': a robot config, so no sim" \
+            in lines[0]
+        forced, lines = run("examples/my_robot.yaml", False, "forced_robot")
+        assert forced.wait(timeout=60) == 1
+        forced.reader.join(timeout=10)
+        assert any(
+            "FATAL" in x and "robot.action: 6 dimensions" in x for x in lines), "".join(lines)
+        sim, lines = run("sim_reach.yaml", True, "auto_sim")
+        wait_for(lambda: any("sim task 'reach'" in x for x in lines), 60.0, "the sim started")
+        assert stop_processes([sim]) == [0], "".join(lines)
+    finally:
+        for proc in procs:
+            kill_group(proc)

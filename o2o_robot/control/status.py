@@ -6,6 +6,12 @@ owns its containers, so the node's counters may change while a status is being p
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
+OBS_WAIT_WARN_S = 3.0         # no observation on a topic this long after start: say which
+OBS_WAIT_REPEAT_S = 10.0      # ... and again this often while it lasts
+
 
 def learner_stats(learner) -> dict | None:
     """`learner.stats()`; {"stats_error": ...} when it raised (reported in the status, not
@@ -44,3 +50,39 @@ def actor_status(*, timing: dict, core: dict, policy_version: int | None,
         "reset": dict(reset_counts),
         "core": core,
     }
+
+
+class MissingObservations:
+    """Says which observation topics have delivered nothing yet: until every one has, the
+    robot holds, and a wrong topic name or namespace would otherwise look like a hang.
+
+    `check(observations, sources, now)` returns a warning naming each silent topic (its
+    resolved name, type, and what was dropped from it) `OBS_WAIT_WARN_S` after `started` and
+    every `OBS_WAIT_REPEAT_S` after that, one line once they have all arrived, else None."""
+
+    def __init__(self, started: float, resolve: Callable[[str], str] = str):
+        self.started, self.resolve = started, resolve
+        self._warned_at: float | None = None
+
+    def check(self, observations, sources, now: float) -> tuple[str, str] | None:
+        """(level "warning" | "info", message) to log now, or None."""
+        if observations.ready:
+            if self._warned_at is None:
+                return None
+            self._warned_at = None
+            return "info", f"observations arriving on all {len(observations.topics)} topics"
+        due = self.started + OBS_WAIT_WARN_S if self._warned_at is None else \
+            self._warned_at + OBS_WAIT_REPEAT_S
+        if now < due:
+            return None
+        self._warned_at = now
+        ages, waiting = observations.ages_ms(now), {}
+        for src in sources:
+            key = src.topic.lstrip("/")
+            if math.isfinite(ages[key]) or key in waiting:
+                continue
+            dropped = observations.dropped.get(key)
+            note = f"; {dropped} dropped: {observations.drop_reasons.get(key)}" if dropped else ""
+            waiting[key] = f"{self.resolve(src.topic)} ({src.type}{note})"
+        return "warning", (f"no observations after {now - self.started:.0f} s, holding: waiting "
+                           f"for {', '.join(waiting.values())}")

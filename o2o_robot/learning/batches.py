@@ -12,7 +12,8 @@ name to the class:
 * "balanced_replay" (OEMA): `BalancedReplayBatches`, OEMA's balanced replay (see
   `o2o_robot.agents.oema`).
 
-A plan has `ready()` (the mirror holds the rows it needs), `draw(rng)` (the argument of
+A plan has `ready()` (the mirror holds the rows it needs), `missing()` (what it waits for,
+"" when ready: the core reports it, so a learner never waits silently), `draw(rng)` (the argument of
 `agent.update`), `after_update(agent, batch)` (feedback such as OEMA's priorities, read from
 `agent.feedback()`), and `state_dict()`/`load_state_dict()` (its own learning state as plain
 data: OEMA's priorities; empty for the mixed plan).
@@ -31,6 +32,8 @@ from o2o_robot.runlog import Progress
 class BatchPlan(Protocol):
     def ready(self) -> bool: ...
 
+    def missing(self) -> str: ...
+
     def draw(self, rng: np.random.Generator) -> dict[str, Any]: ...
 
     def after_update(self, agent: Any, batch: dict[str, Any]) -> None: ...
@@ -48,6 +51,11 @@ class MixedBatches:
         ratio = self.offline_ratio
         return (ratio == 0 or self.mirror.size("offline") > 0) and \
             (ratio == 1 or self.mirror.size("online") > 0)
+
+    def missing(self) -> str:
+        return _missing(self.mirror, offline=self.offline_ratio > 0,
+                        online=self.offline_ratio < 1, why=f"sampler.offline_ratio "
+                        f"{self.offline_ratio:g} of every minibatch")
 
     def draw(self, rng: np.random.Generator) -> dict[str, Any]:
         return self.mirror.sample_big_batch(self.batch_size, self.num_minibatches,
@@ -89,6 +97,10 @@ class BalancedReplayBatches:
     def ready(self) -> bool:
         return self.mirror.size("offline") > 0 and self.mirror.size("online") > 0
 
+    def missing(self) -> str:
+        return _missing(self.mirror, offline=True, online=True, why="B_off of OEMA's balanced "
+                        "replay")
+
     def draw(self, rng: np.random.Generator) -> dict[str, Any]:
         m, n = self.mirror, self.rows
         batch = m.gather(self.sampler.sample(n, rng))
@@ -106,6 +118,15 @@ class BalancedReplayBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["priorities"])
+
+
+def _missing(mirror: ReplayMirror, *, offline: bool, online: bool, why: str) -> str:
+    """What a plan waits for: demo-side rows it must draw (for `why`), online rows, or ""."""
+    if offline and mirror.size("offline") == 0:
+        return f"no demo, intervention or offline rows to draw ({why})"
+    if online and mirror.size("online") == 0:
+        return "no online rows yet"
+    return ""
 
 
 PLANS: dict[str, type] = {"mixed": MixedBatches, "balanced_replay": BalancedReplayBatches}

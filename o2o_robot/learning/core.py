@@ -209,7 +209,10 @@ class LearnerCore:
         when warm-up has just ended and every `learner.export_every_updates` updates."""
         if self._exported_warmup and not self.in_warmup:
             self.export()                           # warm-up is over: the agent acts from now
-        if self.owed <= 0 or not self.plan.ready():
+        if self.owed <= 0:
+            return False
+        if not self.plan.ready():    # owed but impossible: say why (in report()), never silently
+            self.last_problem = f"cannot update: {self.plan.missing()}"
             return False
         tick = time.perf_counter()
         batch = self.plan.draw(self.rng)

@@ -30,6 +30,7 @@ INPUT_NAMES = ("obs", "noise")
 OUTPUT_NAME = "action"
 MIN_OPSET = 13
 N_RANDOM_PROBES, MAX_STORED_PROBES = 64, 256  # see `probe_observations`
+LATENCY_BUDGET_SHARE = 0.5    # a policy may use at most half a control period (p99)
 # metadata_props keys written by policy/export.py
 META_VERSION, META_ALGORITHM, META_SPEC = "policy_version", "algorithm", "spec"
 META_CONFIG_HASH, META_CREATED = "config_hash", "created"

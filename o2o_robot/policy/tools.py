@@ -40,28 +40,34 @@ def _load_checkpoint(path: str | Path):
 
 
 def check_policy(path: str | Path, *, checkpoint: str | Path | None = None,
-                 robot: RobotSpec | O2OConfig | str | Path | None = None) -> dict:
+                 robot: RobotSpec | O2OConfig | str | Path | None = None,
+                 latency_budget_s: float | None = None) -> dict:
     """Validate an `.onnx` policy file and describe it.
 
     Checked against `robot` (a RobotSpec, a config or a config file) when given, else against
-    the spec in the file's own metadata. Returns spec, metadata, opset, provider, single-call
-    latency (p50/p99/max, microseconds) and, with `checkpoint`, the max abs error against that
-    checkpoint's torch actor. Raises `PolicyRejected` for a file that must not drive the robot.
+    the spec in the file's own metadata; with `latency_budget_s`, its p99 single-call latency
+    too (what the actor node demands: `LATENCY_BUDGET_SHARE` of a control period). Returns
+    spec, metadata, opset, provider, single-call latency (p50/p99/max, microseconds) and, with
+    `checkpoint`, the max abs error against that checkpoint's torch actor. Raises
+    `PolicyRejected` for a file that must not drive the robot.
     """
     policy = policy_from_file(path, provider="cpu")
     if robot is not None:
         spec = _robot_spec(robot)
         obs_dim, act_dim = spec.obs_dim, spec.act_dim
-        low, high, against = spec.action.low, spec.action.high, "robot config"
+        low, high = spec.action.low, spec.action.high
+        against = f"robot config ({spec.name}: obs {obs_dim}, action {act_dim}, its bounds)"
     else:
         obs_dim, act_dim = policy.obs_dim, policy.act_dim
         low, high = policy.bounds or (None, None)
         against = ("policy metadata" if policy.bounds is not None
                    else "graph only (no spec in the metadata: bounds unchecked)")
-    validate_policy(policy, obs_dim=obs_dim, act_dim=act_dim, action_low=low, action_high=high)
+    validate_policy(policy, obs_dim=obs_dim, act_dim=act_dim, action_low=low, action_high=high,
+                    latency_budget_s=latency_budget_s)
     latency_us = measure_latency(policy, n=2000) * 1e6
     report = {
         "path": str(path), "checked_against": against, "opset": policy.opset,
+        "latency_budget_us": None if latency_budget_s is None else latency_budget_s * 1e6,
         "provider": policy.provider, "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
         "spec": policy.spec, "metadata": dict(policy.metadata),
         "latency_us": {"p50": float(np.percentile(latency_us, 50)),

@@ -18,7 +18,12 @@ config, DESIGN.md "ROS 2 interface"):
        `~/episode` (String, JSON) one event per episode start ({"event": "start", "episode": i})
                                              and end (the episode's summary, "event": "end")
   srv  `~/clear_estop`, `~/rollback_policy` (Trigger); client of `reset` (Trigger)
-  params  config (read-only), mode (read-only), policy_path, learning_enabled, deterministic
+  params  config (read-only), mode (read-only), policy_path (names the file serving, "" for a
+          learner's policy), learning_enabled, deterministic
+
+Start: a config, start policy or (from `main`) learner store that cannot work stops the node
+with one FATAL line (exit 1). An observation topic that has delivered nothing 3 s after start
+is named in a warning (`control.status.MissingObservations`): the robot holds until it does.
 
 Modes: "finetune" (the policy acts, an engaged operator intervenes: rows are online /
 intervention, handed to the learner) and "collect" (demonstrations: no policy, only the engaged
@@ -46,6 +51,7 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.logging import get_logger
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -53,10 +59,10 @@ from std_srvs.srv import Trigger
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control import ControlCore
 from o2o_robot.control.reset import FAILED, START_WITHOUT_RESET, ResetSequencer
-from o2o_robot.control.status import actor_status, learner_stats
+from o2o_robot.control.status import MissingObservations, actor_status, learner_stats
 from o2o_robot.control.timing import TickTiming
 from o2o_robot.data.schema import EpisodeEnd, Transition
-from o2o_robot.policy.runtime import PolicyRejected
+from o2o_robot.policy.runtime import LATENCY_BUDGET_SHARE, PolicyRejected
 from o2o_robot.policy.slot import Candidate, PolicyProposer, PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
 from o2o_robot.ros.params import OffTickParameterService
@@ -66,7 +72,6 @@ NODE_NAME = "o2o_actor"
 MODES = ("finetune", "collect")
 EPISODE_TOPIC = "~/episode"
 DEFAULT_CONFIG = "sim_reach.yaml"
-LATENCY_BUDGET_SHARE = 0.5    # a policy may use at most half a control period (p99)
 POLL_PERIOD_S = 0.25          # learner.poll_policy() cadence
 WARN_EVERY_S = 5.0            # throttle for per-message warnings
 
@@ -83,11 +88,16 @@ class ActorNode(Node):
     """Runs the control loop; see the module docstring for the interface."""
 
     def __init__(self, config: O2OConfig | None = None, *, learner: Learner | None = None,
-                 latency_budget_share: float | None = LATENCY_BUDGET_SHARE, **node_kwargs):
+                 latency_budget_share: float | None = LATENCY_BUDGET_SHARE,
+                 check_learner_store: bool = False, **node_kwargs):
         """`config` None loads the `config` parameter's file (raises ConfigError); a non-empty
         `policy_path` parameter is loaded before the first tick (raises PolicyRejected).
         `latency_budget_share`: the p99 single-call latency a policy may have, as a share of
-        the control period (None: not checked, e.g. on a loaded test machine)."""
+        the control period (None: not checked, e.g. on a loaded test machine).
+        `check_learner_store` (`main`, whose learner is the configured one): in mode finetune
+        with learning enabled, the store must fit the robot and hold the demonstrations the
+        learner needs, since nothing generates them beside a robot (raises ConfigError,
+        `learning.preflight.check_robot_learner`)."""
         # rclpy's own parameter services would validate a `policy_path` set on the executor
         # thread, the one that ticks: ours validate it on a worker thread (ros/params.py).
         node_kwargs["start_parameter_services"] = False
@@ -99,7 +109,8 @@ class ActorNode(Node):
             "config file: a path, or a file name in the package's config/ folder", read_only=True))
         self.declare_parameter("policy_path", "", text(
             "ONNX policy file; set at runtime to validate and hot-swap it (a rejected file refuses "
-            "the set, the running policy stays)"))
+            "the set, the running policy stays). Names the file serving now, also after "
+            "~/rollback_policy; empty while a learner's policy (or none) serves"))
         self.declare_parameter("learning_enabled", True, text(
             "hand transitions to the learner and take the policies it exports"))
         self.declare_parameter("deterministic", False, text(
@@ -124,10 +135,16 @@ class ActorNode(Node):
         if start_policy and self.mode == "collect":
             raise ValueError("policy_path: must be empty in mode 'collect' (demonstrations come "
                              "from the operator only)")
-        if start_policy:
-            self._record_swap(self.slot.propose(start_policy), "policy_path")
-            if self.slot.current is None:
-                raise PolicyRejected(self.swaps["last_rejection"])
+        if start_policy:   # refused: one FATAL line at start (main), not an error line first
+            result = self.slot.propose(start_policy)
+            if not result.accepted:
+                raise PolicyRejected(f"policy_path {start_policy}: {result.reason}")
+            self._record_swap(result, "policy_path")
+        self._learning = bool(self.get_parameter("learning_enabled").value)
+        if check_learner_store and self._learning and self.mode == "finetune":
+            from o2o_robot.learning.preflight import check_robot_learner
+
+            check_robot_learner(cfg, str(resolve_config_path(self.get_parameter("config").value)))
         self.core = ControlCore(robot, control, cfg.safety, None,
                                 teleop_timeout_ms=control.teleop_timeout_ms,
                                 teleop_source="demo" if self.mode == "collect" else "intervention",
@@ -135,7 +152,6 @@ class ActorNode(Node):
                                 terminate_on_success=control.terminate_on_success,
                                 failure_is_terminal=control.failure_is_terminal)
         self.learner: Learner | None = None
-        self._learning = bool(self.get_parameter("learning_enabled").value)
         self._deterministic = bool(self.get_parameter("deterministic").value)
         self.learner_counts = dict.fromkeys(["submitted", "dropped", "errors", "polled"], 0)
         self.malformed: dict[str, int] = {}
@@ -144,6 +160,8 @@ class ActorNode(Node):
         self._timing = TickTiming(period)
         self._epoch_offset_s = time.time() - time.monotonic()
         self._proposer: PolicyProposer | None = None
+        self._syncing_path = False     # policy_path set by the node itself (see _sync_policy_path)
+        self._missing = MissingObservations(time.monotonic(), self.resolve_topic_name)
         self._control = MutuallyExclusiveCallbackGroup()
         self._make_interfaces(period)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -266,7 +284,24 @@ class ActorNode(Node):
         result = self.slot.rollback()
         response.success, response.message = result.accepted, result.reason or f"version {result.version}"
         self.get_logger().warning(f"rollback_policy: {response.message}")
+        self._sync_policy_path()
         return response
+
+    def _sync_policy_path(self) -> None:
+        """Make the `policy_path` parameter name the file that is serving ("" for a policy the
+        learner sent as bytes), without validating it again: `ros2 param get` after a rollback
+        or a learner swap must not name a file that no longer runs. Right after
+        ~/rollback_policy, and with each status (1 Hz) for the swaps made elsewhere."""
+        current = self.slot.current
+        source = current[0].source if current is not None else ""
+        path = "" if source.startswith("<") else source    # "<N bytes>": not from a file
+        if current is None or self.get_parameter("policy_path").value == path:
+            return
+        self._syncing_path = True
+        try:
+            self.set_parameters([Parameter("policy_path", value=path)])
+        finally:
+            self._syncing_path = False
 
     # -------------------------------------------------------------------- parameters
     def _prepare_parameters(self, params) -> None:
@@ -282,7 +317,7 @@ class ActorNode(Node):
         here, validated beforehand by `_prepare_parameters` when the set came through the
         parameter services (`ros2 param set`), else validated now on the caller's thread."""
         for param in params:
-            if param.name != "policy_path":
+            if param.name != "policy_path" or self._syncing_path:
                 continue
             if self.mode == "collect":
                 return SetParametersResult(successful=False, reason=(
@@ -432,6 +467,14 @@ class ActorNode(Node):
 
     def _publish_status(self) -> None:
         self._status_pub.publish(convert.status_to_msg(self.status()))
+        self._sync_policy_path()   # a learner's policy, a NaN rollback: policy_path follows
+        said = self._missing.check(self.core.observations, self.cfg.robot.observations,
+                                   time.monotonic())
+        if said is not None:   # one call site per severity: rclpy refuses to mix them
+            if said[0] == "warning":
+                self.get_logger().warning(said[1])
+            else:
+                self.get_logger().info(said[1])
 
     def _publish_episode(self, event: dict) -> None:
         self._episode_pub.publish(convert.status_to_msg(event))
@@ -450,7 +493,8 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
     at `store.path`), or in mode "collect" a `DemoRecorder` on `store.path` that logs a line
     per episode. Returns the process exit status."""
     # ConfigError, RewardFunctionError (ValueErrors), a bad start policy (PolicyRejected)
-    node = start_node(ActorNode, NODE_NAME, (ValueError, PolicyRejected), args)
+    node = start_node(lambda: ActorNode(check_learner_store=learner_factory is None), NODE_NAME,
+                      (ValueError, PolicyRejected), args)
     if node is None:
         return start_failed()
     from o2o_robot.data.store import StoreError

@@ -78,6 +78,7 @@ from rclpy.parameter import Parameter
 from o2o_robot.config import ConfigError, O2OConfig, load_config, resolve_config_path
 from o2o_robot.control.rewards import TopicReward
 from o2o_robot.learning.core import POLICIES, POLICY_NAME, checkpoint_summary
+from o2o_robot.learning.preflight import startup_checks
 from o2o_robot.learning.worker import LearnerClient
 from o2o_robot.ros import convert
 from o2o_robot.ros.actor_node import LATENCY_BUDGET_SHARE, ActorNode
@@ -112,7 +113,7 @@ def ensure_demos(cfg: O2OConfig, progress: bool = True) -> dict | None:
     from o2o_robot.sim import demos
     from o2o_robot.sim.envs import env_spec, make_env
 
-    if cfg.sampler.offline_ratio == 0:
+    if cfg.demo_rows_reason() is None:
         return None
     env = make_env(cfg.sim)
     try:
@@ -424,13 +425,17 @@ def resume_step(run_dir: Path, resume: bool, total: int) -> int:
 
 def run_finetune(cfg: O2OConfig, *, progress: bool = True, max_wall_s: float | None = None,
                  stop_when_solved: bool = False, domain_id: int | None = None,
-                 namespace: str = "", learner_factory=None, resume: bool = False) -> dict:
+                 namespace: str = "", learner_factory=None, resume: bool = False,
+                 label: str = "config") -> dict:
     """Run a session (module docstring) until `train.total_env_steps` env steps, `max_wall_s`,
     a learner that failed past its restarts, SIGINT/SIGTERM, or (`stop_when_solved`) an
     evaluation at the success threshold; return a summary. `resume`: continue the run in
     `train.run_dir` from its last checkpoint (`resume_step`). `learner_factory(cfg, run_dir)`
-    replaces `LearnerClient`."""
+    replaces `LearnerClient`. First the start-up checks (`learning.preflight`, the same as
+    `o2o-robot config validate`): ConfigError naming `label` (the config file) and the key,
+    before anything is written."""
     cfg = session_config(cfg)
+    startup_checks(cfg, label, sim=True)
     run_dir = Path(cfg.train.run_dir)
     start_step = resume_step(run_dir, resume, cfg.train.total_env_steps)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -504,7 +509,8 @@ def cmd_finetune(args) -> int:
     """`o2o-robot finetune`: exit 0 when the run ended normally, 1 when the learner failed."""
     import json
 
-    cfg = apply_overrides(load_config(resolve_config_path(args.config or DEFAULT_CONFIG)), args)
-    summary = run_finetune(cfg, resume=args.resume)
+    path = resolve_config_path(args.config or DEFAULT_CONFIG)
+    summary = run_finetune(apply_overrides(load_config(path), args), resume=args.resume,
+                           label=str(path))
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 1 if summary["learner_error"] else 0

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from o2o_robot.config import (DEFAULT_DONE_TOPIC, FAILURE_TOPIC, SUCCESS_TOPIC,  # noqa: F401
+                              TELEOP_ACTION_TOPIC, TELEOP_ENGAGED_TOPIC)
+
 # ---------------------------------------------------------------------------------- profiles
 # Streams (observations, actions, reward, teleop, labels): the DESIGN's reliable, volatile,
 # keep-last. Same as rclpy's default, so `ros2 topic pub` and most drivers match it.
@@ -33,11 +36,8 @@ STATUS = LATCHED
 
 # --------------------------------------------------------------------------- fixed names
 STATUS_TOPIC = "~/status"                 # std_msgs/String, JSON
-TELEOP_ACTION_TOPIC = "teleop/action"     # std_msgs/Float64MultiArray, physical units
-TELEOP_ENGAGED_TOPIC = "teleop/engaged"   # std_msgs/Bool, True = teleop overrides the policy
-SUCCESS_TOPIC = "operator/success"        # std_msgs/Bool, True = this episode succeeded
-FAILURE_TOPIC = "operator/failure"        # std_msgs/Bool, True = give up on this episode
-DEFAULT_DONE_TOPIC = "done"               # std_msgs/Bool, True = terminal state (sim bridge)
+# teleop/action, teleop/engaged, operator/success, operator/failure and done: named in config.py,
+# which checks that no configured topic takes one of them.
 RESET_SERVICE = "reset"                   # std_srvs/Trigger, provided by the sim / the robot
 CLEAR_ESTOP_SERVICE = "~/clear_estop"     # std_srvs/Trigger
 ROLLBACK_SERVICE = "~/rollback_policy"    # std_srvs/Trigger

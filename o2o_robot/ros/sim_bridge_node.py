@@ -26,6 +26,10 @@ step must be there by then. In lock-step mode the actor's tick t publishes a_t; 
 answers with r_t, the terminal signal and o_{t+1} within a millisecond on one host, well before
 tick t+1, which therefore pairs (o_t, a_t, r_t, o_{t+1}) with that step's terminal flag.
 
+Parameters: `config` (read-only) and `only_sim_config` (read-only; true, as the launch files'
+`use_sim:=auto` passes it: a robot config, one whose `control.reward.source` is not "sim",
+makes `main` log why and exit 0 without starting, so a robot never gets a sim beside it).
+
 Episodes: after a terminal step the env is frozen (actions are counted but not stepped; the
 observation is still published) until `reset`. The env's own time limit is not forwarded: in the
 ROS graph the actor's `control.max_episode_steps` is the time limit, and a truncation is not a
@@ -36,50 +40,27 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.logging import get_logger
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
-from o2o_robot.config import O2OConfig, RobotSpec, load_config, resolve_config_path
+from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.ros import convert, qos
 from o2o_robot.ros.spin import spin_node, start_failed, start_node
-from o2o_robot.sim.envs import make_env
+from o2o_robot.sim.envs import make_env, observation_topics  # noqa: F401 (tests)
 from o2o_robot.sim.reach import ReachEnv
 
 NODE_NAME = "o2o_sim"
 DEFAULT_CONFIG = "sim_reach.yaml"
-REACH_TASK_OBS = 6   # ee xyz + target xyz
 WARN_EVERY_S = 5.0
 
 
-def observation_topics(robot: RobotSpec, env) -> tuple[list[str], str]:
-    """(JointState topics, the Float64MultiArray topic) to publish for `robot` on `env`.
-
-    Raises ValueError naming the mismatch when the config asks for what the sim cannot give."""
-    base = env.unwrapped
-    joints = [s for s in robot.observations if s.type == "joint_state"]
-    arrays = [s for s in robot.observations if s.type == "float64_multi_array"]
-    other = [s.topic for s in robot.observations if s.type == "pose_stamped"]
-    act_dim = int(np.prod(env.action_space.shape))
-    if robot.act_dim != act_dim:
-        raise ValueError(f"robot.action: {robot.act_dim} dimensions, the sim task takes {act_dim}")
-    if isinstance(base, ReachEnv):
-        want = f"joint_state sources of {list(base.joint_names)} (position/velocity) and one " \
-               f"float64_multi_array of size {REACH_TASK_OBS}"
-        for src in joints:
-            if not set(src.joint_names) <= set(base.joint_names) or "effort" in src.fields:
-                raise ValueError(f"robot.observations: {src.topic!r} asks for joints "
-                                 f"{src.joint_names} / fields {src.fields}; reach gives {want}")
-        if other or len(arrays) != 1 or arrays[0].size != REACH_TASK_OBS:
-            raise ValueError(f"robot.observations: the reach sim publishes {want}")
-        return [s.topic for s in joints], arrays[0].topic
-    obs_dim = int(np.prod(env.observation_space.shape))
-    if joints or other or len(arrays) != 1 or arrays[0].size != obs_dim:
-        raise ValueError(f"robot.observations: task {env.spec.id if env.spec else '?'} publishes "
-                         f"one float64_multi_array of size {obs_dim} and nothing else")
-    return [], arrays[0].topic
+class NotASimConfig(Exception):
+    """`only_sim_config` is set and the config is a robot's: nothing to simulate."""
 
 
 class SimBridgeNode(Node):
@@ -90,8 +71,17 @@ class SimBridgeNode(Node):
         self.declare_parameter("config", DEFAULT_CONFIG, ParameterDescriptor(
             description="config file: a path, or a file name in the package's config/ folder",
             read_only=True))
+        self.declare_parameter("only_sim_config", False, ParameterDescriptor(
+            description="true: a robot config (control.reward.source other than 'sim') makes "
+                        "the node exit 0 without starting (use_sim:=auto of the launch files)",
+            read_only=True))
         if config is None:
             config = load_config(resolve_config_path(self.get_parameter("config").value))
+        source = config.control.reward.source
+        if self.get_parameter("only_sim_config").value and source != "sim":
+            raise NotASimConfig(f"{self.get_parameter('config').value}: control.reward.source is "
+                                f"{source!r}, not 'sim': a robot config, so no sim starts "
+                                f"(use_sim:=true starts it anyway)")
         self.cfg = cfg = config
         self.env = make_env(cfg.sim)
         self._reach = isinstance(self.env.unwrapped, ReachEnv)
@@ -219,7 +209,12 @@ class SimBridgeNode(Node):
 def main(args=None) -> int:
     """Console entry point: `sim_bridge --ros-args -p config:=config/sim_reach.yaml`."""
     # ConfigError (a ValueError), or a task the sim cannot run (RuntimeError)
-    node = start_node(SimBridgeNode, NODE_NAME, (ValueError, RuntimeError), args)
+    try:
+        node = start_node(SimBridgeNode, NODE_NAME, (ValueError, RuntimeError), args)
+    except NotASimConfig as exc:   # use_sim:=auto with a robot config: not an error
+        get_logger(NODE_NAME).info(str(exc))
+        rclpy.try_shutdown()
+        return 0
     return start_failed() if node is None else spin_node(node)
 
 

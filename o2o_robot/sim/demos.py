@@ -106,14 +106,14 @@ DEMO_SEED_OFFSET = 10_000
 
 def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
                  progress: bool = True) -> dict[str, Any] | None:
-    """Scripted demos into an open `store` when the sampler draws demo-side rows
-    (`sampler.offline_ratio > 0`): an unfinished generation recorded in the store is completed
+    """Scripted demos into an open `store` when the learner needs demo-side rows
+    (`cfg.demo_rows_reason()`): an unfinished generation recorded in the store is completed
     (what was asked then, module docstring); otherwise, when the store has no demo-side rows,
     `train.demo_episodes` are generated (noise `teleop.expert_noise`). None when nothing was
-    needed. ConfigError when rows are needed but cannot be generated (`train.demo_episodes` is
-    0, or the task has no scripted expert): the learner could never draw a batch, and the
-    message says how to bring demonstrations in instead."""
-    if cfg.sampler.offline_ratio == 0:
+    needed. ConfigError (`missing_demos`) when rows are needed but cannot be generated
+    (`train.demo_episodes` is 0, or the task has no scripted expert): the learner could never
+    draw a batch, and the message says how to bring demonstrations in instead."""
+    if cfg.demo_rows_reason() is None:
         return None
     last = demo_request(store)
     if unfinished(last) and last["task"] == cfg.sim.task:
@@ -132,16 +132,11 @@ def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
     finally:
         env.close()
     if not scripted:
-        raise ConfigError(
-            f"{cfg.store.path}: no demo, intervention or offline rows, sampler.offline_ratio is "
-            f"{cfg.sampler.offline_ratio}, and task {cfg.sim.task!r} has no scripted expert to "
-            f"generate demos (only 'reach' has one): import demonstrations first (o2o-robot data "
-            f"import hdf5|minari SRC --store {cfg.store.path} --source demo) or set "
-            f"sampler.offline_ratio: 0 (learn from online rows only)")
+        raise ConfigError(missing_demos(cfg, f"task {cfg.sim.task!r} has no scripted expert to "
+                                             f"generate them (only 'reach' has one)"))
     if cfg.train.demo_episodes == 0:
-        raise ConfigError(f"{cfg.store.path}: no demo, intervention or offline rows, but "
-                          f"sampler.offline_ratio is {cfg.sampler.offline_ratio}: set "
-                          f"train.demo_episodes > 0 or import demonstrations first")
+        raise ConfigError(missing_demos(cfg, "train.demo_episodes is 0: set it > 0 to generate "
+                                             "scripted ones", expert=True))
     if progress:
         print(f"[{label}] {cfg.store.path} has no demonstrations: generating "
               f"{cfg.train.demo_episodes} scripted episodes (noise {cfg.teleop.expert_noise})",
@@ -149,6 +144,26 @@ def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
     return generate_demos(store, cfg.sim, episodes=cfg.train.demo_episodes,
                           noise=cfg.teleop.expert_noise, seed=cfg.train.seed + DEMO_SEED_OFFSET,
                           max_episode_steps=cfg.control.max_episode_steps, progress=False)
+
+
+def missing_demos(cfg: O2OConfig, not_generated: str, *, expert: bool = False) -> str:
+    """The one message (for `train`, `finetune`, the actor node and `config validate`) for a
+    store without demo, intervention or offline rows when the learner needs some: why it
+    needs them (`cfg.demo_rows_reason()`), why they are not generated here (`not_generated`),
+    and where they can come from (`expert`: the sim task's scripted expert is one way)."""
+    store = cfg.store.path
+    ways = ["record them (o2o-robot demos collect, or ros2 launch o2o_robot "
+            "collect_demos.launch.py)",
+            f"import them (o2o-robot data import rosbag|hdf5|minari SRC --store {store} "
+            f"--source demo)"]
+    if expert:
+        ways.insert(0, f"generate scripted ones (o2o-robot demos generate --episodes 20 "
+                       f"--store {store} --config <this file>)")
+    if cfg.algorithm.name != "oema":
+        ways.append("or set sampler.offline_ratio: 0 to learn from online rows only")
+    return (f"store.path {store}: no demo, intervention or offline rows, but the learner "
+            f"needs them ({cfg.demo_rows_reason()}) and {not_generated}. Bring some in: "
+            + "; ".join(ways))
 
 
 def check_store_spec(store: Any, spec: dict[str, Any]) -> None:

@@ -20,11 +20,12 @@ import gymnasium
 import numpy as np
 from gymnasium.wrappers import TimeLimit
 
-from o2o_robot.config import SimConfig
+from o2o_robot.config import RobotSpec, SimConfig
 from o2o_robot.control.rewards import import_callable
 from o2o_robot.sim.reach import OBS_NAMES, ReachEnv
 
 REACH_TASK = "reach"
+REACH_TASK_OBS = 6   # the sim bridge's task_obs of reach: ee xyz + target xyz
 
 
 def make_env(sim_cfg: SimConfig, *, seed: int | None = None,
@@ -114,3 +115,32 @@ def env_spec(env: gymnasium.Env) -> dict[str, Any]:
         "action_names": list(base.joint_names) if reach else [],
         "dt": float(dt) if dt is not None else None,
     }
+
+
+def observation_topics(robot: RobotSpec, env) -> tuple[list[str], str]:
+    """(JointState topics, the Float64MultiArray topic) the sim bridge publishes for `robot` on
+    `env` (o2o_robot.ros.sim_bridge_node; here so that start-up checks need no rclpy).
+
+    Raises ValueError naming the mismatch when the config asks for what the sim cannot give."""
+    base = env.unwrapped
+    joints = [s for s in robot.observations if s.type == "joint_state"]
+    arrays = [s for s in robot.observations if s.type == "float64_multi_array"]
+    other = [s.topic for s in robot.observations if s.type == "pose_stamped"]
+    act_dim = int(np.prod(env.action_space.shape))
+    if robot.act_dim != act_dim:
+        raise ValueError(f"robot.action: {robot.act_dim} dimensions, the sim task takes {act_dim}")
+    if isinstance(base, ReachEnv):
+        want = f"joint_state sources of {list(base.joint_names)} (position/velocity) and one " \
+               f"float64_multi_array of size {REACH_TASK_OBS}"
+        for src in joints:
+            if not set(src.joint_names) <= set(base.joint_names) or "effort" in src.fields:
+                raise ValueError(f"robot.observations: {src.topic!r} asks for joints "
+                                 f"{src.joint_names} / fields {src.fields}; reach gives {want}")
+        if other or len(arrays) != 1 or arrays[0].size != REACH_TASK_OBS:
+            raise ValueError(f"robot.observations: the reach sim publishes {want}")
+        return [s.topic for s in joints], arrays[0].topic
+    obs_dim = int(np.prod(env.observation_space.shape))
+    if joints or other or len(arrays) != 1 or arrays[0].size != obs_dim:
+        raise ValueError(f"robot.observations: task {env.spec.id if env.spec else '?'} publishes "
+                         f"one float64_multi_array of size {obs_dim} and nothing else")
+    return [], arrays[0].topic
