@@ -22,10 +22,22 @@ def guard_signals() -> None:
             signal.signal(signum, lambda *_: INTERRUPTED.set())
 
 
+def ignore_signals() -> None:
+    """SIGINT and SIGTERM are ignored from now on (a process on its way out): Python's own
+    finalisation puts back the default action of a handler it installed, so a second Ctrl-C
+    (`ros2 launch` sends two) would otherwise kill a process that is stopping cleanly."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def _run(module: str) -> int:
     guard_signals()
-    main = importlib.import_module(module).main
-    return 0 if INTERRUPTED.is_set() else main()
+    try:
+        main = importlib.import_module(module).main
+        return 0 if INTERRUPTED.is_set() else main()
+    finally:
+        ignore_signals()
 
 
 def actor_node() -> int:

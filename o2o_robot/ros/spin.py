@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -10,8 +9,8 @@ from collections.abc import Callable
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-from o2o_robot.ros.entry import INTERRUPTED, guard_signals
-from o2o_robot.ros.graph import JOIN_TIMEOUT_S, SIGNALS
+from o2o_robot.ros.entry import INTERRUPTED, guard_signals, ignore_signals
+from o2o_robot.ros.graph import JOIN_TIMEOUT_S
 
 SHUTDOWN_LIMIT_S = 60.0   # the node down, rclpy down, the learner's final checkpoint
 
@@ -34,7 +33,9 @@ def interrupted() -> bool:
 
 def start_failed() -> int:
     """The exit status of an entry point whose node did not start: 0 when a signal stopped the
-    start-up (not a failure: `stopped_by_signal`), else 1."""
+    start-up (not a failure: `stopped_by_signal`), else 1. The process is on its way out:
+    from here on SIGINT/SIGTERM are ignored (`ignore_signals`)."""
+    ignore_signals()
     return 0 if INTERRUPTED.is_set() else 1
 
 
@@ -87,12 +88,6 @@ def spin_node(node, on_shutdown: Callable[[], object] | None = None) -> int:
             on_shutdown()
         watchdog.cancel()
     return 0
-
-
-def ignore_signals() -> None:
-    """SIGINT and SIGTERM are ignored from now on (a process on its way out)."""
-    for signum in SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
 
 
 def _shutdown_watchdog(name: str) -> threading.Timer:
