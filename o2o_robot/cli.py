@@ -178,10 +178,19 @@ def cmd_demos_collect(args) -> int:
 
 
 # ------------------------------------------------------------------------------ train, policy
+def _passive_omp_for(cfg) -> None:
+    """torch_threads auto: OMP_WAIT_POLICY=PASSIVE before torch loads (learning/threads.py)."""
+    if cfg.learner.torch_threads == "auto":
+        from o2o_robot.learning.threads import prefer_passive_omp
+
+        prefer_passive_omp()
+
+
 def cmd_train(args) -> int:
+    cfg = _config(args.config).with_run_dir(args.run_dir)
+    _passive_omp_for(cfg)
     from o2o_robot.learning.harness import train
 
-    cfg = _config(args.config).with_run_dir(args.run_dir)
     if args.steps:
         cfg.train.total_env_steps = args.steps
     result = train(cfg, resume=args.resume)
@@ -190,9 +199,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    cfg = _config(args.config).with_run_dir(args.run_dir)
+    _passive_omp_for(cfg)
     from o2o_robot.learning.pretrain import PretrainError, run_pretrain
 
-    cfg = _config(args.config).with_run_dir(args.run_dir)
     try:
         summary = run_pretrain(cfg, steps=args.steps)
     except PretrainError as exc:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -226,12 +227,23 @@ class LearnerConfig(Model):
         "the untrained stochastic actor)"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mode: Literal["thread", "process"] = "process"
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: int | Literal["auto"] = Field("auto", description=(
+        "torch CPU threads of the learner. auto: the cores free for it, followed while it runs "
+        "(less what other processes use; one core left to the actor node beside the learner "
+        "worker; o2o_robot/learning/threads.py), with OMP_WAIT_POLICY=PASSIVE unless set, so "
+        "a busy core never collapses it; a number: exactly that many"))
     compile: bool = False
     bf16: bool = Field(False, description="opt-in bf16 autocast (not yet shown to learn as fp32)")
     export_every_updates: int = Field(1000, ge=1, description="env-step updates between exports")
     checkpoint_every_steps: int = Field(5000, ge=1)
     queue_size: int = Field(10000, ge=1, description="transition queue; full => dropped, counted")
+
+    @field_validator("torch_threads", mode="plain")
+    @classmethod
+    def _threads(cls, value: Any) -> int | str:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f"expected a whole number >= 1 or 'auto', got {value!r}")
 
 
 # ------------------------------------------------------------------------------- control, safety
