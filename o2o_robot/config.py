@@ -411,6 +411,48 @@ class TeleopConfig(Model):
         return self
 
 
+class FleetConfig(Model):
+    """Several robots and one learner node over ROS 2 (docs/fleet.md): each robot's actor node
+    with `learner:=remote` spools what it produces and sends it to the learner node."""
+
+    topic_prefix: str = Field("/o2o_fleet", description=(
+        "absolute namespace of the fleet's topics (transitions, policy, acks, robots), the same "
+        "on the learner node and every robot"))
+    robot_id: str = Field("", description=(
+        "this robot's name in the fleet (its rows' robot); empty: the actor node's namespace "
+        "without the leading '/', or the host name when the node is at the root. It must stay "
+        "the same across restarts: it names the robot's spool on the learner"))
+    spool_path: str = Field("", description=(
+        "the robot's spool, a store holding everything it produced, numbered; empty: "
+        "<train.run_dir>/spool/<robot id>.zarr"))
+    batch_rows: int = Field(100, ge=1, description="rows per transitions message at most")
+    window_rows: int = Field(5000, ge=1, description=(
+        "rows a robot sends beyond those the learner holds before it waits for its acks"))
+    commit_period_s: float = Field(1.0, gt=0, description=(
+        "robot: spooled rows are committed (and only then sent) at every episode end and at "
+        "least this often"))
+    resend_after_s: float = Field(2.0, gt=0, description=(
+        "robot: rows in flight that the learner has not taken for this long are sent again "
+        "(doubling while it stays stuck)"))
+    heartbeat_period_s: float = Field(0.5, gt=0, description=(
+        "period of the learner's acks and the robots' heartbeats"))
+    lease_s: float = Field(3.0, gt=0, description=(
+        "a side not heard from for this long is gone: the robot says 'learner lost' (and keeps "
+        "its last good policy), the learner counts the robot as not live"))
+    ack_period_s: float = Field(0.25, gt=0, description=(
+        "learner: commits its store and acknowledges the robots' rows at most this often"))
+
+    @model_validator(mode="after")
+    def _absolute_prefix(self) -> "FleetConfig":
+        if not self.topic_prefix.startswith("/") or self.topic_prefix.rstrip("/") == "":
+            raise ValueError(f"topic_prefix: must be an absolute namespace such as '/o2o_fleet', "
+                             f"got {self.topic_prefix!r}")
+        if self.lease_s <= self.heartbeat_period_s:
+            raise ValueError(f"lease_s ({self.lease_s}) must exceed heartbeat_period_s "
+                             f"({self.heartbeat_period_s})")
+        return self
+
+
 class TrainConfig(Model):
     """The ROS-free training harness (`o2o-robot train`)."""
 
@@ -446,6 +488,7 @@ class O2OConfig(Model):
     sim: SimConfig = Field(default_factory=SimConfig)
     teleop: TeleopConfig = Field(default_factory=TeleopConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     def config_hash(self) -> str:
         """Short stable hash of the resolved config (recorded in exported policies)."""

@@ -102,10 +102,15 @@ class Spool:
                 end[row - first] = -1 if success is None else int(success)
         return RowBatch(robot, first, rows, end)
 
-    def close(self) -> None:
-        """Close an open episode as cut (the run ends), commit, release the store."""
+    def end_open_episode(self, now: float) -> None:
+        """The stream stops: close its open episode as cut and commit (every row is final)."""
         for segment in self.assembler.close():
             self._write(segment)
+        self.commit(now)
+
+    def close(self) -> None:
+        """`end_open_episode`, then release the store."""
+        self.end_open_episode(0.0)
         self.store.close()
 
 

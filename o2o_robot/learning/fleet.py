@@ -35,7 +35,7 @@ class RobotLog:
     stored: int = 0       # rows [0, stored) were handed to the store
     pending: list = field(default_factory=list)    # rows of the robot's unfinished episode
     counts: dict = field(default_factory=lambda: dict.fromkeys(
-        ["batches", "rows", "duplicates", "gaps", "refused", "episodes"], 0))
+        ["batches", "new_rows", "duplicates", "gaps", "refused", "episodes"], 0))
     problem: str = ""
 
 
@@ -80,7 +80,7 @@ class FleetIngest:
             log.received += 1
             if batch.end[i] != END_CONTINUES:
                 self._ingest_episode(log)
-        log.counts["rows"] += n - skip
+        log.counts["new_rows"] += n - skip
         return "ok"
 
     def _refusal(self, batch: RowBatch) -> str:

@@ -62,6 +62,7 @@ from o2o_robot.ros.spin import spin_node, start_node
 
 NODE_NAME = "o2o_actor"
 MODES = ("finetune", "collect")
+LEARNERS = ("local", "remote")
 EPISODE_TOPIC = "~/episode"
 DEFAULT_CONFIG = "sim_reach.yaml"
 LATENCY_BUDGET_SHARE = 0.5    # a policy may use at most half a control period (p99)
@@ -100,9 +101,15 @@ class ActorNode(Node):
         self.declare_parameter("mode", "finetune", text(
             "finetune: the policy acts, the operator may intervene; collect: record "
             "demonstrations (teleop only, no policy)", read_only=True))
+        self.declare_parameter("learner", "local", text(
+            "local: a learner worker beside this node; remote: a fleet learner node, reached over "
+            "the fleet topics (docs/fleet.md)", read_only=True))
         self.mode = self.get_parameter("mode").value
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.get_parameter("learner").value not in LEARNERS:
+            raise ValueError(f"learner: expected one of {', '.join(LEARNERS)}, got "
+                             f"{self.get_parameter('learner').value!r}")
         if config is None:
             config = load_config(resolve_config_path(self.get_parameter("config").value))
         self.cfg = cfg = config
@@ -402,13 +409,28 @@ class ActorNode(Node):
         super().destroy_node()
 
 
+def default_learner_factory(node: ActorNode) -> Callable[[O2OConfig], Learner]:
+    """The learner the `learner` parameter names: a `LearnerClient` writing to `train.run_dir`
+    (local), or a `FleetClient` that spools and sends to a fleet learner node (remote)."""
+    if node.get_parameter("learner").value == "remote":
+        from o2o_robot.ros.fleet_client import FleetClient, robot_id_for
+
+        return lambda cfg: FleetClient(  # noqa: E731
+            cfg, robot_id=robot_id_for(cfg, node.get_namespace()),
+            namespace=node.get_namespace(), serving_version=lambda: node.slot.version,
+            logger=node.get_logger())
+    from o2o_robot.learning.worker import LearnerClient
+
+    return lambda cfg: LearnerClient(cfg, cfg.train.run_dir)  # noqa: E731
+
+
 def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = None) -> int:
     """Console entry point: `actor_node --ros-args -p config:=my_robot.yaml`.
 
     `learner_factory(cfg)` builds the learner for the loaded config; by default, when the
-    `learning_enabled` parameter is true, a `LearnerClient` writing to `train.run_dir` (store
-    at `store.path`), or in mode "collect" a `DemoRecorder` on `store.path` that logs a line
-    per episode. Returns the process exit status."""
+    `learning_enabled` parameter is true, the one the `learner` parameter names
+    (`default_learner_factory`), or in mode "collect" a `DemoRecorder` on `store.path` that
+    logs a line per episode. Returns the process exit status."""
     # ConfigError, RewardFunctionError (ValueErrors), a bad start policy (PolicyRejected)
     node = start_node(ActorNode, NODE_NAME, (ValueError, PolicyRejected), args)
     if node is None:
@@ -420,9 +442,7 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
         learner_factory = lambda cfg: DemoRecorder.for_config(  # noqa: E731
             cfg, on_episode=lambda info: log.info(episode_line(info)))
     elif learner_factory is None and node._learning:  # `ros2 run` / launch: the configured learner
-        from o2o_robot.learning.worker import LearnerClient
-
-        learner_factory = lambda cfg: LearnerClient(cfg, cfg.train.run_dir)  # noqa: E731
+        learner_factory = default_learner_factory(node)
     if learner_factory is not None:
         from o2o_robot.data.store import StoreError
 
