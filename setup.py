@@ -67,6 +67,7 @@ setup(
         "console_scripts": [
             "o2o-robot = o2o_robot.cli:main",
             "actor_node = o2o_robot.ros.actor_node:main",
+            "learner_node = o2o_robot.ros.learner_node:main",
             "sim_bridge = o2o_robot.ros.sim_bridge_node:main",
             "teleop_node = o2o_robot.ros.teleop_node:main",
             "keyboard_teleop = o2o_robot.ros.keyboard_teleop:main",

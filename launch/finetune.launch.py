@@ -3,9 +3,12 @@ use_sim:=true.
 
     ros2 launch o2o_robot finetune.launch.py config:=/path/to/my_robot.yaml
     ros2 launch o2o_robot finetune.launch.py use_sim:=true namespace:=arm1
+    ros2 launch o2o_robot finetune.launch.py learner:=remote namespace:=arm1   # a fleet robot
 
 Arguments: config (a path, or a file name in the package's config/ folder), use_sim, namespace,
 policy_path (an ONNX policy to start from; empty = hold until one arrives), learning_enabled,
+learner (local: a learner worker beside the actor; remote: the fleet learner node of
+learner.launch.py, over the fleet topics, docs/fleet.md),
 teleop (none | joy | keyboard: a teleop mapper for interventions; while its deadman is held the
 operator's action replaces the policy's and rows are stored as source=intervention) and device
 (the Joy profile for teleop:=joy; empty = the config's teleop.device). teleop:=keyboard starts
@@ -38,6 +41,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="ONNX policy to start from (empty: none yet)"),
         DeclareLaunchArgument("learning_enabled", default_value="true",
                               description="train and hot-swap new policies"),
+        DeclareLaunchArgument("learner", default_value="local",
+                              description="local (a worker beside the actor) | remote (the "
+                                          "fleet learner node, learner.launch.py)"),
         DeclareLaunchArgument("teleop", default_value="none",
                               description="teleop for interventions: none | joy | keyboard"),
         DeclareLaunchArgument("device", default_value="",
@@ -50,6 +56,7 @@ def generate_launch_description() -> LaunchDescription:
                  "policy_path": ParameterValue(LaunchConfiguration("policy_path"), value_type=str),
                  "learning_enabled": ParameterValue(LaunchConfiguration("learning_enabled"),
                                                     value_type=bool),
+                 "learner": LaunchConfiguration("learner"),
              }]),
         Node(package="o2o_robot", executable="sim_bridge", name="o2o_sim",
              namespace=namespace, output="screen", emulate_tty=True,

@@ -220,6 +220,12 @@ def cmd_finetune(args) -> int:
     return run(args)
 
 
+def cmd_fleet(args) -> int:
+    from o2o_robot.ros.fleet import cmd_fleet as run  # rclpy: only for this command
+
+    return run(args)
+
+
 def cmd_export(args) -> int:
     from o2o_robot.policy.tools import export_checkpoint
 
@@ -310,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lockstep", action="store_true",
                    help="step the sim once per action, paced by the learner (fast, for tests)")
     q.set_defaults(fn=cmd_finetune)
+
+    q = sub.add_parser("fleet", help="a sim fleet: N sim bridges and actor nodes, one learner "
+                       "node, as separate processes (docs/fleet.md)")
+    q.add_argument("--config", default=None,
+                   help=f"config file (default: the packaged {DEFAULT_CONFIG})")
+    q.add_argument("--robots", type=int, required=True, help="number of simulated robots")
+    q.add_argument("--run-dir", default=None, help=RUN_DIR_HELP)
+    q.add_argument("--steps", type=int, default=None,
+                   help="override train.total_env_steps (all robots together)")
+    q.add_argument("--max-wall-s", type=float, default=None, help="stop after this many seconds")
+    q.set_defaults(fn=cmd_fleet)
 
     q = sub.add_parser("train", help="ROS-free training harness on a sim task")
     q.add_argument("--config", default=None)

@@ -441,6 +441,9 @@ class FleetConfig(Model):
         "its last good policy), the learner counts the robot as not live"))
     ack_period_s: float = Field(0.25, gt=0, description=(
         "learner: commits its store and acknowledges the robots' rows at most this often"))
+    handover_s: float = Field(5.0, ge=0, description=(
+        "robot, at shutdown: keeps sending the rows the learner does not hold yet for at most "
+        "this long (what is left stays in the spool and goes at the next start)"))
 
     @model_validator(mode="after")
     def _absolute_prefix(self) -> "FleetConfig":

@@ -23,8 +23,9 @@ unknown (-1), failed (0), succeeded (1). A row's next observation (vector and fr
 only where it is not the next row's observation (`next_sent` 1: the last row, an episode's last
 row, a gap); so each frame travels once.
 
-Policies (magic b"O2OP"): header {"version", "learner", "bytes", "sha256"}, body the ONNX file
-(its own metadata: spec, algorithm, config hash).
+Policies (magic b"O2OP"): header {"version", "learner", "time" (wall-clock seconds at
+publication), "bytes", "sha256"}, body the ONNX file (its own metadata: spec, algorithm,
+config hash).
 """
 from __future__ import annotations
 
@@ -189,10 +190,11 @@ class _Reader:
 
 
 # ------------------------------------------------------------------------------- policies
-def encode_policy(onnx_bytes: bytes, version: int, learner: str) -> bytes:
+def encode_policy(onnx_bytes: bytes, version: int, learner: str,
+                  published_at: float = 0.0) -> bytes:
     """The UInt8MultiArray data of one exported policy."""
-    header = {"version": int(version), "learner": learner, "bytes": len(onnx_bytes),
-              "sha256": hashlib.sha256(onnx_bytes).hexdigest()}
+    header = {"version": int(version), "learner": learner, "time": float(published_at),
+              "bytes": len(onnx_bytes), "sha256": hashlib.sha256(onnx_bytes).hexdigest()}
     return _frame(POLICY_MAGIC, header, [np.frombuffer(onnx_bytes, np.uint8)])
 
 

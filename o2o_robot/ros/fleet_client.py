@@ -73,7 +73,7 @@ class FleetClient:
         self._heard_at: float | None = None
         self._policy: bytes | None = None
         self.policy_header: dict = {}
-        self.bad_messages = self.errors = 0
+        self.bad_messages = self.errors = self.bytes_sent = 0
         self.last_error = ""
         self._stop, self._closing = threading.Event(), threading.Event()
         self._domain_id, self._namespace = domain_id, namespace
@@ -113,7 +113,8 @@ class FleetClient:
                 "acked": self.sender.acked, "received": self.sender.received,
                 "sent": self.sender.sent, **self.sender.counts, "queue_dropped": self.dropped,
                 "submitted": self.submitted, "queued": len(self._queue),
-                "bad_messages": self.bad_messages, "errors": self.errors,
+                "bytes_sent": self.bytes_sent, "bad_messages": self.bad_messages,
+                "errors": self.errors,
                 "last_error": self.last_error}
 
     # --------------------------------------------------------------------- ROS callbacks
@@ -136,7 +137,7 @@ class FleetClient:
             self._bad(str(exc))
             return
         with self._mu:
-            self._policy, self.policy_header = data, header
+            self._policy, self.policy_header = data, {**header, "received_at": time.time()}
 
     def _bad(self, why: str) -> None:
         self.bad_messages += 1
@@ -226,6 +227,7 @@ class FleetClient:
                 msg = UInt8MultiArray()
                 msg.data = encode_batch(self.spool.batch(self.robot_id, *span))
                 worked = self._publish(self._transitions, msg)
+                self.bytes_sent += len(msg.data) if worked else 0
         return worked
 
     def _follow_learner(self, now: float) -> None:
@@ -266,12 +268,12 @@ class FleetClient:
     # --------------------------------------------------------------------------- close
     def close(self, timeout_s: float | None = None) -> dict:
         """Spool what is queued and cut the open episode, hand the rows the learner does not
-        hold yet to it (at most `fleet.lease_s`, or `timeout_s`; through a fresh context when a
-        signal took ours down), then stop. What could not be handed over stays in the spool
-        and goes at the next start. Idempotent."""
+        hold yet to it (at most `fleet.handover_s`, or `timeout_s`; through a fresh context
+        when a signal took ours down), then stop. What could not be handed over stays in the
+        spool and goes at the next start. Idempotent."""
         if self._stop.is_set():
             return self.stats()
-        budget = self.cfg.fleet.lease_s if timeout_s is None else timeout_s
+        budget = self.cfg.fleet.handover_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + budget
         self._closing.set()
         while time.monotonic() < deadline and self.context.ok() and not self._handed_over():
@@ -289,6 +291,12 @@ class FleetClient:
                 if not self._step(time.monotonic()):
                     time.sleep(0.01)
         stats = self.stats()
+        left = self.spool.final_rows - self.sender.acked
+        if left:
+            self.log.warning(f"stopping: the learner does not hold {left} of {self.spool.rows} "
+                             f"rows yet; they stay in the spool and go at the next start")
+        else:
+            self.log.info(f"stopping: the learner holds all {self.spool.rows} rows")
         self._disconnect()
         self.spool.close()
         return {**stats, "state": "stopped"}

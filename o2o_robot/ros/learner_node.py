@@ -9,7 +9,8 @@ Graph (docs/fleet.md; topics under `fleet.topic_prefix`, payloads data/wire.py):
        robots (String, JSON)          robot heartbeats: id, serving policy version, spool counts
   out  policy (UInt8MultiArray)       every exported policy, latched (a late robot gets it)
        acks (String, JSON)            per robot: rows held and rows committed; this learner's id
-                                      and policy version; every `fleet.ack_period_s`, latched
+                                      and policy version; every `fleet.ack_period_s`, latched,
+                                      from the executor thread (they are the liveness signal)
        ~/status (String, JSON, 1 Hz)  learner counters, torch threads, and per robot: live,
                                       policy lag (learner version - serving version), rows
   params  config (read-only)
@@ -74,6 +75,15 @@ class LearnerNode(Node):
                                                 qos.FLEET_LATCHED)
         self.acks_pub = self.create_publisher(String, topic(qos.FLEET_ACKS), qos.FLEET_LATCHED)
         self.status_pub = self.create_publisher(String, qos.STATUS_TOPIC, qos.STATUS)
+        # The acks double as the learner's heartbeat, so they go out from this (the executor's)
+        # thread: a loop pass that takes long (an export under load) must not look like a
+        # learner that is gone. The loop only replaces the document after each commit.
+        self.acks: dict | None = None
+        self.create_timer(config.fleet.ack_period_s, self._publish_acks)
+
+    def _publish_acks(self) -> None:
+        if self.acks is not None:
+            self.acks_pub.publish(String(data=encode_json("acks", self.acks)))
 
     def _on_batch(self, msg: UInt8MultiArray) -> None:
         try:
@@ -193,14 +203,14 @@ class FleetLearner:
         data = self.core.pop_export()
         if data is not None:
             msg = UInt8MultiArray()
-            msg.data = encode_policy(data, self.core.state.policy_version, self.id)
+            msg.data = encode_policy(data, self.core.state.policy_version, self.id, time.time())
             self.node.policy_pub.publish(msg)
 
     def _acknowledge(self) -> None:
+        """Commit the store; the next acks the node publishes say so."""
         self.ingest.commit()
-        self.node.acks_pub.publish(String(data=encode_json("acks", {
-            "learner": self.id, "policy_version": self.core.state.policy_version,
-            "robots": self.ingest.acks()})))
+        self.node.acks = {"learner": self.id, "policy_version": self.core.state.policy_version,
+                          "robots": self.ingest.acks()}
 
     def report(self, state: str, now: float) -> dict:
         """The learner's state (`~/status`): core counters, threads, and per robot."""
