@@ -39,17 +39,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 OBS, ACT, EP_LEN = 12, 3, 50
 UTD = 4                      # sim_reach's learner.utd_ratio
+WARMUP = 100
 FRAME = (64, 64, 3)
 
 
-def rows_for(rng: np.random.Generator, step: int, episode: int):
-    from o2o_robot.data.schema import Transition
+class Rows:
+    """Synthetic robot rows: episodes of EP_LEN steps, each row's next_obs the next row's obs
+    (as a robot's are), time-limit truncated."""
 
-    obs = rng.normal(size=OBS).astype(np.float32)
-    return Transition(obs=obs, action=rng.uniform(-2, 2, ACT).astype(np.float32),
-                      reward=float(rng.random() < 0.05), next_obs=obs + 0.01, terminated=False,
-                      truncated=step == EP_LEN - 1, source=1, timestamp=time.time(),
-                      episode=episode, step=step, success=False if step == EP_LEN - 1 else None)
+    def __init__(self, seed: int):
+        self.rng, self.n = np.random.default_rng(seed), 0
+        self.obs = self.rng.normal(size=OBS).astype(np.float32)
+
+    def next(self):
+        from o2o_robot.data.schema import Transition
+
+        step, episode = self.n % EP_LEN, self.n // EP_LEN
+        nxt = self.rng.normal(size=OBS).astype(np.float32)
+        last = step == EP_LEN - 1
+        row = Transition(obs=self.obs, action=self.rng.uniform(-2, 2, ACT).astype(np.float32),
+                         reward=float(self.rng.random() < 0.05), next_obs=nxt, terminated=False,
+                         truncated=last, source=1, timestamp=time.time(), episode=episode,
+                         step=step, success=False if last else None)
+        self.obs, self.n = (self.rng.normal(size=OBS).astype(np.float32) if last else nxt), \
+            self.n + 1
+        return row
 
 
 # -------------------------------------------------------------------------- robot process
@@ -68,21 +82,22 @@ def robot_main(args) -> None:
     served: list[tuple[int, float, float, float]] = []
 
     def on_swap(result) -> None:
-        header = client.policy_header
-        if result.accepted and header.get("version") == result.metadata_version:
+        header = client.policy_header      # published after we started: a broadcast we saw
+        if result.accepted and header.get("version") == result.metadata_version and \
+                header["time"] > started_at:
             served.append((result.version, header["time"], header["received_at"], time.time()))
 
     proposer = PolicyProposer(slot, on_swap)
-    rng, produced, next_poll = np.random.default_rng(hash(args.robot) % 2**32), 0, 0.0
-    start = time.monotonic()
+    rows, produced, next_poll = Rows(int(args.robot[1:])), 0, 0.0
+    start, started_at, ready = time.monotonic(), time.time(), False
     while not stop.is_set():
         now = time.monotonic()
-        if args.rate_hz:
-            due = int((now - start) * args.rate_hz)
-        else:
-            due = args.rows
-        while produced < due and client.submit(rows_for(rng, produced % EP_LEN, produced // EP_LEN)):
+        due = int((now - start) * args.rate_hz) if args.rate_hz else args.rows
+        while produced < due and client.submit(rows.next()):
             produced += 1
+        if not ready and not args.rate_hz and client.stats()["sendable"] == args.rows:
+            ready = True                        # flood: all spooled before the learner starts
+            print("ready", flush=True)
         if now >= next_poll:                    # as the actor node polls its learner
             next_poll = now + 0.25
             if (data := client.poll_policy()) is not None:
@@ -91,8 +106,8 @@ def robot_main(args) -> None:
     proposer.stop()
     final = client.close(timeout_s=0.0)
     print(json.dumps({"robot": args.robot, "produced": produced, "served": served,
-                      "bytes_sent": final["bytes_sent"], "rows_sent": final["rows_sent"]}),
-          flush=True)
+                      "bytes_sent": final["bytes_sent"], "rows_sent": final["rows_sent"],
+                      "seconds": time.monotonic() - start}), flush=True)
 
 
 def camera_main(args) -> None:
@@ -129,6 +144,7 @@ def camera_main(args) -> None:
 def camera_run(n: int, seconds: float, domain: int) -> tuple[int, int, float]:
     """(rows received and decoded, bytes, seconds) from `n` camera senders."""
     import rclpy
+    from rclpy.executors import SingleThreadedExecutor
     from std_msgs.msg import UInt8MultiArray
 
     from o2o_robot.data.wire import decode_batch
@@ -148,15 +164,18 @@ def camera_run(n: int, seconds: float, domain: int) -> tuple[int, int, float]:
 
     node.create_subscription(UInt8MultiArray, "/o2o_fleet/transitions", on_batch,
                              qos.FLEET_STREAM)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     senders = [subprocess.Popen([sys.executable, __file__, "--camera-robot", f"c{i}",
                                  "--seconds", str(seconds), "--domain", str(domain)], env=env)
                for i in range(n)]
     while any(p.poll() is None for p in senders):
-        rclpy.spin_once(node, timeout_sec=0.05)
+        executor.spin_once(timeout_sec=0.05)
     end = time.monotonic() + 2.0
     while time.monotonic() < end:                      # what is still on the way
-        rclpy.spin_once(node, timeout_sec=0.05)
+        executor.spin_once(timeout_sec=0.05)
+    executor.shutdown()
     node.destroy_node()
     rclpy.try_shutdown(context=context)
     return got["rows"], got["bytes"], (got["last"] or 1) - (got["first"] or 0)
@@ -170,14 +189,14 @@ def write_config(tmp: Path) -> Path:
 
     cfg = load_config(resolve_config_path("sim_reach.yaml"), overrides={
         "store": {"path": str(tmp / "store.zarr")}, "train": {"run_dir": str(tmp)},
-        "learner": {"warmup_steps": 200, "export_every_updates": 50, "device": "auto"},
+        "learner": {"warmup_steps": WARMUP, "export_every_updates": 50, "device": "auto"},
         "fleet": {"batch_rows": 100}})
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     with __import__("o2o_robot.data.store", fromlist=["TransitionStore"]).TransitionStore.create(
             cfg.store.path, OBS, ACT) as store:          # demo-side rows: the plan can draw
-        rng = np.random.default_rng(0)
-        demo = [rows_for(rng, k % EP_LEN, 0) for k in range(EP_LEN)]
+        demo_rows = Rows(10**6)
+        demo = [demo_rows.next() for _ in range(EP_LEN)]
         store.append_episode({f: np.stack([np.asarray(getattr(t, f)) for t in demo])
                               for f in ("obs", "action", "reward", "next_obs", "terminated",
                                         "truncated", "policy_version", "timestamp")}
@@ -230,19 +249,24 @@ def run(n: int, mode: str, a, domain: int) -> dict:
            "ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE",
                                                            "LOCALHOST")}
     watch = LearnerWatch(domain)
-    learner = spawn(["-m", "o2o_robot.ros.learner_node", "--ros-args", "-p",
-                     f"config:={config}"], env, tmp / "learner.log")
-    robots = []
+    rate = ["--rate-hz", str(a.rate_hz)] if mode == "live" else ["--rows", str(a.rows)]
+    robots = [spawn([__file__, "--robot", f"r{i}", "--config", str(config), "--domain",
+                     str(domain), *rate], env, tmp / f"r{i}.log") for i in range(n)]
+    learner = None
     try:
+        if mode == "flood":                     # every spool full before the learner starts
+            for proc in robots:
+                assert proc.stdout.readline().strip() == "ready", "a robot failed"
+        learner = spawn(["-m", "o2o_robot.ros.learner_node", "--ros-args", "-p",
+                         f"config:={config}"], env, tmp / "learner.log")
         while not watch.status and learner.poll() is None:
-            time.sleep(0.1)
-        rate = ["--rate-hz", str(a.rate_hz)] if mode == "live" else ["--rows", str(a.rows)]
-        robots = [spawn([__file__, "--robot", f"r{i}", "--config", str(config), "--domain",
-                         str(domain), *rate], env, tmp / f"r{i}.log") for i in range(n)]
+            time.sleep(0.05)
+        while mode == "live" and watch.status.get("env_steps", 0) < WARMUP:
+            time.sleep(0.05)                   # UTD counts from the end of warm-up
         t0, s0 = time.monotonic(), dict(watch.status)
         if mode == "flood":
-            while watch.rows() < n * a.rows and time.monotonic() - t0 < a.seconds * 5:
-                time.sleep(0.05)
+            while watch.rows() < n * a.rows and time.monotonic() - t0 < 120:
+                time.sleep(0.02)
         else:
             time.sleep(a.seconds)
         wall, s1 = time.monotonic() - t0, dict(watch.status)
@@ -251,8 +275,9 @@ def run(n: int, mode: str, a, domain: int) -> dict:
             os.killpg(proc.pid, signal.SIGINT)
         outs = [json.loads(proc.communicate(timeout=60)[0].strip().splitlines()[-1])
                 for proc in robots]
-        os.killpg(learner.pid, signal.SIGINT)
-        learner.wait(timeout=60)
+        if learner is not None:
+            os.killpg(learner.pid, signal.SIGINT)
+            learner.wait(timeout=60)
         watch.close()
     steps = s1.get("env_steps", 0) - s0.get("env_steps", 0)
     updates = s1.get("updates", 0) - s0.get("updates", 0)
@@ -262,7 +287,7 @@ def run(n: int, mode: str, a, domain: int) -> dict:
             "rows": sum(r.get("rows", 0) for r in s1.get("robots", {}).values()),
             "env_steps": steps, "utd": updates * UTD / steps if steps else 0.0,
             "bytes_per_row": sum(o["bytes_sent"] for o in outs) / max(sent, 1),
-            "bytes_per_s_robot": sum(o["bytes_sent"] for o in outs) / n / wall,
+            "bytes_per_s_robot": statistics.mean(o["bytes_sent"] / o["seconds"] for o in outs),
             "latency_recv": lat and statistics.median(x for x, _ in lat),
             "latency_serve": lat and statistics.median(y for _, y in lat),
             "latency_serve_max": lat and max(y for _, y in lat), "policies": len(lat),

@@ -168,15 +168,16 @@ class _Session:
         self.logger.close()
 
 
-def settle(monitor: Monitor, names: list[str], timeout_s: float = SETTLE_S) -> dict:
-    """Wait (bounded) until every robot serves the learner's newest policy; the versions."""
+def settle(monitor: Monitor, names: list[str], timeout_s: float = SETTLE_S) -> tuple[int, dict]:
+    """Wait (bounded) until every robot serves the learner's newest policy: (that version,
+    {robot: version served})."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         version = monitor.learner.get("policy_version")
         if version and all(monitor.serving(n) == version for n in names):
             break
         time.sleep(0.1)
-    return {n: monitor.serving(n) for n in names}
+    return monitor.learner.get("policy_version"), {n: monitor.serving(n) for n in names}
 
 
 def run_fleet(cfg: O2OConfig, robots: int, *, run_dir: str | Path | None = None,
@@ -195,14 +196,15 @@ def run_fleet(cfg: O2OConfig, robots: int, *, run_dir: str | Path | None = None,
     monitor = Monitor(fleet.names, domain_id)
     session = _Session(cfg, fleet, monitor, progress=progress, max_wall_s=max_wall_s,
                        stop_when_solved=stop_when_solved)
-    ended, served, codes, lines = "error", {}, {}, {}
+    ended, served, codes, lines, settled = "error", {}, {}, {}, None
     try:
         fleet.start_all()
         while (ended := session.check()) is None and not stop.is_set():
             time.sleep(0.05)
         ended = ended or "interrupted"
         codes.update(fleet.stop([f"sim:{n}" for n in fleet.names]))
-        served = settle(monitor, fleet.names) if fleet.alive("learner") else {}
+        if fleet.alive("learner"):
+            settled, served = settle(monitor, fleet.names)
         lines = session.robot_lines()
         codes.update(fleet.stop([f"actor:{n}" for n in fleet.names]))
         codes.update(fleet.stop(["learner"]))
@@ -222,6 +224,7 @@ def run_fleet(cfg: O2OConfig, robots: int, *, run_dir: str | Path | None = None,
                                            "rows_in_store": per_robot.get(n, 0),
                                            "line": lines.get(n)}
                                        for n, r in session.robots.items()},
+            "policy_version_at_end": settled,   # the learner's when the robots stopped
             "learner": {k: monitor.learner.get(k) for k in (
                 "policy_version", "updates", "env_steps", "achieved_utd", "torch_threads")},
             "exit_codes": codes, "solved_at": session.solved_at, "last_eval": session.last_eval,
