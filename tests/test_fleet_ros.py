@@ -9,6 +9,7 @@ field equal), so nothing was lost and nothing duplicated.
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from o2o_robot.data.store import TransitionStore
 from o2o_robot.ros.fleet import run_fleet
 from o2o_robot.ros.fleet_graph import Fleet, Monitor
 from o2o_robot.runlog import read_metrics
-from ros_helpers import domain_id, wait_for
+from ros_helpers import (check_main_lifecycle, domain_id, namespace, start_node_main,
+                         wait_for)
 
 ROOT = Path(__file__).resolve().parents[1]
 LEASE_S = 2.0
@@ -198,3 +200,25 @@ def test_a_late_robot_gets_the_current_policy_and_a_leaving_one_does_not_stop_le
         monitor.close()
     assert all(code == 0 for code in codes.values()), codes
     assert_store_equals_spools(fleet)
+
+
+# -------------------------------------------------------------------------- entry points
+def test_learner_node_main_starts_stops_cleanly_and_refuses_a_bad_config(tmp_path):
+    """`learner_node` with the packaged config: up, exit 0 on SIGINT (also on the second one
+    `ros2 launch` delivers); a missing config file: exit 1 naming it."""
+    check_main_lifecycle("o2o_robot.ros.learner_node", "robots known", namespace("learner"),
+                         domain_id(3), tmp_path)
+    assert (tmp_path / "runs" / "sim_reach" / "checkpoints" / "latest.pt").exists()
+
+
+def test_an_actor_with_an_unknown_learner_kind_exits_naming_the_parameter(tmp_path):
+    proc, lines = start_node_main("o2o_robot.ros.actor_node",
+                                  ["-p", "config:=sim_reach.yaml", "-p", "learner:=cloud"],
+                                  namespace("bad_learner"), domain_id(3), tmp_path)
+    try:
+        assert proc.wait(timeout=60) == 1
+    finally:
+        proc.kill()
+    time.sleep(0.1)
+    assert any("learner: expected one of local, remote, got 'cloud'" in line for line in lines), \
+        "".join(lines)
