@@ -226,8 +226,9 @@ class FleetClient:
             if span is not None:
                 msg = UInt8MultiArray()
                 msg.data = encode_batch(self.spool.batch(self.robot_id, *span))
-                worked = self._publish(self._transitions, msg)
-                self.bytes_sent += len(msg.data) if worked else 0
+                sent = self._publish(self._transitions, msg)
+                self.bytes_sent += len(msg.data) if sent else 0
+                worked = worked or sent
         return worked
 
     def _follow_learner(self, now: float) -> None:

@@ -149,6 +149,7 @@ class FleetLearner:
         """Learn until `stop`; then commit, checkpoint and close the store. Returns the report."""
         core, fleet, log = self.core, self.cfg.fleet, self.node.get_logger()
         try:
+            self._acknowledge()                # robots see us (and what we hold) from now on
             core.pretrain(log=lambda step, m: log.info(f"pre-training: {step} steps"))
             core.export()                      # the warm-up policy, or the resumed agent's
             self._publish_policy()
