@@ -166,24 +166,33 @@ def test_link_cut_learner_kill9_and_restarts_lose_and_duplicate_nothing(tmp_path
 
 
 def test_a_late_robot_gets_the_current_policy_and_a_leaving_one_does_not_stop_learning(tmp_path):
+    """robot0 feeds the learner, then its sim stops (no new rows): once the learner has done
+    the updates it owes it exports nothing more, so robot1, joining then, can only get the
+    current policy from the latched topic. Then robot0 leaves; learning goes on from robot1."""
     cfg = fleet_config(tmp_path)
     with_demos(cfg)
     fleet = Fleet(cfg, 2, tmp_path, domain_id=domain_id(2))
     monitor = Monitor(fleet.names, domain_id(2))
+    owed = lambda: max(monitor.learner.get("env_steps", 0) - cfg.learner.warmup_steps, 0) - \
+        monitor.learner.get("updates", 0)  # noqa: E731
     try:
         fleet.start("learner")
         fleet.start("sim:robot0")
         fleet.start("actor:robot0")
         wait_for(lambda: (monitor.learner.get("policy_version") or 0) >= 4, 120.0,
                  "a few policies learned from robot0")
+        codes = fleet.stop(["sim:robot0"])                         # robot0 holds: no new rows
+        wait_for(lambda: owed() <= 0 and monitor.learner.get("live_robots") == ["robot0"],
+                 60.0, "the learner done with what it owes")
         current = monitor.learner["policy_version"]
         fleet.start("sim:robot1")
         fleet.start("actor:robot1")
-        wait_for(lambda: (monitor.serving("robot1") or 0) >= current, 60.0,
-                 f"robot1 serving version {current} or newer")
+        wait_for(lambda: monitor.serving("robot1") == current, 60.0,
+                 f"robot1 serving the current version {current}")
+        assert monitor.learner["policy_version"] == current        # nothing newer was sent
         wait_for(lambda: monitor.learner.get("live_robots") == ["robot0", "robot1"], 30.0,
                  "both robots live")
-        fleet.stop(["actor:robot0", "sim:robot0"])                 # robot0 leaves
+        codes.update(fleet.stop(["actor:robot0"]))                 # robot0 leaves
         wait_for(lambda: monitor.learner.get("live_robots") == ["robot1"], 30.0,
                  "robot0 no longer live")
         assert monitor.learner["robots"]["robot0"]["live"] is False
@@ -192,7 +201,7 @@ def test_a_late_robot_gets_the_current_policy_and_a_leaving_one_does_not_stop_le
                  rows_held(monitor, "robot1") > rows + 20, 60.0, "learning from robot1 alone")
         lag = monitor.learner["robots"]["robot1"]["policy_lag"]
         assert lag is not None and lag >= 0
-        codes = fleet.stop(["sim:robot1"])
+        codes.update(fleet.stop(["sim:robot1"]))
         codes.update(fleet.stop(["actor:robot1"]))                 # hands its last rows over
         codes.update(fleet.stop(["learner"]))
     finally:
