@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from o2o_robot.config import load_config, resolve_config_path
 from o2o_robot.data.schema import FIELDS

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from o2o_robot.config import (ActionSpace, ConfigError, O2OConfig, ObservationSource, RobotSpec,
                               TrainConfig)

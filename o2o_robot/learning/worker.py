@@ -192,8 +192,6 @@ def run_worker(cfg_json: dict, run_dir: str, agent_factory, inbox, policies, sta
 class _Worker:
     def __init__(self, cfg: O2OConfig, run_dir: Path, agent_factory, inbox, policies, stats,
                  stop, progress):
-        import torch
-
         from o2o_robot.data.store import TransitionStore
         from o2o_robot.learning.core import LearnerCore
 
