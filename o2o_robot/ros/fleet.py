@@ -39,7 +39,7 @@ from o2o_robot.ros.fleet_graph import Fleet, Monitor
 from o2o_robot.ros.graph import catch_signals, ignore_sigint, restore_signals
 
 PROGRESS_PERIOD_S = 2.0
-SETTLE_S = 20.0               # at the end: for every robot to serve the learner's last policy
+SETTLE_S = 60.0               # at the end: for every robot to serve the learner's last policy
 RECENT_EPISODES = 20
 
 
@@ -169,12 +169,14 @@ class _Session:
 
 
 def settle(monitor: Monitor, names: list[str], timeout_s: float = SETTLE_S) -> tuple[int, dict]:
-    """Wait (bounded) until every robot serves the learner's newest policy: (that version,
-    {robot: version served})."""
+    """With the sims stopped (no new rows), wait (bounded) until the learner has done the
+    updates it owes (no export is coming) and every robot serves its newest policy: (that
+    version, {robot: version served})."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         version = monitor.learner.get("policy_version")
-        if version and all(monitor.serving(n) == version for n in names):
+        if version and monitor.learner.get("owed_updates", 1) <= 0 and \
+                all(monitor.serving(n) == version for n in names):
             break
         time.sleep(0.1)
     return monitor.learner.get("policy_version"), {n: monitor.serving(n) for n in names}

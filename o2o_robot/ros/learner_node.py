@@ -221,7 +221,8 @@ class FleetLearner:
             robots.setdefault(name, {"live": False})
             robots[name].update({"rows": log.acked, "received": log.received, **log.counts,
                                  "problem": log.problem})
-        return {**self.core.report(state), **self.threads.report(), "learner": self.id,
+        return {**self.core.report(state), "owed_updates": self.core.owed,
+                **self.threads.report(), "learner": self.id,
                 "robots": robots, "live_robots": self.table.live(now), "batches": self.results,
                 **self.node.counts, "last_bad_message": self.node.last_bad}
 
