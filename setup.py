@@ -66,12 +66,12 @@ setup(
     entry_points={
         "console_scripts": [
             "o2o-robot = o2o_robot.cli:main",
-            "actor_node = o2o_robot.ros.actor_node:main",
-            "learner_node = o2o_robot.ros.learner_node:main",
-            "sim_bridge = o2o_robot.ros.sim_bridge_node:main",
-            "teleop_node = o2o_robot.ros.teleop_node:main",
-            "keyboard_teleop = o2o_robot.ros.keyboard_teleop:main",
-            "scripted_teleop = o2o_robot.ros.scripted_teleop_node:main",
+            "actor_node = o2o_robot.ros.entry:actor_node",
+            "learner_node = o2o_robot.ros.entry:learner_node",
+            "sim_bridge = o2o_robot.ros.entry:sim_bridge",
+            "teleop_node = o2o_robot.ros.entry:teleop_node",
+            "keyboard_teleop = o2o_robot.ros.entry:keyboard_teleop",
+            "scripted_teleop = o2o_robot.ros.entry:scripted_teleop",
         ],
     },
 )

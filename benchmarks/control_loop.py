@@ -33,8 +33,11 @@ learner share of standalone:
 The MultiThreadedExecutor busy-waits while a ready timer's callback group is busy
 (ros2/rclpy#1223) and starves the very callbacks it waits for.
 
+and a policy swap through the `policy_path` parameter at 100 Hz: how long the set took (a slow
+policy: validation runs ~210 inferences) and the worst gap between ticks meanwhile.
+
     python benchmarks/control_loop.py [--seconds 10] [--rates 100 500] [--modes thread process]
-                                      [--executor single|multi]
+                                      [--executor single|multi] [--swap-hidden 2048 2048 2048]
 """
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor  # noq
 from rclpy.parameter import Parameter  # noqa: E402
 
 from o2o_robot.config import load_config, resolve_config_path  # noqa: E402
+from o2o_robot.data.schema import SOURCE_CODE, Transition  # noqa: E402
 from o2o_robot.learning.worker import LearnerClient  # noqa: E402
 from o2o_robot.ros.actor_node import ActorNode  # noqa: E402
 
@@ -116,17 +120,21 @@ def bench_config(tmp: Path, rate: float, export_every: int):
         "train": {"demo_episodes": 5, "run_dir": str(tmp)}})
 
 
-def first_policy(cfg, tmp: Path) -> str:
-    """A policy of the configured actor size for the idle case (the learner exports its own)."""
+def first_policy(cfg, tmp: Path, hidden: list[int] | None = None, version: int = 1) -> str:
+    """A policy of the configured actor size (or `hidden`) for the idle case (the learner
+    exports its own)."""
     from o2o_robot.agents import build_agent
     from o2o_robot.policy.export import export_policy, write_policy
 
+    if hidden is not None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.algorithm.hidden_dims = hidden
     agent = build_agent(cfg, cfg.robot.obs_dim, cfg.robot.act_dim, device="cpu")
     robot = cfg.robot
     data = export_policy(agent.export_actor(), obs_dim=robot.obs_dim, act_dim=robot.act_dim,
                          action_low=robot.action.low, action_high=robot.action.high,
-                         algorithm="rlpd", version=1)
-    return str(write_policy(data, tmp / "policy_00001.onnx"))
+                         algorithm="rlpd", version=version)
+    return str(write_policy(data, tmp / f"policy_{version:05d}.onnx"))
 
 
 def updates_per_s(client, seconds: float) -> float:
@@ -139,14 +147,15 @@ def standalone_rate(cfg, tmp: Path, mode: str, seconds: float) -> float:
     """Critic updates/s of the learner fed by a plain loop at the control rate (no ROS)."""
     client = LearnerClient(cfg, tmp / f"standalone_{mode}", mode=mode)
     stop = threading.Event()
-    row = {"obs": np.zeros(12, np.float32), "action": np.zeros(3, np.float32),
-           "reward": np.float32(0), "next_obs": np.zeros(12, np.float32), "terminated": False,
-           "truncated": False, "source": np.uint8(1), "policy_version": 1, "timestamp": 0.0}
+    obs = np.zeros(12, np.float32)
 
     def feed() -> None:
-        while not stop.is_set():
-            client.submit(row)
+        step = 0
+        while not stop.is_set():   # one endless episode of online rows
+            client.submit(Transition(obs, np.zeros(3, np.float32), 0.0, obs, False, False,
+                                     SOURCE_CODE["online"], policy_version=1, step=step))
             client.poll_policy()
+            step += 1
             time.sleep(1.0 / cfg.control.control_rate_hz)
 
     threading.Thread(target=feed, daemon=True).start()
@@ -217,6 +226,57 @@ def run_case(cfg, tmp: Path, mode: str | None, domain: int, seconds: float, poli
             "dropped": stats.get("queue_dropped")}
 
 
+def swap_case(cfg, tmp: Path, domain: int, policy: str, slow: str) -> dict:
+    """Ticks while `ros2 param set policy_path` (the SetParameters service, from another node)
+    swaps in `slow`, a policy that takes long to validate: the set's duration and the worst tick
+    gap during it, against the ticks before it."""
+    from rclpy.parameter_client import AsyncParameterClient
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    node = TimedActor(cfg, latency_budget_share=None, context=ctx, namespace=NAMESPACE,
+                      parameter_overrides=[Parameter("policy_path", value=policy)])
+    caller = rclpy.create_node("bench_param_caller", namespace=NAMESPACE, context=ctx)
+    executors = [SingleThreadedExecutor(context=ctx), SingleThreadedExecutor(context=ctx)]
+    executors[0].add_node(node)
+    executors[1].add_node(caller)
+    spinners = [threading.Thread(target=e.spin, daemon=True) for e in executors]
+    for t in spinners:
+        t.start()
+    try:
+        client = AsyncParameterClient(caller, f"{NAMESPACE}/o2o_actor")
+        if not client.wait_for_services(10.0):
+            raise RuntimeError("the actor's parameter services did not appear")
+        time.sleep(WARMUP_S)
+        node.recording = True
+        time.sleep(2.0)
+        t_set = time.monotonic()
+        future = client.set_parameters([Parameter("policy_path", value=slow)])
+        while not future.done():
+            time.sleep(0.001)
+        t_done = time.monotonic()
+        time.sleep(1.0)
+        node.recording = False
+        result = future.result().results[0]
+    finally:
+        for e, n in zip(executors, (node, caller)):
+            e.remove_node(n)
+        time.sleep(0.2)
+        for e, t in zip(executors, spinners):
+            e.shutdown(timeout_sec=5.0)
+            t.join(5.0)
+        node.destroy_node()
+        caller.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    starts = node.t_start[:node.n]
+    gaps, period = np.diff(starts) * 1e3, 1e3 / cfg.control.control_rate_hz
+    during = (starts[1:] > t_set) & (starts[:-1] < t_done)
+    return {"accepted": result.successful, "reason": result.reason, "set_s": t_done - t_set,
+            "gap_max_during_ms": float(gaps[during].max()) if during.any() else float("nan"),
+            "gap_max_before_ms": float(gaps[starts[1:] < t_set].max()), "period_ms": period,
+            "ticks_during": int(during.sum())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per case")
@@ -229,6 +289,9 @@ def main() -> None:
                         help="the actor's executor: SingleThreadedExecutor (as finetune), or "
                         "MultiThreadedExecutor(2) (as actor_node.main)")
     parser.add_argument("--domain", type=int, default=77, help="ROS_DOMAIN_ID of the benchmark")
+    parser.add_argument("--swap-hidden", type=int, nargs="+", default=[2048, 2048, 2048],
+                        help="hidden sizes of the slow policy swapped in by `policy_path` "
+                        "(validation: ~210 inferences of it)")
     args = parser.parse_args()
     from o2o_robot.ros.finetune import ensure_demos
 
@@ -252,6 +315,8 @@ def main() -> None:
                 print(f"measured {rate:g} Hz, learner {mode or 'none'}", flush=True)
         for m in args.modes:   # measured again after the cases and averaged: the load drifts
             standalone[m] = (standalone[m] + standalone_rate(alone_cfg, tmp, m, args.seconds)) / 2
+        slow = first_policy(base, tmp, args.swap_hidden, version=2)
+        swap = swap_case(bench_config(tmp, 100.0, args.export_every), tmp, args.domain, policy, slow)
     finally:
         stop.set()
         feed.join(10.0)
@@ -267,6 +332,11 @@ def main() -> None:
           f"standalone " + ", ".join(f"{m} {r:.0f}" for m, r in standalone.items())
           + " critic updates/s")
     print_targets(results, standalone)
+    print(f"\npolicy_path swap at 100 Hz (a {args.swap_hidden} actor, validated off the tick): "
+          f"the set took {swap['set_s']:.2f} s ({'accepted' if swap['accepted'] else swap['reason']})"
+          f"; {swap['ticks_during']} ticks meanwhile, worst tick gap {swap['gap_max_during_ms']:.1f}"
+          f" ms (period {swap['period_ms']:.0f} ms; worst before the set "
+          f"{swap['gap_max_before_ms']:.1f} ms)")
 
 
 def print_row(rate, mode, res, standalone, header=False) -> None:

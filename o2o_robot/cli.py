@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=None, help="override train.total_env_steps")
     q.add_argument("--lockstep", action="store_true",
                    help="step the sim once per action, paced by the learner (fast, for tests)")
+    q.add_argument("--resume", action="store_true",
+                   help="continue the run in the run dir from its last checkpoint (a run dir "
+                   "that holds a run is refused without it)")
     q.set_defaults(fn=cmd_finetune)
 
     q = sub.add_parser("fleet", help="a sim fleet: N sim bridges and actor nodes, one learner "

@@ -235,7 +235,15 @@ class LearnerConfig(Model):
     compile: bool = False
     bf16: bool = Field(False, description="opt-in bf16 autocast (not yet shown to learn as fp32)")
     export_every_updates: int = Field(1000, ge=1, description="env-step updates between exports")
-    checkpoint_every_steps: int = Field(5000, ge=1)
+    checkpoint_every_steps: int = Field(1000, ge=1, description=(
+        "env steps between learner checkpoints (and on a clean stop): after a kill -9 a "
+        "resumed learner loses at most this many env steps of updates; the rows stay in the "
+        "store"))
+    max_restarts: int = Field(3, ge=0, description=(
+        "times the learner worker is restarted from its last checkpoint after it crashed or "
+        "died; the actor keeps acting on its last good policy meanwhile"))
+    restart_backoff_s: float = Field(2.0, ge=0, description=(
+        "wait before the first restart; doubled for each further one"))
     queue_size: int = Field(10000, ge=1, description="transition queue; full => dropped, counted")
 
     @field_validator("torch_threads", mode="plain")
@@ -278,6 +286,10 @@ class SafetyConfig(Model):
         None, description="rate limit per tick, physical units (scalar or per dimension)")
     hold: Literal["zero", "last"] = Field("zero", description="action while held")
     estop_topic: str = "estop"
+    rollback_after_non_finite: int = Field(10, ge=0, description=(
+        "consecutive ticks on which the serving policy's action is NaN/inf (each one held) "
+        "before the actor rolls back to the previous policy and says so; a policy can pass "
+        "validation and still fail on the robot's real observations. 0: never roll back"))
 
     @model_validator(mode="after")
     def _positive_rate(self) -> "SafetyConfig":
@@ -289,17 +301,47 @@ class SafetyConfig(Model):
 
 
 # ----------------------------------------------------------------------------------- sim, teleop
-class SimConfig(Model):
-    """The simulated task. Its time limit is `control.max_episode_steps`, as on the robot."""
+REACH_ONLY_SIM_KEYS = ("reward", "sim_rate_hz", "success_radius_m", "target_yaw_range_deg")
 
-    task: str = Field("reach", description="'reach' or a gymnasium MuJoCo id such as 'Hopper-v5'")
-    reward: Literal["dense", "sparse"] = "sparse"
-    sim_rate_hz: float = Field(20.0, gt=0, description="env steps per second in real-time mode")
+
+class SimConfig(Model):
+    """The simulated task. Its time limit is `control.max_episode_steps`, as on the robot.
+
+    The keys of `REACH_ONLY_SIM_KEYS` configure the 'reach' arm and are refused with another
+    task (a gymnasium env keeps its own reward and timing: to change them, register a wrapped
+    env in a module of yours and name it `module:EnvId`, README "train on a gymnasium task").
+    When a config changes the task of its base, the base's reach keys are dropped."""
+
+    task: str = Field("reach", description=(
+        "'reach', a gymnasium id with flat Box spaces such as 'Hopper-v5', or 'module:EnvId': "
+        "a module on PYTHONPATH that registers EnvId with gymnasium when imported (e.g. a "
+        "wrapped env with a sparse reward, o2o_robot.sim.example_tasks)"))
+    reward: Literal["dense", "sparse"] = Field("sparse", description="reach: the reward")
+    sim_rate_hz: float = Field(20.0, gt=0, description="reach: env steps per second in "
+                               "real-time mode")
     success_radius_m: float = Field(0.05, gt=0, description="reach: success distance to the target")
     target_yaw_range_deg: float = Field(180.0, gt=0, le=180,
                                         description="reach: targets within +- this base yaw")
+    success_function: str | None = Field(None, description=(
+        "'package.module:function(obs, info) -> bool' for a gymnasium task whose env reports no "
+        "info['is_success']: called after every step, its result becomes info['is_success'] "
+        "(the success rate of evaluations and episodes, solved_at)"))
     lockstep: bool = Field(False, description="step once per received action")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _task_keys(self) -> "SimConfig":
+        if self.task != "reach":
+            given = [k for k in REACH_ONLY_SIM_KEYS if k in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: configures the 'reach' task only, not {self.task!r} (a "
+                    f"gymnasium env keeps its own reward and timing; to change them register a "
+                    f"wrapped env and name it as sim.task 'module:EnvId', see the README)")
+        elif self.success_function is not None:
+            raise ValueError("success_function: for gymnasium tasks; 'reach' reports its own "
+                             "success (sim.success_radius_m)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -518,6 +560,12 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the key path."""
 
 
+def _lower_first(text: str) -> str:
+    """pydantic capitalises its messages; ours continue a 'key.path: ' prefix. Only the first
+    letter: names and ids in the message keep their case."""
+    return text[:1].lower() + text[1:]
+
+
 def _describe(err: dict[str, Any]) -> str:
     """One pydantic error as 'key.path: what was expected, got X'."""
     path = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
@@ -531,18 +579,25 @@ def _describe(err: dict[str, Any]) -> str:
         "missing": lambda: "required key is missing",
         "literal_error": lambda: f"must be one of {ctx.get('expected')}",
         "union_tag_invalid": lambda: f"must be one of {ctx.get('expected_tags')}",
-    }.get(kind, lambda: err["msg"].removeprefix("Value error, ").lower())()
+    }.get(kind, lambda: _lower_first(err["msg"].removeprefix("Value error, ")))()
     if kind in ("missing",):
         return f"{path}: {expected}"
+    head, sep, rest = expected.partition(": ")
+    if kind == "value_error" and sep and path and head.isidentifier():
+        return f"{path}.{head}: {rest}"     # a section's validator naming one of its keys
     return f"{path or '<top>'}: {expected}, got {given!r}" if kind != "value_error" else \
         f"{path or '<top>'}: {expected}"
 
 
 def _merge(base: dict, over: dict) -> dict:
-    """Deep merge of mappings; a section that switches `name` (the algorithm) replaces the base's."""
+    """Deep merge of mappings; a section that switches `name` (the algorithm) replaces the base's;
+    a `sim` section that switches `task` drops the base's reach-only keys."""
     out = dict(base)
     for key, value in over.items():
         old = out.get(key)
+        if key == "sim" and isinstance(old, dict) and isinstance(value, dict) \
+                and value.get("task", old.get("task")) != old.get("task"):
+            old = {k: v for k, v in old.items() if k not in REACH_ONLY_SIM_KEYS}
         same_kind = isinstance(old, dict) and isinstance(value, dict) and (
             "name" not in value or old.get("name", value["name"]) == value["name"])
         out[key] = _merge(old, value) if same_kind else value

@@ -95,6 +95,12 @@ class RunLogger:
                 if isinstance(value, (int, float)) and math.isfinite(float(value)):
                     self._tb.add_scalar(f"{kind}/{name}", float(value), int(step))
 
+    def mark_resume(self, step: int, **values) -> None:
+        """A "resume" record: the run continues from env step `step` (its last checkpoint).
+        Records logged earlier with a later step belong to work the interruption lost and
+        `read_metrics` leaves them out, so the curve stays continuous."""
+        self.log("resume", step, values)
+
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
@@ -102,12 +108,18 @@ class RunLogger:
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
-    """Records of `metrics.jsonl`, optionally of one kind."""
+    """Records of `metrics.jsonl`, optionally of one kind, without those a later "resume"
+    record supersedes (logged before it, at a step after the one it resumed from)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if kind is None or r.get("kind") == kind]
+    kept: list[dict] = []
+    for record in records:
+        if record.get("kind") == "resume":
+            kept = [r for r in kept if r["step"] <= record["step"]]
+        kept.append(record)
+    return [r for r in kept if kind is None or r.get("kind") == kind]
 
 
 def plot_curve(run_dir: str | Path, out: str | Path | None = None,

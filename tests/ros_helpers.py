@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import rclpy
 from onnx import TensorProto, helper
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -159,18 +160,51 @@ def set_parameter(node, target: str, name: str, value, timeout: float = 15.0):
     return future.result().results[0]
 
 
-def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str | os.PathLike = ROOT
-                    ) -> tuple[subprocess.Popen, list[str]]:
+def start_node_main(module: str, args: list[str], ns: str, domain: int, cwd: str | os.PathLike = ROOT,
+                    *, entry: bool = False) -> tuple[subprocess.Popen, list[str]]:
     """`python -m module --ros-args -r __ns:=ns *args` in its own domain; (process, output
-    lines as they arrive). The caller ends it (SIGINT) or waits for it."""
+    lines as they arrive). The caller ends it (SIGINT) or waits for it. `entry`: through
+    `o2o_robot.ros.entry`, as the console scripts (`ros2 run`, the launch files) start it."""
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-    proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", "-r", f"__ns:={ns}",
+    # Its own process group, so `kill_group` also ends what it started (a learner worker).
+    command = ["-m", "o2o_robot.ros.entry", module] if entry else ["-m", module]
+    proc = subprocess.Popen([sys.executable, *command, "--ros-args", "-r", f"__ns:={ns}",
                              *args], cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, start_new_session=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     return proc, lines
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc`'s process group (a `start_node_main` process and its children) and reap
+    it; a no-op for a group that is gone."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def stop_processes(procs: Sequence[subprocess.Popen], timeout: float = 30.0) -> list[int | None]:
+    """SIGINT every process, wait for all within `timeout` seconds in total, then kill (with
+    its group) any still running: nothing is leaked whatever happens. The exit codes, None for
+    a process that had to be killed."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline, codes = time.monotonic() + timeout, []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=max(deadline - time.monotonic(), 0.0)))
+        except subprocess.TimeoutExpired:
+            codes.append(None)
+        kill_group(proc)
+    return codes
 
 
 def check_main_lifecycle(module: str, ready_text: str, ns: str, domain: int,
@@ -188,10 +222,13 @@ def check_main_lifecycle(module: str, ready_text: str, ns: str, domain: int,
         proc.send_signal(signal.SIGINT)       # a no-op when the process has already exited
         assert proc.wait(timeout=30) == 0, "".join(lines)
     finally:
-        proc.kill()
+        kill_group(proc)
     bad, lines = start_node_main(module, ["-p", "config:=/nonexistent/robot.yaml"], ns + "_bad",
                                  domain, cwd)
-    assert bad.wait(timeout=30) == 1
+    try:
+        assert bad.wait(timeout=30) == 1
+    finally:
+        kill_group(bad)
     time.sleep(0.1)
     assert any("/nonexistent/robot.yaml" in line for line in lines), "".join(lines)
 
@@ -199,25 +236,51 @@ def check_main_lifecycle(module: str, ready_text: str, ns: str, domain: int,
 # ------------------------------------------------------------------------------------ policies
 def linear_policy(obs_dim: int, act_dim: int, low: Sequence[float], high: Sequence[float], *,
                   weight: np.ndarray, bias: np.ndarray, version: int = 1,
-                  noise_scale: float = 0.1, nan: bool = False) -> bytes:
+                  noise_scale: float = 0.1, nan: bool = False, nan_at_obs0: float | None = None,
+                  slow: tuple[int, int] | None = None) -> bytes:
     """ONNX bytes of `action = mid + half * tanh(obs @ weight + bias + noise_scale * noise)`
-    (the policy contract's inputs/output and metadata; `nan=True` adds NaN to every output)."""
+    (the policy contract's inputs/output and metadata). `nan=True` adds NaN to every output;
+    `nan_at_obs0=v` only where obs[0] == v exactly (random probe observations never are);
+    `slow=(width, layers)` adds 0 x a chain of `layers` width x width tanh layers to the output:
+    the same actions, at a higher latency."""
     low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
     consts = {"W": np.asarray(weight, np.float32).reshape(obs_dim, act_dim),
               "b": np.asarray(bias, np.float32).reshape(act_dim),
               "s": np.full(act_dim, noise_scale, np.float32), "half": (high - low) / 2,
-              "mid": (high + low) / 2, "bad": np.full(act_dim, np.nan, np.float32)}
-    inits = [helper.make_tensor(k, TensorProto.FLOAT, v.shape, v.ravel().tolist())
-             for k, v in consts.items()]
+              "mid": (high + low) / 2, "bad": np.full(act_dim, np.nan, np.float32),
+              "zero": np.zeros(1, np.float32), "v": np.full(1, nan_at_obs0 or 0.0, np.float32),
+              "first": np.zeros(1, np.int64), "axis1": np.ones(1, np.int64)}
     nodes = [helper.make_node("MatMul", ["obs", "W"], ["h"]),
              helper.make_node("Add", ["h", "b"], ["z0"]),
              helper.make_node("Mul", ["noise", "s"], ["n"]),
              helper.make_node("Add", ["z0", "n"], ["z"]),
              helper.make_node("Tanh", ["z"], ["t"]),
              helper.make_node("Mul", ["t", "half"], ["th"]),
-             helper.make_node("Add", ["th", "mid"], ["a" if nan else "action"])]
+             helper.make_node("Add", ["th", "mid"], ["a0"])]
+    out = "a0"
+    if slow is not None:
+        width, layers = slow
+        rng = np.random.default_rng(0)
+        consts["Win"] = rng.normal(0, 0.1, (obs_dim, width)).astype(np.float32)
+        consts["Wh"] = rng.normal(0, 1 / np.sqrt(width), (width, width)).astype(np.float32)
+        nodes.append(helper.make_node("MatMul", ["obs", "Win"], ["x0"]))
+        for i in range(layers):
+            nodes += [helper.make_node("MatMul", [f"x{i}", "Wh"], [f"m{i}"]),
+                      helper.make_node("Tanh", [f"m{i}"], [f"x{i + 1}"])]
+        nodes += [helper.make_node("ReduceSum", [f"x{layers}", "axis1"], ["r"], keepdims=1),
+                  helper.make_node("Mul", ["r", "zero"], ["r0"]),
+                  helper.make_node("Add", [out, "r0"], ["a1"])]
+        out = "a1"
+    if nan_at_obs0 is not None:
+        nodes += [helper.make_node("Gather", ["obs", "first"], ["o0"], axis=1),
+                  helper.make_node("Equal", ["o0", "v"], ["hit"]),
+                  helper.make_node("Where", ["hit", "bad", out], ["a2"])]
+        out = "a2"
     if nan:
-        nodes.append(helper.make_node("Add", ["a", "bad"], ["action"]))
+        nodes.append(helper.make_node("Add", [out, "bad"], ["a3"]))
+        out = "a3"
+    nodes.append(helper.make_node("Identity", [out], ["action"]))
+    inits = [onnx.numpy_helper.from_array(v, k) for k, v in consts.items()]
     graph = helper.make_graph(
         nodes, "linear_policy",
         [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", obs_dim]),

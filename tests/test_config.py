@@ -144,7 +144,7 @@ def test_packaged_configs_resolve_from_an_install_space(tmp_path, monkeypatch):
 
 def test_moved_time_limit_key_says_where_it_went(tmp_path):
     msg = error_of(write(tmp_path, {"sim": {"max_episode_steps": 50}}))
-    assert "sim: " in msg and "moved to control.max_episode_steps" in msg
+    assert "sim.max_episode_steps: " in msg and "moved to control.max_episode_steps" in msg
     cfg = load_config(write(tmp_path, {"control": {"max_episode_steps": 7}}))
     assert cfg.control.max_episode_steps == 7
 

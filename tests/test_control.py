@@ -437,6 +437,26 @@ def test_policy_error_and_nan_policy_hold_without_rows():
     assert [(r.source, r.hold_reason, r.transition) for r in res] == [("hold", "non_finite", None)] * 2
 
 
+def test_the_non_finite_streak_counts_the_policys_consecutive_nan_ticks_only():
+    """The actor node rolls a policy back on this streak: it must count the serving policy's
+    NaN/inf actions in a row, restart at a finite one, and ignore an operator's ticks."""
+    nan = {"on": True}
+    core = make_core(lambda obs: (np.full(3, np.nan if nan["on"] else 0.1), 3),
+                     teleop_timeout_ms=1000)
+    run(core, 3)
+    assert core.non_finite_streak == 3 and core.stats()["non_finite_streak"] == 3
+    nan["on"] = False
+    run(core, 1, start=3)
+    assert core.non_finite_streak == 0                      # a finite action ends the streak
+    nan["on"] = True
+    core.set_teleop(True, [0.1, 0.1, 0.1], stamp_s=0.2)
+    _, res = run(core, 2, start=4)
+    assert [r.source for r in res] == ["intervention"] * 2 and core.non_finite_streak == 0
+    core.set_teleop(False)
+    run(core, 2, start=6)
+    assert core.non_finite_streak == 2
+
+
 def test_estop_holds_the_core_until_cleared():
     core = make_core()
     core.estop(True)

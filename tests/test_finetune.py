@@ -7,6 +7,8 @@ Fault injection: `crashing_agent` builds the real agent and makes its update rai
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -187,7 +189,9 @@ def test_an_episode_whose_last_row_was_lost_is_closed_when_the_next_one_starts(t
 
 @pytest.mark.parametrize("mode", ["thread", "process"])
 def test_a_learner_crash_is_reported_and_the_client_keeps_working(tmp_path, mode):
-    cfg = tiny_config(tmp_path, learner={"export_every_updates": 1, "queue_size": 50})
+    """With no restarts allowed (`learner.max_restarts: 0`), the crash is final and said so."""
+    cfg = tiny_config(tmp_path, learner={"export_every_updates": 1, "queue_size": 50,
+                                         "max_restarts": 0})
     ensure_demos(cfg, progress=False)
     client = LearnerClient(cfg, tmp_path, mode=mode, agent_factory=crashing_agent)
     try:
@@ -197,6 +201,7 @@ def test_a_learner_crash_is_reported_and_the_client_keeps_working(tmp_path, mode
                          "the crash report")
         assert "injected learner fault" in stats["error"] and stats["updates"] == CRASH_AFTER
         wait_for(lambda: not client.stats()["alive"], 10.0, "the worker to end")
+        wait_for(lambda: client.stats()["gave_up"], 10.0, "no restart: max_restarts is 0")
         # The last good policy: v1 (uniform warm-up), v2 (the agent when warm-up ended), then
         # one per update.
         newest = client.poll_policy()
@@ -207,13 +212,14 @@ def test_a_learner_crash_is_reported_and_the_client_keeps_working(tmp_path, mode
         assert client.poll_policy() is None
     finally:
         final = client.close()
-    assert final["state"] == "crashed"
+    assert final["state"] == "crashed" and final["gave_up"] and final["restarts"] == 0
+    assert final["failures"] == ["crashed: RuntimeError: injected learner fault"]
     with TransitionStore.open(cfg.store.path, "a") as store:   # the lock was released
         assert store.counts()["online"]["transitions"] == 30
 
 
 def test_the_actor_keeps_its_last_good_policy_when_the_learner_crashes(tmp_path):
-    cfg = tiny_config(tmp_path, learner={"export_every_updates": 1},
+    cfg = tiny_config(tmp_path, learner={"export_every_updates": 1, "max_restarts": 0},
                       control={"control_rate_hz": 50.0}, sim={"sim_rate_hz": 50.0})
     ensure_demos(cfg, progress=False)
     client = LearnerClient(cfg, tmp_path, mode="thread", agent_factory=crashing_agent)
@@ -246,6 +252,32 @@ def test_the_actor_keeps_its_last_good_policy_when_the_learner_crashes(tmp_path)
 
 
 # ----------------------------------------------------------------------------------- finetune
+def test_a_dying_learner_is_restarted_until_max_restarts_then_given_up(tmp_path):
+    """Each worker resumes from the last checkpoint and is killed again as soon as it is up;
+    the client restarts it after a doubling back-off, `learner.max_restarts` times, then gives
+    up and says so."""
+    cfg = tiny_config(tmp_path, learner={"max_restarts": 2, "restart_backoff_s": 0.1})
+    ensure_demos(cfg, progress=False)
+    client = LearnerClient(cfg, tmp_path, mode="process")
+    killed: list[int] = []
+
+    def kill_each_worker():
+        worker = client._worker
+        if worker.pid not in killed and client.stats()["state"] == "running":
+            killed.append(worker.pid)
+            os.kill(worker.pid, signal.SIGKILL)
+        return (s := client.stats())["gave_up"] and s
+    try:
+        stats = wait_for(kill_each_worker, 180.0, "giving up", interval=0.05)
+        assert stats["restarts"] == 2 and len(killed) == 3, stats
+        assert stats["failures"] == ["died: learner worker exited (code -9) without a report"] * 3
+        assert stats["state"] == "died"
+        time.sleep(1.0)
+        assert client.stats()["restarts"] == 2 and not client.stats()["alive"]   # no 4th
+    finally:
+        client.close()
+
+
 def test_cli_flags_move_the_run_and_store_and_switch_to_lockstep(tmp_path):
     parser = build_parser()
     args = parser.parse_args(["finetune", "--run-dir", str(tmp_path / "r"), "--steps", "300",

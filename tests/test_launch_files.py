@@ -47,6 +47,20 @@ def node_module_facts(path: Path, function: str) -> dict:
                                 for f in tree.body)}
 
 
+def follow_entry(module: str, function: str, root: Path = ROOT) -> tuple[str, str]:
+    """A console script's (node module, function): `o2o_robot.ros.entry:actor_node` runs
+    `_run("o2o_robot.ros.actor_node")`, i.e. that module's `main`."""
+    if module != f"{PACKAGE}.ros.entry":
+        return module, function
+    tree = ast.parse((root / PACKAGE / "ros" / "entry.py").read_text())
+    for f in tree.body:
+        if isinstance(f, ast.FunctionDef) and f.name == function:
+            target = next((_first_str(c) for c in _calls(f, "_run")), None)
+            if target is not None:
+                return target, "main"
+    return module, function
+
+
 def _kw(call: ast.Call, name: str):
     return next((k.value for k in call.keywords if k.arg == name), None)
 
@@ -75,7 +89,7 @@ def check_launch_file(path: Path, scripts: dict[str, str], root: Path = ROOT) ->
             problems.append(f"{where}: executable {executable!r} is not a console script in "
                             f"setup.py (have: {', '.join(sorted(scripts))})")
             continue
-        module, _, function = scripts[executable].partition(":")
+        module, function = follow_entry(*scripts[executable].partition(":")[::2], root)
         source = root / Path(*module.split(".")).with_suffix(".py")
         if not source.is_file():
             problems.append(f"{where}: {executable} -> {module}: no file {source}")

@@ -25,7 +25,8 @@ from o2o_robot.control.example_rewards import ARM_ACTION_COST, arm_reach_distanc
 from o2o_robot.data.schema import Transition
 from o2o_robot.ros import qos
 from o2o_robot.ros.actor_node import ActorNode
-from ros_helpers import RosGraph, domain_id, linear_policy, namespace, start_node_main, wait_for
+from ros_helpers import (RosGraph, domain_id, kill_group, linear_policy, namespace,
+                         start_node_main, wait_for)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "examples" / "my_robot.yaml"
@@ -123,7 +124,7 @@ def test_actor_node_main_refuses_a_bad_reward_function_at_start(tmp_path):
     try:
         assert proc.wait(timeout=60) == 1, "".join(lines)
     finally:
-        proc.kill()
+        kill_group(proc)
     wait_for(lambda: any("no attribute" in line for line in lines), 5.0, "the error line")
     text = "".join(lines)
     assert ("control.reward.function 'o2o_robot.control.example_rewards:no_such_reward': module "

@@ -53,10 +53,10 @@ class StubLearner:
         return {"achieved_utd": 0.0, "store_sizes": {"online": len(self.transitions)}}
 
 
-def _policy(tmp: Path, name: str, bias, version: int, nan: bool = False):
+def _policy(tmp: Path, name: str, bias, version: int, **options):
     weight = np.random.default_rng(version).normal(0.0, 0.05, (12, 3))
     data = linear_policy(12, 3, LOW, HIGH, weight=weight, bias=np.arctanh(np.asarray(bias) / 2),
-                         version=version, nan=nan)
+                         version=version, **options)
     path = tmp / name
     path.write_bytes(data)
     ref = linear_reference(OBS, LOW, HIGH, weight, np.arctanh(np.asarray(bias) / 2))
@@ -308,6 +308,45 @@ def test_episode_end_calls_reset_and_starts_the_next_episode(g):
     last = next(r for r in reversed(g.learner.transitions) if r.terminated)
     assert last.episode == episode and last.success is True             # labelled for the store
     wait_for(lambda: _acting(g, g.p3.ref), 10.0, "acting in the new episode")
+
+
+# Last: these two raise the slot's version numbers past what the tests above expect.
+def test_a_slow_policy_path_set_is_validated_while_the_tick_goes_on(g, tmp_path):
+    """Validating a policy takes ~210 inferences: for a slow file, seconds. The set request
+    waits for it (and reports the outcome), the control tick does not: the old policy keeps
+    acting at the control rate until the new one is swapped in."""
+    slow = _policy(tmp_path, "slow.onnx", [-0.5, 0.5, -0.5], version=30, slow=(2048, 24))
+    serving = g.actions.last()
+    ticks, t0 = g.actor.core.counts["ticks"], time.monotonic()
+    result = set_parameter(g.tester, g.target, "policy_path", slow.path, timeout=120.0)
+    seconds, ticked = time.monotonic() - t0, g.actor.core.counts["ticks"] - ticks
+    assert result.successful, result.reason
+    assert seconds > 0.5, "the slow policy validated too fast to show anything"
+    # 20 Hz: a blocked tick would give ~0 ticks during the set; a quarter of the rate is plenty.
+    assert ticked >= 0.25 * 20 * seconds, (ticked, seconds)
+    during = g.actions.since(t0)
+    assert len(during) >= 2 and np.allclose(during[0], serving, atol=1e-5)   # until the swap
+    wait_for(lambda: _acting(g, slow.ref), 10.0, "the slow policy's actions")
+
+
+def test_a_policy_that_gives_nan_on_real_observations_is_rolled_back(g, tmp_path):
+    """It passes validation (random probe observations), then acts with NaN on the robot's
+    observation: after `safety.rollback_after_non_finite` held ticks the actor puts the previous
+    policy back and says so in ~/status."""
+    sneaky = _policy(tmp_path, "sneaky.onnx", [0.0, 0.0, 0.0], version=40,
+                     nan_at_obs0=float(OBS[0]))
+    before, serving = g.actor.status(), g.actions.last()
+    result = set_parameter(g.tester, g.target, "policy_path", sneaky.path)
+    assert result.successful, result.reason                          # validation cannot see it
+    t0 = time.monotonic()
+    st = _status_after(g, t0, where=lambda st: st["policy"]["non_finite_rollbacks"]
+                       > before["policy"]["non_finite_rollbacks"], what="the rollback")
+    limit = g.actor.cfg.safety.rollback_after_non_finite
+    assert st["policy"]["version"] == before["policy"]["version"]      # the previous one again
+    assert f"version 40 acted with NaN/inf on {limit} consecutive ticks" in \
+        st["policy"]["last_non_finite_rollback"]
+    assert st["safety"]["non_finite"] - before["safety"]["non_finite"] >= limit   # held each time
+    wait_for(lambda: _acting(g, serving), 10.0, "the previous policy acting again")
 
 
 def test_main_loads_the_config_parameter_and_exits_cleanly_on_sigint(tmp_path):

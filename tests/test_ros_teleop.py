@@ -31,7 +31,7 @@ from o2o_robot.ros.teleop_node import TeleopNode
 from o2o_robot.runlog import read_metrics
 from o2o_robot.spaces import ActionScaler
 from ros_helpers import (ROOT, Recorder, RosGraph, domain_id, namespace, start_node_main,
-                         status_json, wait_for)
+                         status_json, stop_processes, wait_for)
 
 DEMO, ONLINE, INTERVENTION = (SOURCE_CODE[s] for s in ("demo", "online", "intervention"))
 PACKAGED = resolve_config_path("sim_reach.yaml")
@@ -209,12 +209,8 @@ def test_collect_launch_graph_as_node_processes_records_demos(tmp_path):
         wait_for(lambda: any("demo episode 1:" in line for line in actor_lines), 60.0,
                  "two demo episodes in the actor's log")
     finally:
-        for proc, _ in procs:
-            proc.send_signal(signal.SIGINT)
-        codes = [proc.wait(timeout=30) for proc, _ in procs]
-        for proc, _ in procs:
-            proc.kill()
-    assert codes == [0, 0, 0], "".join(actor_lines)
+        codes = stop_processes([proc for proc, _ in procs], timeout=30.0)
+    assert codes == [0, 0, 0], "".join(actor_lines)   # None: did not stop within 30 s
     with TransitionStore.open(tmp_path / "demos.zarr") as store:
         counts = store.counts()
     assert counts["demo"]["episodes"] >= 2 and counts["online"]["transitions"] == 0

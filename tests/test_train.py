@@ -89,6 +89,22 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
             np.testing.assert_array_equal(ra[f], rb[f], err_msg=f)
 
 
+def test_a_resume_record_supersedes_what_was_logged_after_its_step(tmp_path):
+    """A run killed after logging step 30 but checkpointed at 20 logs 30 again on resume: the
+    curve reads each step once, in order."""
+    from o2o_robot.runlog import RunLogger
+
+    log = RunLogger(tmp_path, tensorboard=False)
+    for step, value in ((10, 1.0), (20, 2.0), (30, 3.0)):
+        log.log("eval", step, {"return_mean": value})
+    log.mark_resume(20, lost_steps=10)
+    log.log("eval", 30, {"return_mean": 3.5})
+    log.close()
+    assert [(r["step"], r["return_mean"]) for r in read_metrics(tmp_path, "eval")] == \
+        [(10, 1.0), (20, 2.0), (30, 3.5)]
+    assert [r["lost_steps"] for r in read_metrics(tmp_path, "resume")] == [10]
+
+
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         train(tiny_config(tmp_path / "none", 50), resume=True, progress=False)
@@ -229,3 +245,59 @@ def test_train_refuses_a_store_imported_for_another_task(tmp_path):
     sections["store"]["path"] = str(named)
     fits = cli("config", "validate", write_config(tmp_path / "named.yaml", sections))
     assert fits.returncode == 0 and f"store {named} fits" in fits.stdout, fits.stderr
+
+
+def test_reach_only_sim_keys_are_refused_for_a_gymnasium_task_and_dropped_when_inherited(tmp_path):
+    """sim.reward, sim.success_radius_m, ... configure the reach arm: given with a gymnasium
+    task they are an error naming the key; inherited from a reach base, they are dropped."""
+    given = write_config(tmp_path / "given.yaml", {"sim": {"task": "Reacher-v5", "reward": "sparse"}})
+    out = cli("config", "validate", given)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "sim.reward: configures the 'reach' task only, not 'Reacher-v5'" in out.stderr
+    assert "module:EnvId" in out.stderr
+    inherited = write_config(tmp_path / "inherited.yaml", {
+        "base": str(ROOT / "config" / "sim_reach.yaml"),   # sets reward, success_radius_m, ...
+        "sim": {"task": "Reacher-v5"}, "store": {"path": str(tmp_path / "r.zarr")}})
+    ok = cli("config", "validate", inherited)
+    assert ok.returncode == 0 and "task Reacher-v5: obs_dim 10, act_dim 2" in ok.stdout, ok.stderr
+    assert load_config(ROOT / "config" / "sim_reach.yaml").sim.success_radius_m == 0.08
+
+
+def test_a_success_function_gives_a_gymnasium_task_its_success_signal():
+    from o2o_robot.config import SimConfig
+    from o2o_robot.sim.rollout import run_episodes
+
+    def evaluate_zero(sim):
+        env = make_env(sim, max_episode_steps=5)
+        try:
+            return run_episodes(env, lambda obs: np.zeros(2, np.float32), 2, seed=0)
+        finally:
+            env.close()
+    plain = evaluate_zero(SimConfig(task="Reacher-v5"))
+    assert plain["success_signal"] is False
+    signalled = evaluate_zero(SimConfig(
+        task="Reacher-v5", success_function="o2o_robot.sim.example_tasks:reacher_success"))
+    assert signalled["success_signal"] is True and signalled["success_rate"] == 0.0
+    assert signalled["return_mean"] == plain["return_mean"]          # the reward is unchanged
+    with pytest.raises(ValueError, match="sim.success_function .*has no attribute 'nope'"):
+        make_env(SimConfig(task="Reacher-v5", success_function="o2o_robot.sim.example_tasks:nope"))
+
+
+def test_a_module_env_id_task_trains_with_its_sparse_reward(tmp_path):
+    """The README's worked example: a module that registers a wrapped env, named as
+    `module:EnvId`, is validated with its own spec and trained like any gymnasium task."""
+    run = tmp_path / "run"
+    sections = tiny_sections(run, 120)
+    sections["sim"] = {"task": "o2o_robot.sim.example_tasks:SparseReacher-v0"}
+    sections["sampler"]["offline_ratio"] = 0.0
+    config = write_config(tmp_path / "sparse_reacher.yaml", sections)
+    ok = cli("config", "validate", config)
+    assert ok.returncode == 0 and "task SparseReacher-v0: obs_dim 10, act_dim 2" in ok.stdout
+    out = cli("train", "--config", config)
+    assert out.returncode == 0, out.stderr
+    evals = read_metrics(run, "eval")
+    assert evals and all(r["success_rate"] == 0.0 and r["return_mean"] == 0.0 for r in evals)
+    with TransitionStore.open(run / "store.zarr") as store:
+        rewards = store.read(["reward"])["reward"]
+        assert store.spec["task"] == "SparseReacher-v0"
+    assert set(np.unique(rewards)) <= {0.0, 1.0}                      # the sparse reward

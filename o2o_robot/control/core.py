@@ -102,6 +102,7 @@ class ControlCore:
         self._pending: _Pending | None = None
         self._actions_sent = 0                                    # in the current episode
         self.policy_version = 0                                   # 0 = no learned policy yet
+        self.non_finite_streak = 0   # consecutive ticks the policy acted with a NaN/inf action
         self.last_policy_error = ""
         # Intervention rate over the last N acting ticks: a preallocated ring, no per-tick lists.
         self._window = np.zeros(intervention_window, dtype=bool)
@@ -181,6 +182,9 @@ class ControlCore:
 
         raw, source, reason = self._choose(obs, now_s)
         action, flags = self.safety.filter(raw, stale=obs is None)
+        if source == "online":       # the policy's action, before a hold replaces it
+            self.non_finite_streak = (self.non_finite_streak + 1
+                                      if flags & SafetyFlag.NON_FINITE else 0)
         if flags & SafetyFlag.HELD:
             if flags & SafetyFlag.ESTOP or not reason:
                 reason = flag_names(flags & ~SafetyFlag.HELD)[0]
@@ -265,6 +269,7 @@ class ControlCore:
         acting = self.counts["online"] + self.counts["intervention"]
         return {**self.counts, "hold_reasons": dict(self.hold_reasons),
                 "policy_version": self.policy_version, "last_policy_error": self.last_policy_error,
+                "non_finite_streak": self.non_finite_streak,
                 "teleop_engaged": self._teleop_engaged,
                 "intervention_rate": self.intervention_rate,
                 "intervention_window": int(self._window.size),

@@ -55,17 +55,13 @@ def as_reward(value) -> float:
     return out
 
 
-def load_reward_function(path: str, obs_dim: int, act_dim: int) -> RewardFn:
-    """Import `package.module:function`, check it is callable and probe it with zero inputs.
-
-    Raises RewardFunctionError naming `control.reward.function`, `path` and the problem: bad
-    format, import failure, missing attribute, not callable, or a probe call that raises or
-    returns a non-number/non-finite.
-    """
-    where = f"control.reward.function {path!r}"
+def import_callable(path: str, where: str, error: type[ValueError] = ValueError) -> Callable:
+    """The callable `package.module:function` (or `module:Class.method`) names; `error`
+    naming `where` and the problem otherwise: a bad format, an import failure (with where
+    Python looks when the module itself is missing), no such attribute, not callable."""
     module_name, sep, attr = str(path).partition(":")
     if not sep or not module_name or not attr:
-        raise RewardFunctionError(f"{where}: expected 'package.module:function'")
+        raise error(f"{where}: expected 'package.module:function'")
     try:
         fn = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure (syntax, missing dependency) is a config error
@@ -74,14 +70,26 @@ def load_reward_function(path: str, obs_dim: int, act_dim: int) -> RewardFn:
         hint = (" (install it, or add its folder to PYTHONPATH)"
                 if isinstance(exc, ModuleNotFoundError) and missing
                 and (module_name + ".").startswith(missing + ".") else "")
-        raise RewardFunctionError(f"{where}: cannot import module {module_name!r}: "
-                                  f"{type(exc).__name__}: {exc}{hint}") from exc
+        raise error(f"{where}: cannot import module {module_name!r}: "
+                    f"{type(exc).__name__}: {exc}{hint}") from exc
     for part in attr.split("."):   # "Class.method" style attributes resolve too
         if not hasattr(fn, part):
-            raise RewardFunctionError(f"{where}: module {module_name!r} has no attribute {attr!r}")
+            raise error(f"{where}: module {module_name!r} has no attribute {attr!r}")
         fn = getattr(fn, part)
     if not callable(fn):
-        raise RewardFunctionError(f"{where}: {attr!r} is not callable (it is a {type(fn).__name__})")
+        raise error(f"{where}: {attr!r} is not callable (it is a {type(fn).__name__})")
+    return fn
+
+
+def load_reward_function(path: str, obs_dim: int, act_dim: int) -> RewardFn:
+    """Import `package.module:function`, check it is callable and probe it with zero inputs.
+
+    Raises RewardFunctionError naming `control.reward.function`, `path` and the problem: bad
+    format, import failure, missing attribute, not callable, or a probe call that raises or
+    returns a non-number/non-finite.
+    """
+    where = f"control.reward.function {path!r}"
+    fn = import_callable(path, where, RewardFunctionError)
     obs, act = np.zeros(obs_dim, np.float32), np.zeros(act_dim, np.float32)
     try:
         value = fn(obs, act, obs.copy())

@@ -26,6 +26,7 @@ Rules that hold for every feeder:
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,7 +41,25 @@ from o2o_robot.data.schema import (ACTING_SOURCE_CODES, OFFLINE_SIDE_CODES, Epis
 from o2o_robot.spaces import ActionScaler
 
 CHECKPOINT = Path("checkpoints") / "latest.pt"
+CHECKPOINT_SUMMARY = Path("checkpoints") / "latest.json"   # its counters, readable without torch
 POLICIES = Path("policies")
+POLICY_NAME = "policy_{:05d}.onnx"
+
+
+def highest_policy_file(run_dir: Path) -> int:
+    """The highest version among the run dir's policies/policy_NNNNN.onnx files (0: none)."""
+    versions = [int(p.stem.split("_")[-1]) for p in (run_dir / POLICIES).glob("policy_*.onnx")
+                if p.stem.split("_")[-1].isdigit()]
+    return max(versions, default=0)
+
+
+def checkpoint_summary(run_dir: str | Path) -> dict | None:
+    """The counters of the run dir's last checkpoint (env_steps, updates, policy_version and
+    the feeder's plain entries), or None when there is none."""
+    path = Path(run_dir) / CHECKPOINT_SUMMARY
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
 
 
 @dataclass
@@ -142,6 +161,9 @@ class LearnerCore:
             factory = agent_factory or (lambda c, o, a, d: build_agent(c, o, a, device=d,
                                                                        seed=c.train.seed))
             agent, state = factory(cfg, robot.obs_dim, robot.act_dim, device), CoreState()
+        # Versions exported after the checkpoint by a learner that then died stay on disk and may
+        # have acted (their rows are in the store): never write a version twice.
+        state.policy_version = max(state.policy_version, highest_policy_file(run_dir))
         core = cls(cfg, store, run_dir, agent, state)
         core.resumed = {k: v for k, v in extra.items() if k not in CoreState.__dataclass_fields__}
         return core
@@ -242,7 +264,7 @@ class LearnerCore:
             self.state.counters["export_errors"] += 1
             self.last_problem = f"export of version {version} failed: {exc}"
             return None
-        write_policy(data, self.run_dir / POLICIES / f"policy_{version:05d}.onnx")
+        write_policy(data, self.run_dir / POLICIES / POLICY_NAME.format(version))
         self.state.policy_version = version
         self._exported_warmup, self._export = warmup, data
         return data
@@ -254,15 +276,22 @@ class LearnerCore:
 
     def checkpoint(self, **extra: Any) -> Path:
         """Commit the store (the rows the checkpoint refers to), then write the checkpoint with
-        the core's state and the feeder's `extra` (plain data)."""
+        the core's state and the feeder's `extra` (plain data), and its counters beside it as
+        JSON (`checkpoint_summary`)."""
         from o2o_robot.agents.checkpoint import save_checkpoint
+        from o2o_robot.fsutil import atomic_write_bytes
 
         self.store.flush()
         self.state.np_rng = self.rng.bit_generator.state
         self.state.plan_state = self.plan.state_dict()
         state = asdict(self.state)
         state["online_ranges"] = [list(r) for r in self.state.online_ranges]
-        return save_checkpoint(self.run_dir / CHECKPOINT, self.agent, self.cfg, **state, **extra)
+        path = save_checkpoint(self.run_dir / CHECKPOINT, self.agent, self.cfg, **state, **extra)
+        s = self.state
+        summary = {"env_steps": s.env_steps, "updates": s.updates,
+                   "policy_version": s.policy_version, "time": time.time(), **extra}
+        atomic_write_bytes(self.run_dir / CHECKPOINT_SUMMARY, json.dumps(summary).encode())
+        return path
 
     def close_episode(self) -> None:
         """The stream stops mid-episode (the run ends): close the open store episode."""

@@ -131,6 +131,8 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
         _check_store_task(store, spec, cfg.store.path)
         ensure_demos(store, cfg, label="train")
         core = LearnerCore.open(cfg, store, run_dir, resume=resume)
+        if resume:   # what an interrupted run logged after its checkpoint is superseded
+            logger.mark_resume(core.state.env_steps)
         state = {**HARNESS_STATE, **{k: core.resumed.get(k) for k in HARNESS_STATE
                                      if k in core.resumed}}
         core.pretrain(progress=progress, log=lambda step, m: logger.log("pretrain", step, m))

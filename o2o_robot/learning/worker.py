@@ -27,6 +27,7 @@ process that dies without a word: state "died" and its exit code); the client ke
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
@@ -41,6 +42,7 @@ from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.learning.threads import ThreadTuner, prefer_passive_omp
 
 REPORT_PERIOD_S = 1.0
+WATCH_PERIOD_S = 0.2             # how often the client checks that its worker is alive
 INGEST_BATCH = 1000              # items taken from the queue between two updates
 ENV_STEPS, UPDATES, VERSION, SEEN_STEPS = range(4)   # slots of the shared counters
 
@@ -58,33 +60,78 @@ class LearnerClient:
         self.mode = mode or cfg.learner.mode
         if self.mode not in ("thread", "process"):
             raise ValueError(f"learner.mode: expected 'thread' or 'process', got {self.mode!r}")
-        self.warmup_steps = cfg.learner.warmup_steps
+        lc = cfg.learner
+        self.warmup_steps, self.queue_size = lc.warmup_steps, lc.queue_size
+        self.max_restarts, self.restart_backoff_s = lc.max_restarts, lc.restart_backoff_s
         self.dropped = self.submitted = self.submitted_steps = 0
+        self.restarts, self.lost_in_restarts, self.gave_up = 0, 0, False
+        self.failures: list[str] = []    # one line per worker that crashed or died
+        self._restart_at: float | None = None
         self._latest_stats: dict = {"state": "starting"}
         self._policy: bytes | None = None
         self._mu = threading.Lock()      # poll_policy and stats may run on different threads
         self._closed = False
-        ctx = mp.get_context("spawn")    # fork after rclpy/torch threads exist is unsafe
-        self._progress = ctx.RawArray("q", 4)   # shared memory: readable without a message
-        args = (cfg.model_dump(mode="json"), str(run_dir), agent_factory)
-        if self.mode == "process":
-            self._in, self._policies, self._stats = (ctx.Queue(cfg.learner.queue_size),
-                                                     ctx.Queue(), ctx.Queue())
-            self._stop = ctx.Event()
-            worker = ctx.Process
-        else:
+        self._args = (cfg.model_dump(mode="json"), str(run_dir), agent_factory)
+        if self.mode == "thread":
             # torch imported here, before the worker thread imports it too: two threads importing
             # torch at once (the worker, and e.g. TensorBoard in the caller) can see it half-built.
             import torch  # noqa: F401
+        self._start()
+        self._watcher = threading.Thread(target=self._watch, name="o2o-learner-watch",
+                                         daemon=True)
+        self._watcher.start()
 
-            self._in, self._policies, self._stats = (queue.Queue(cfg.learner.queue_size),
-                                                     queue.Queue(), queue.Queue())
-            self._stop = threading.Event()
-            worker = threading.Thread
-        self._worker = worker(target=run_worker, name="o2o-learner", daemon=True,
-                              args=(*args, self._in, self._policies, self._stats, self._stop,
-                                    self._progress))
-        self._worker.start()
+    def _start(self) -> None:
+        """Start a worker with fresh queues; it resumes from the run dir's checkpoint."""
+        ctx = mp.get_context("spawn")    # fork after rclpy/torch threads exist is unsafe
+        progress = ctx.RawArray("q", 4)  # shared memory: readable without a message
+        if self.mode == "process":
+            inbox, policies, stats = ctx.Queue(self.queue_size), ctx.Queue(), ctx.Queue()
+            stop, worker = ctx.Event(), ctx.Process
+        else:
+            inbox, policies, stats = queue.Queue(self.queue_size), queue.Queue(), queue.Queue()
+            stop, worker = threading.Event(), threading.Thread
+        started = worker(target=run_worker, name="o2o-learner", daemon=True,
+                         args=(*self._args, inbox, policies, stats, stop, progress))
+        started.start()
+        with self._mu:
+            if self._closed:             # close() came first: this one stops at once
+                stop.set()
+                return
+            self._progress, self._policies, self._stats, self._stop = progress, policies, stats, stop
+            self._worker, self.submitted_steps = started, 0
+            self._latest_stats = {"state": "starting"}
+            self._in = inbox             # last: submit() now feeds the new worker
+
+    def _watch(self) -> None:
+        """Restart a worker that crashed or died, after `learner.restart_backoff_s` (doubling
+        each time), at most `learner.max_restarts` times; the new one resumes from the last
+        checkpoint. Items queued to the dead one are lost (counted)."""
+        while not self._closed:
+            time.sleep(WATCH_PERIOD_S)
+            if self._closed or self.gave_up or self._worker.is_alive():
+                continue
+            stats = self.stats()
+            if stats["state"] == "stopped":
+                continue
+            if self._restart_at is None:
+                error = (stats.get("error") or "").strip().splitlines()
+                self.failures.append(f"{stats['state']}: {error[-1] if error else '?'}")
+                if self.restarts >= self.max_restarts:
+                    self.gave_up = True
+                    continue
+                self._restart_at = time.monotonic() + self.restart_backoff_s * 2 ** self.restarts
+            if time.monotonic() < self._restart_at:
+                continue
+            old = (self._in, self._policies, self._stats)
+            self.lost_in_restarts += _queued(self._in)
+            self.restarts += 1
+            self._restart_at = None
+            self._start()
+            if self.mode == "process":
+                for q in old:
+                    q.cancel_join_thread()
+                    q.close()
 
     # ------------------------------------------------------------------------- actor side
     def submit(self, item: Transition | EpisodeEnd) -> bool:
@@ -139,8 +186,13 @@ class LearnerClient:
             stats["state"] = "died"   # killed, or a crash that could not even be reported
             code = getattr(self._worker, "exitcode", None)
             stats.setdefault("error", f"learner worker exited (code {code}) without a report")
+        if self._restart_at is not None:
+            stats["state"] = "restarting"
+            stats["restart_in_s"] = round(max(self._restart_at - time.monotonic(), 0.0), 1)
         return {**stats, "mode": self.mode, "alive": alive, "queue_dropped": self.dropped,
-                "submitted": self.submitted, "pending_updates": self.pending_updates()}
+                "submitted": self.submitted, "pending_updates": self.pending_updates(),
+                "restarts": self.restarts, "gave_up": self.gave_up,
+                "failures": list(self.failures), "lost_in_restarts": self.lost_in_restarts}
 
     def close(self, timeout_s: float = 60.0) -> dict:
         """Ask the worker to ingest what is queued, checkpoint, close the store and stop; wait
@@ -148,7 +200,9 @@ class LearnerClient:
         full). Returns the final stats. Idempotent."""
         if self._closed:
             return self.stats()
-        self._closed = True
+        with self._mu:               # no restart from here on
+            self._closed = True
+            self._restart_at = None
         self._stop.set()
         deadline = time.monotonic() + timeout_s
         while self._worker.is_alive() and time.monotonic() < deadline:
@@ -166,6 +220,14 @@ class LearnerClient:
                 q.cancel_join_thread()   # rows nobody will read must not block our exit
                 q.close()
         return final
+
+
+def _queued(q) -> int:
+    """Items still in queue `q` (best effort: 0 where the platform cannot tell)."""
+    try:
+        return q.qsize()
+    except (NotImplementedError, OSError, ValueError):
+        return 0
 
 
 # ------------------------------------------------------------------------------- worker side
@@ -198,6 +260,8 @@ class _Worker:
         # Beside an actor node: one core is left to its tick (learning/threads.py).
         self.threads = ThreadTuner(cfg.learner.torch_threads, reserve=1)
         self.cfg, self.run_dir = cfg, run_dir
+        in_process = threading.current_thread() is threading.main_thread()
+        self.parent_pid = os.getppid() if in_process else None
         self.inbox, self.policies, self.stats_out, self.stop = inbox, policies, stats, stop
         self.progress = progress
         robot = cfg.robot
@@ -224,7 +288,7 @@ class _Worker:
         self._publish_policy()
         last_report = time.monotonic()
         self.stats_out.put(self.report("running"))
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self._orphaned():
             self.threads.maybe_adjust()
             got = self._ingest()
             if core.step():
@@ -241,6 +305,12 @@ class _Worker:
         core.checkpoint()
         self.close_store()
         self.stats_out.put(self.report("stopped"))
+
+    def _orphaned(self) -> bool:
+        """The process that started this worker process is gone (killed): finish as on a stop
+        (the queued rows, a checkpoint, the store closed) instead of running on without anyone
+        to feed it, holding the store's lock."""
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
 
     def _ingest(self, limit: int = INGEST_BATCH) -> int:
         n = 0

@@ -2,7 +2,8 @@
 
 * `PolicySlot`: the (policy, version) pair the control thread reads without a lock; `propose` loads
   and validates (`runtime.validate_policy`) on the caller's (non-control) thread and then
-  publishes with one attribute store; the previous policy is kept for `rollback`.
+  publishes with one attribute store; the previous policy is kept for `rollback`. `check` and
+  `install` are its two halves, for callers that validate on one thread and swap on another.
 * `PolicyProposer`: validates offered policies (e.g. a learner's) on its own thread, keeping only
   the newest one waiting, and reports each result.
 """
@@ -32,6 +33,17 @@ class SwapResult:
     seconds: float = 0.0  # load + validation time, spent on the proposer's thread
     kind: str = "propose"
     at: float = 0.0  # wall-clock time.time()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A policy loaded and validated by `PolicySlot.check`, not yet serving; `policy` None means
+    rejected, for `reason`."""
+
+    policy: OnnxPolicy | None
+    source: str
+    reason: str = ""
+    seconds: float = 0.0
 
 
 class PolicySlot:
@@ -88,6 +100,11 @@ class PolicySlot:
     def propose(self, source: OnnxPolicy | bytes | str | Path) -> SwapResult:
         """Load and validate `source` on the calling thread (never the control thread), then swap
         it in. A rejected candidate leaves the current policy serving; the result says why."""
+        return self.install(self.check(source))
+
+    def check(self, source: OnnxPolicy | bytes | str | Path) -> Candidate:
+        """Load and validate `source` without installing it (the slow part of `propose`, for
+        a worker thread); never raises: a rejection is a `Candidate` without a policy."""
         start = time.perf_counter()
         name = source.source if isinstance(source, OnnxPolicy) else _read_name(source)
         try:
@@ -97,17 +114,23 @@ class PolicySlot:
                             action_low=self.action_low, action_high=self.action_high,
                             probe_obs=self.probe_obs, latency_budget_s=self.latency_budget_s)
         except PolicyRejected as err:
-            return self._record(SwapResult(False, self.version, err.reason, name,
-                                           seconds=time.perf_counter() - start))
+            return Candidate(None, name, err.reason, time.perf_counter() - start)
         except Exception as err:  # a validator bug must not take the serving policy down
-            return self._record(SwapResult(False, self.version, f"unexpected: {err!r}", name,
-                                           seconds=time.perf_counter() - start))
+            return Candidate(None, name, f"unexpected: {err!r}", time.perf_counter() - start)
+        return Candidate(policy, name, "", time.perf_counter() - start)
+
+    def install(self, candidate: Candidate) -> SwapResult:
+        """Swap a checked candidate in (one attribute store); a rejected one is only recorded."""
+        if candidate.policy is None:
+            return self._record(SwapResult(False, self.version, candidate.reason,
+                                           candidate.source, seconds=candidate.seconds))
+        policy = candidate.policy
         with self._swap_lock:
             version = max(self._highest + 1, policy.version or 0)
             self.previous, self.current = self.current, (policy, version)
             self._highest = version
-        return self._record(SwapResult(True, version, "", name, policy.version,
-                                       time.perf_counter() - start))
+        return self._record(SwapResult(True, version, "", candidate.source, policy.version,
+                                       candidate.seconds))
 
     def rollback(self) -> SwapResult:
         """Put the previous policy back (one level). Nothing to roll back to: not accepted."""

@@ -26,10 +26,11 @@ operator acts, rows are demo, handed to a `DemoRecorder` that writes whole episo
 
 Threads: every callback that touches the ControlCore is in one mutually exclusive group, so the
 core sees one caller at a time. `main` spins a single-threaded executor (rclpy's multi-threaded
-one starved the tick, see `ros/spin.py`): a `policy_path` set validates its policy in the
-callback and delays the ticks while it runs (tens of ms); learner policies are validated on a
-worker thread (`PolicyProposer`) and never delay a tick. Times are `time.monotonic()`: message
-ages must not jump with the wall clock.
+one starved the tick, see `ros/spin.py`). Policies are validated off that thread, so no swap
+delays a tick: a `policy_path` set through the parameter services on a worker thread that the
+set request awaits (`ros/params.py`; the request is answered when validation is over), learner
+policies on the `PolicyProposer`'s thread. Times are `time.monotonic()`: message ages must not
+jump with the wall clock.
 """
 from __future__ import annotations
 
@@ -56,9 +57,10 @@ from o2o_robot.control.status import actor_status, learner_stats
 from o2o_robot.control.timing import TickTiming
 from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.policy.runtime import PolicyRejected
-from o2o_robot.policy.slot import PolicyProposer, PolicySlot, SwapResult
+from o2o_robot.policy.slot import Candidate, PolicyProposer, PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.spin import spin_node, start_node
+from o2o_robot.ros.params import OffTickParameterService
+from o2o_robot.ros.spin import spin_node, start_failed, start_node, stopped_by_signal
 
 NODE_NAME = "o2o_actor"
 MODES = ("finetune", "collect")
@@ -87,7 +89,12 @@ class ActorNode(Node):
         `policy_path` parameter is loaded before the first tick (raises PolicyRejected).
         `latency_budget_share`: the p99 single-call latency a policy may have, as a share of
         the control period (None: not checked, e.g. on a loaded test machine)."""
+        # rclpy's own parameter services would validate a `policy_path` set on the executor
+        # thread, the one that ticks: ours validate it on a worker thread (ros/params.py).
+        node_kwargs["start_parameter_services"] = False
         super().__init__(node_kwargs.pop("node_name", NODE_NAME), **node_kwargs)
+        self._checked: tuple[str, Candidate] | None = None   # the policy_path set in progress
+        OffTickParameterService(self, self._prepare_parameters)
         text = lambda d, **kw: ParameterDescriptor(description=d, **kw)  # noqa: E731
         self.declare_parameter("config", DEFAULT_CONFIG, text(
             "config file: a path, or a file name in the package's config/ folder", read_only=True))
@@ -118,7 +125,8 @@ class ActorNode(Node):
         budget = None if latency_budget_share is None else latency_budget_share * period
         self.slot = PolicySlot(robot.obs_dim, robot.act_dim, robot.action.low, robot.action.high,
                                latency_budget_s=budget)
-        self.swaps = {"accepted": 0, "rejected": 0, "last_rejection": ""}
+        self.swaps = {"accepted": 0, "rejected": 0, "last_rejection": "",
+                      "non_finite_rollbacks": 0, "last_non_finite_rollback": ""}
         start_policy = self.get_parameter("policy_path").value
         if start_policy and self.mode == "collect":
             raise ValueError("policy_path: must be empty in mode 'collect' (demonstrations come "
@@ -268,8 +276,18 @@ class ActorNode(Node):
         return response
 
     # -------------------------------------------------------------------- parameters
+    def _prepare_parameters(self, params) -> None:
+        """On a worker thread, before a set request reaches `_on_set_parameters`: load and
+        validate a new `policy_path` (the slow part), so the control tick never waits for it."""
+        for param in params:
+            if param.name == "policy_path" and isinstance(param.value, str) and param.value \
+                    and self.mode != "collect":
+                self._checked = (param.value, self.slot.check(param.value))
+
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """Validate a new `policy_path` before the set is accepted (types are checked by rclpy)."""
+        """Accept or refuse a set (types are checked by rclpy); a new `policy_path` is swapped in
+        here, validated beforehand by `_prepare_parameters` when the set came through the
+        parameter services (`ros2 param set`), else validated now on the caller's thread."""
         for param in params:
             if param.name != "policy_path":
                 continue
@@ -279,7 +297,10 @@ class ActorNode(Node):
             if not param.value:
                 return SetParametersResult(successful=False, reason=(
                     "policy_path: empty; call ~/rollback_policy to return to the previous policy"))
-            result = self.slot.propose(param.value)
+            checked, self._checked = self._checked, None
+            candidate = (checked[1] if checked is not None and checked[0] == param.value
+                         else self.slot.check(param.value))
+            result = self.slot.install(candidate)
             self._record_swap(result, "policy_path")
             if not result.accepted:
                 return SetParametersResult(successful=False,
@@ -315,6 +336,9 @@ class ActorNode(Node):
             self.core.policy_act = self._act   # first policy: installed on this thread, between ticks
         result = self.core.tick(now)
         self._action_pub.publish(convert.array_to_msg(result.action, self._action_msg))
+        limit = self.cfg.safety.rollback_after_non_finite
+        if limit and self.core.non_finite_streak >= limit:
+            self._roll_back_non_finite()
         if self._learning and self.learner is not None:
             item = self._learner_item(result)
             if item is not None:
@@ -326,6 +350,22 @@ class ActorNode(Node):
             self._advance_reset(now)
         else:
             self._resets.clear()
+
+    def _roll_back_non_finite(self) -> None:
+        """The serving policy acted with NaN/inf (each tick held) `safety.rollback_after_
+        non_finite` ticks in a row: put the previous policy back, and say so."""
+        bad, ticks = self.slot.version, self.core.non_finite_streak
+        self.core.non_finite_streak = 0
+        result = self.slot.rollback()
+        why = f"policy version {bad} acted with NaN/inf on {ticks} consecutive ticks (held)"
+        if result.accepted:
+            self.swaps["non_finite_rollbacks"] += 1
+            self.swaps["last_non_finite_rollback"] = f"{why}: rolled back to version {result.version}"
+            self.get_logger().error(self.swaps["last_non_finite_rollback"])
+        else:
+            self.swaps["last_non_finite_rollback"] = f"{why}; no previous policy: holding"
+            self.get_logger().error(self.swaps["last_non_finite_rollback"],
+                                    throttle_duration_sec=WARN_EVERY_S)
 
     def _learner_item(self, result) -> Transition | EpisodeEnd | None:
         """What this tick hands the learner: the completed row as a `Transition` (episode index,
@@ -409,54 +449,64 @@ class ActorNode(Node):
         super().destroy_node()
 
 
-def default_learner_factory(node: ActorNode) -> Callable[[O2OConfig], Learner]:
-    """The learner the `learner` parameter names: a `LearnerClient` writing to `train.run_dir`
+def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = None) -> int:
+    """Console entry point: `actor_node --ros-args -p config:=my_robot.yaml`.
+
+    `learner_factory(cfg)` builds the learner for the loaded config; by default, when the
+    `learning_enabled` parameter is true, the one the `learner` parameter names, or in mode
+    "collect" a `DemoRecorder` on `store.path` that logs a line per episode
+    (`_default_learner`). Returns the process exit status."""
+    # ConfigError, RewardFunctionError (ValueErrors), a bad start policy (PolicyRejected)
+    node = start_node(ActorNode, NODE_NAME, (ValueError, PolicyRejected), args)
+    if node is None:
+        return start_failed()
+    from o2o_robot.data.store import StoreError
+
+    learner = None
+    try:
+        learner = (learner_factory or _default_learner(node))(node.cfg)
+        if learner is not None:
+            node.attach_learner(learner)
+    except Exception as exc:
+        # A SIGINT/SIGTERM meanwhile shut rclpy down under us: a stop, not a failure.
+        stopped = stopped_by_signal()
+        if not stopped and not isinstance(exc, (StoreError, OSError)):
+            raise
+        if not stopped:   # the recorder's store: locked, other dims, ...
+            get_logger(NODE_NAME).fatal(f"{node.cfg.store.path}: {exc}")
+        if learner is not None:
+            learner.close()
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return start_failed()
+    # Once the node is down, the learner flushes the store, checkpoints and stops its worker.
+    return spin_node(node, on_shutdown=None if learner is None else learner.close)
+
+
+def _default_learner(node: ActorNode) -> Callable[[O2OConfig], Learner | None]:
+    """What `main` hands rows to without a `learner_factory`: nothing when learning is off; in
+    mode "collect" a `DemoRecorder` on `store.path` that logs a line per episode; else (`ros2
+    run` / launch) the `learner` parameter's: a `LearnerClient` writing to `train.run_dir`
     (local), or a `FleetClient` that spools and sends to a fleet learner node (remote)."""
-    if node.get_parameter("learner").value == "remote":
+    if not node._learning:
+        return lambda cfg: None
+    if node.mode == "collect":
+        from o2o_robot.teleop.recorder import DemoRecorder, episode_line
+
+        log = node.get_logger()
+        return lambda cfg: DemoRecorder.for_config(
+            cfg, on_episode=lambda info: log.info(episode_line(info)))
+    if node.get_parameter("learner").value == "remote":   # a fleet learner node
         from o2o_robot.ros.fleet_client import FleetClient, robot_id_for
 
-        return lambda cfg: FleetClient(  # noqa: E731
+        return lambda cfg: FleetClient(
             cfg, robot_id=robot_id_for(cfg, node.get_namespace()),
             namespace=node.get_namespace(), serving_version=lambda: node.slot.version,
             logger=node.get_logger())
     from o2o_robot.learning.worker import LearnerClient
 
-    return lambda cfg: LearnerClient(cfg, cfg.train.run_dir)  # noqa: E731
+    return lambda cfg: LearnerClient(cfg, cfg.train.run_dir)
 
-
-def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = None) -> int:
-    """Console entry point: `actor_node --ros-args -p config:=my_robot.yaml`.
-
-    `learner_factory(cfg)` builds the learner for the loaded config; by default, when the
-    `learning_enabled` parameter is true, the one the `learner` parameter names
-    (`default_learner_factory`), or in mode "collect" a `DemoRecorder` on `store.path` that
-    logs a line per episode. Returns the process exit status."""
-    # ConfigError, RewardFunctionError (ValueErrors), a bad start policy (PolicyRejected)
-    node = start_node(ActorNode, NODE_NAME, (ValueError, PolicyRejected), args)
-    if node is None:
-        return 1
-    if learner_factory is None and node._learning and node.mode == "collect":
-        from o2o_robot.teleop.recorder import DemoRecorder, episode_line
-
-        log = node.get_logger()
-        learner_factory = lambda cfg: DemoRecorder.for_config(  # noqa: E731
-            cfg, on_episode=lambda info: log.info(episode_line(info)))
-    elif learner_factory is None and node._learning:  # `ros2 run` / launch: the configured learner
-        learner_factory = default_learner_factory(node)
-    if learner_factory is not None:
-        from o2o_robot.data.store import StoreError
-
-        try:
-            node.attach_learner(learner_factory(node.cfg))
-        except (StoreError, OSError) as exc:   # the recorder's store: locked, other dims, ...
-            get_logger(NODE_NAME).fatal(f"{node.cfg.store.path}: {exc}")
-            node.destroy_node()
-            rclpy.try_shutdown()
-            return 1
-    # The price of the single-threaded executor (see spin_node): validating a `policy_path`
-    # set (tens of ms) delays the ticks while it runs. Once the node is down, the learner
-    # flushes the store, checkpoints and stops its worker.
-    return spin_node(node, on_shutdown=None if node.learner is None else node.learner.close)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -36,10 +36,21 @@ fast as the learner allows, at exactly the configured UTD, whatever the machine'
 sim's state cannot change between actions there, the observation timeout is relaxed to
 `LOCKSTEP_OBS_TIMEOUT_MS` and the policy latency budget is not enforced.
 
-Ending: `train.total_env_steps`, `max_wall_s`, SIGINT/SIGTERM (clean: the learner checkpoints
-and closes the store, the final policy is evaluated), or a learner crash, which is reported
-(the actor keeps its last good policy meanwhile) and ends the run; `o2o-robot finetune` then
-exits 1.
+Ending: exactly `train.total_env_steps` env steps (the actor stops acting there), `max_wall_s`,
+SIGINT/SIGTERM (clean: the learner checkpoints and closes the store, the final policy is
+evaluated), or a learner that failed more often than `learner.max_restarts`; `o2o-robot
+finetune` then exits 1. A learner that crashes or dies is restarted from its last checkpoint
+after a back-off (`LearnerClient`); each failure is printed and logged ("learner_failure"), and
+the actor keeps acting on its last good policy meanwhile.
+
+Resume: `run_finetune(resume=True)` (`o2o-robot finetune --resume`) continues the run in
+`train.run_dir` from its last checkpoint (`learner.checkpoint_every_steps`, and at every clean
+stop; a learner whose parent was killed also checkpoints before it exits): env steps, episodes,
+policy versions (no policy file is ever written twice), the step budget and the records go on
+from there, after a "resume" record in metrics.jsonl. Without `--resume`, a run dir that holds
+a run is refused. A `kill -9` of the whole process group loses at most
+`learner.checkpoint_every_steps` env steps of learning (their rows stay in the store, not
+learned from) and the rows not yet committed (`store.flush_every`).
 
 Executors: single-threaded ones only (one per node in real time, each spun in its own thread;
 one for both in lock-step). rclpy's MultiThreadedExecutor busy-waits while a ready entity's
@@ -66,12 +77,13 @@ from rclpy.parameter import Parameter
 
 from o2o_robot.config import ConfigError, O2OConfig, load_config, resolve_config_path
 from o2o_robot.control.rewards import TopicReward
+from o2o_robot.learning.core import POLICIES, POLICY_NAME, checkpoint_summary
 from o2o_robot.learning.worker import LearnerClient
 from o2o_robot.ros import convert
 from o2o_robot.ros.actor_node import LATENCY_BUDGET_SHARE, ActorNode
 from o2o_robot.ros.graph import Graph, catch_signals, ignore_sigint, restore_signals, supervise
 from o2o_robot.ros.sim_bridge_node import SimBridgeNode
-from o2o_robot.runlog import RunLogger, plot_curve
+from o2o_robot.runlog import RunLogger, plot_curve, read_metrics
 
 DEFAULT_CONFIG = "sim_reach.yaml"
 LOCKSTEP_TICK_HZ = 200.0
@@ -117,7 +129,9 @@ class FinetuneActor(ActorNode):
     latest status kept, and the lock-step gate (see the module docstring)."""
 
     def __init__(self, cfg: O2OConfig, *, learner,
-                 latency_budget_share: float | None = LATENCY_BUDGET_SHARE, **node_kwargs):
+                 latency_budget_share: float | None = LATENCY_BUDGET_SHARE, start_step: int = 0,
+                 **node_kwargs):
+        """`start_step`: env steps done before this session (a resumed run's checkpoint)."""
         lockstep = cfg.sim.lockstep
         super().__init__(cfg, learner=learner, **node_kwargs,
                          latency_budget_share=None if lockstep else latency_budget_share)
@@ -125,7 +139,7 @@ class FinetuneActor(ActorNode):
         self.pace_learner = lockstep and hasattr(learner, "pending_updates")
         self.finished: queue.SimpleQueue = queue.SimpleQueue()   # (EpisodeSummary, env step)
         self.last_status: dict | None = None
-        self.env_steps = 0
+        self.start_step = self.env_steps = start_step
         self.gate_counts = dict.fromkeys(["waited", "forced"], 0)
         self._acted_at: float | None = None      # monotonic time of the last ungated tick
         self._acted = False                      # ... and whether it sent a policy/teleop action
@@ -133,6 +147,8 @@ class FinetuneActor(ActorNode):
         self._waiting_since: float | None = None
 
     def _on_tick(self) -> None:
+        if self.env_steps >= self.cfg.train.total_env_steps:
+            return              # the budget is done: no more actions while the session ends
         if self.lockstep and not self._may_step(time.monotonic()):
             return
         core = self.core
@@ -142,7 +158,7 @@ class FinetuneActor(ActorNode):
         self._acted_at, self._waiting_since = time.monotonic(), None
         self._acted = core.counts["online"] + core.counts["intervention"] > acting
         self._rewards_at_act = self._rewards_received()
-        self.env_steps = core.counts["transitions"]
+        self.env_steps = self.start_step + core.counts["transitions"]
         if core.episode.counts["episodes"] > episodes:
             self.finished.put((core.episode.history[-1], self.env_steps))
 
@@ -203,7 +219,8 @@ class _Session:
     """Episodes, evaluations, logging and the progress line of one run (supervisor thread)."""
 
     def __init__(self, cfg: O2OConfig, run_dir: Path, logger: RunLogger, progress: bool, *,
-                 max_wall_s: float | None = None, stop_when_solved: bool = False):
+                 max_wall_s: float | None = None, stop_when_solved: bool = False,
+                 start_step: int = 0):
         self.cfg, self.run_dir, self.logger, self.progress = cfg, run_dir, logger, progress
         self.max_wall_s, self.stop_when_solved = max_wall_s, stop_when_solved
         self.recent: deque = deque(maxlen=RECENT_EPISODES)
@@ -211,11 +228,32 @@ class _Session:
         self.last_eval: dict = {}
         self.started = time.monotonic()
         self.learner_error = ""
+        self._restarts_shown = 0
         self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
                                          initializer=ignore_sigint)
         self._eval: tuple[int, int, Future] | None = None      # (env step, version, result)
-        self._next_eval = cfg.train.eval_every
+        every = cfg.train.eval_every
+        self._next_eval = (start_step // every + 1) * every
         self._next_report = self.started + PROGRESS_PERIOD_S
+        if start_step:
+            self._resume(start_step)
+
+    def _resume(self, step: int) -> None:
+        """Continue the run's records from env step `step`: episodes, the recent success
+        window, the last evaluation and solved_at as metrics.jsonl had them then; a "resume"
+        record supersedes what was logged after it (work the interruption lost)."""
+        logged = read_metrics(self.run_dir)
+        last = max((r["step"] for r in logged), default=step)
+        episodes = [r for r in logged if r["kind"] == "episode" and r["step"] <= step]
+        evals = [r for r in logged if r["kind"] == "eval" and r["step"] <= step]
+        self.episodes = len(episodes)
+        self.recent.extend(bool(r["success"]) for r in episodes[-RECENT_EPISODES:])
+        self.last_return = episodes[-1]["return"] if episodes else None
+        if evals:
+            self.last_eval = {**evals[-1]}
+        self.solved_at = next((r["step"] for r in evals
+                               if r["success_rate"] >= self.cfg.train.success_threshold), None)
+        self.logger.mark_resume(step, lost_steps=max(last - step, 0), episodes=self.episodes)
 
     def check(self, actor: FinetuneActor, learner) -> str | None:
         """One supervisor pass (a `graph.supervise` check): log the finished episodes, start
@@ -232,7 +270,7 @@ class _Session:
             self._next_report = now + PROGRESS_PERIOD_S
             stats = learner.stats()
             self.status(actor.env_steps, actor.last_status, stats)
-            if stats.get("state") in ("crashed", "died"):
+            if stats.get("state") in ("crashed", "died") and stats.get("gave_up", True):
                 actor.pace_learner = False   # nothing more will come; the actor keeps going
                 return "learner_" + stats["state"]
         if actor.env_steps >= self.cfg.train.total_env_steps:
@@ -264,7 +302,7 @@ class _Session:
             self._start_eval(env_step, policy_version)
 
     def _start_eval(self, env_step: int, policy_version: int | None) -> None:
-        path = self.run_dir / "policies" / f"policy_{policy_version or 0:05d}.onnx"
+        path = self.run_dir / POLICIES / POLICY_NAME.format(policy_version or 0)
         if path.exists():
             every = self.cfg.train.eval_every
             self._next_eval = (env_step // every + 1) * every
@@ -279,6 +317,7 @@ class _Session:
         values = {"rate_hz": status.get("rate_hz"), "jitter_p50_ms": jitter.get("p50"),
                   "jitter_p99_ms": jitter.get("p99"), "jitter_max_ms": jitter.get("max"),
                   "policy_version": status.get("policy", {}).get("version"),
+                  "non_finite_rollbacks": status.get("policy", {}).get("non_finite_rollbacks"),
                   "intervention_rate": status.get("intervention_rate"),
                   **{k: learner.get(k) for k in ("achieved_utd", "updates", "queue_dropped",
                                                   "pending_updates", "critic_updates_per_s")}}
@@ -294,25 +333,47 @@ class _Session:
             return
         if learner.get("metrics"):
             self.logger.log("train", env_step, learner["metrics"])
-        if learner.get("state") in ("crashed", "died") and not self.learner_error:
-            self.learner_error = learner.get("error", "")
-            print(f"[finetune] LEARNER {learner['state'].upper()}; the actor keeps policy "
-                  f"v{values['policy_version']}:\n{self.learner_error}", file=sys.stderr,
-                  flush=True)
+        self._report_failures(env_step, learner, values["policy_version"])
         if not self.progress:
             return
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         timing = ("lock-step" if self.cfg.sim.lockstep
                   else f"jitter p99 {fmt(jitter.get('p99'), '.2f')} ms")
         ev = self.last_eval
+        restarts = learner.get("restarts", 0)
         print(f"[finetune] step {env_step}/{self.cfg.train.total_env_steps}  ep {self.episodes}  "
               f"success {fmt(self.success_rate, '.2f')} (last {len(self.recent)})  eval "
               f"{fmt(ev.get('success_rate'), '.2f')}  return {fmt(self.last_return, '.2f')}  "
               f"policy v{fmt(values['policy_version'], 'd')}  interv "
               f"{fmt(values['intervention_rate'], '.2f')}  utd "
               f"{fmt(learner.get('achieved_utd'), '.1f')}/{self.cfg.learner.utd_ratio}  {timing}  "
-              f"learner {learner.get('state', '?')}  {time.monotonic() - self.started:.0f} s",
+              f"learner {learner.get('state', '?')}"
+              + (f" (restarted {restarts}x)" if restarts else "")
+              + (f"  rolled back {values['non_finite_rollbacks']}x (NaN actions)"
+                 if values["non_finite_rollbacks"] else "")
+              + f"  {time.monotonic() - self.started:.0f} s",
               flush=True)
+
+    def _report_failures(self, env_step: int, learner: dict, version: int | None) -> None:
+        """Say once per learner failure what happens next (a restart from its checkpoint, or
+        none left), and log it; the full error once the learner is given up."""
+        failures = learner.get("failures") or []
+        if len(failures) > self._restarts_shown:
+            self._restarts_shown = len(failures)
+            gave_up = len(failures) > self.cfg.learner.max_restarts   # the k-th: restart k
+            self.logger.log("learner_failure", env_step, {
+                "failure": failures[-1], "failures": len(failures), "gave_up": gave_up})
+            then = ("no restarts left (learner.max_restarts)" if gave_up else
+                    f"restart {len(failures)} of {self.cfg.learner.max_restarts} from its last "
+                    f"checkpoint")
+            print(f"[finetune] LEARNER {failures[-1]}; {then}; the actor keeps policy "
+                  f"v{version if version is not None else '-'}", file=sys.stderr, flush=True)
+        if learner.get("state") in ("crashed", "died") and learner.get("gave_up", True) \
+                and not self.learner_error:
+            self.learner_error = learner.get("error", "")
+            print(f"[finetune] LEARNER {learner['state'].upper()}; the actor keeps policy "
+                  f"v{version if version is not None else '-'}:\n{self.learner_error}",
+                  file=sys.stderr, flush=True)
 
     def _collect(self, timeout_s: float | None = None) -> None:
         step, version, future = self._eval
@@ -340,27 +401,55 @@ class _Session:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def resume_step(run_dir: Path, resume: bool, total: int) -> int:
+    """The env step a session in `run_dir` starts from: 0 for a new run dir, the last
+    checkpoint's with `resume`. ConfigError for a run dir that already holds a run without
+    `resume` (its policy files and curve would be mixed with a new run's), and for a run whose
+    checkpoint is at the step budget already."""
+    summary = checkpoint_summary(run_dir)
+    policies = sorted((run_dir / POLICIES).glob("policy_*.onnx"))
+    if not resume:
+        if summary is not None or policies:
+            at = f"checkpoint at env step {summary['env_steps']}" if summary else \
+                f"{len(policies)} policies"
+            raise ConfigError(f"{run_dir}: holds a run ({at}): --resume continues it, "
+                              f"--run-dir DIR starts a new one elsewhere")
+        return 0
+    step = summary["env_steps"] if summary else 0
+    if step >= total:
+        raise ConfigError(f"{run_dir}: the run's checkpoint is at env step {step}, the budget "
+                          f"train.total_env_steps is {total}: raise it (--steps) to continue")
+    return step
+
+
 def run_finetune(cfg: O2OConfig, *, progress: bool = True, max_wall_s: float | None = None,
                  stop_when_solved: bool = False, domain_id: int | None = None,
-                 namespace: str = "", learner_factory=None) -> dict:
+                 namespace: str = "", learner_factory=None, resume: bool = False) -> dict:
     """Run a session (module docstring) until `train.total_env_steps` env steps, `max_wall_s`,
-    a learner crash, SIGINT/SIGTERM, or (`stop_when_solved`) an evaluation at the success
-    threshold; return a summary. `learner_factory(cfg, run_dir)` replaces `LearnerClient`."""
+    a learner that failed past its restarts, SIGINT/SIGTERM, or (`stop_when_solved`) an
+    evaluation at the success threshold; return a summary. `resume`: continue the run in
+    `train.run_dir` from its last checkpoint (`resume_step`). `learner_factory(cfg, run_dir)`
+    replaces `LearnerClient`."""
     cfg = session_config(cfg)
     run_dir = Path(cfg.train.run_dir)
+    start_step = resume_step(run_dir, resume, cfg.train.total_env_steps)
     run_dir.mkdir(parents=True, exist_ok=True)
     demos = ensure_demos(cfg, progress)
     learner = (learner_factory or LearnerClient)(cfg, run_dir)
     logger = RunLogger(run_dir)
     session = _Session(cfg, run_dir, logger, progress, max_wall_s=max_wall_s,
-                       stop_when_solved=stop_when_solved)
+                       stop_when_solved=stop_when_solved, start_step=start_step)
+    if start_step and progress:
+        print(f"[finetune] resuming {run_dir} at env step {start_step} (its last checkpoint)",
+              flush=True)
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=domain_id)
     graph, ended, stop = Graph(context, "finetune"), "error", threading.Event()
     handlers, actor = catch_signals(stop.set), None
     try:
         graph.add(SimBridgeNode(cfg, context=context, namespace=namespace))
-        actor = FinetuneActor(cfg, learner=learner, context=context, namespace=namespace)
+        actor = FinetuneActor(cfg, learner=learner, context=context, namespace=namespace,
+                              start_step=start_step)
         if cfg.teleop.intervene_every:   # the scripted operator steps with the sim
             from o2o_robot.ros.scripted_teleop_node import ScriptedTeleopNode
 
@@ -416,6 +505,6 @@ def cmd_finetune(args) -> int:
     import json
 
     cfg = apply_overrides(load_config(resolve_config_path(args.config or DEFAULT_CONFIG)), args)
-    summary = run_finetune(cfg)
+    summary = run_finetune(cfg, resume=args.resume)
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     return 1 if summary["learner_error"] else 0

@@ -86,7 +86,9 @@ class Fleet:
         with open(log, "a") as out:
             # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which
             # stops the processes in the order the run needs.
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", MODULES[kind], *args],
+            # Through ros/entry.py, as `ros2 run` starts the console scripts.
+            self.procs[name] = subprocess.Popen([sys.executable, "-m", "o2o_robot.ros.entry",
+                                                 MODULES[kind], *args],
                                                 stdout=out, stderr=subprocess.STDOUT,
                                                 env=self.env, start_new_session=True)
         return self.procs[name]

@@ -29,7 +29,7 @@ from sensor_msgs.msg import Joy
 
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.ros import qos
-from o2o_robot.ros.spin import spin_node, start_node
+from o2o_robot.ros.spin import spin_node, start_failed, start_node
 from o2o_robot.teleop.keyboard import HELP, KeyboardJoy, split_keys
 
 NODE_NAME = "o2o_keyboard"
@@ -136,7 +136,7 @@ def main(args=None) -> int:
         return 1
     node = start_node(KeyboardTeleopNode, NODE_NAME, (ValueError,), args)   # ConfigError
     if node is None:
-        return 1
+        return start_failed()
     with TerminalReader(node.feed, on_end=node.release):
         return spin_node(node)
 

@@ -43,7 +43,7 @@ from std_msgs.msg import String, UInt8MultiArray
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.data.wire import WireError, decode_batch, decode_json, encode_json, encode_policy
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.graph import catch_signals, restore_signals, spin_executor
+from o2o_robot.ros.graph import spin_executor
 
 NODE_NAME = "o2o_learner"
 DEFAULT_CONFIG = "sim_reach.yaml"
@@ -113,7 +113,7 @@ class FleetLearner:
 
     def __init__(self, node: LearnerNode, run_dir: str | Path | None = None):
         from o2o_robot.data.store import TransitionStore
-        from o2o_robot.learning.core import POLICIES, LearnerCore
+        from o2o_robot.learning.core import LearnerCore
         from o2o_robot.learning.fleet import FleetIngest, RobotTable
         from o2o_robot.learning.threads import ThreadTuner
 
@@ -133,14 +133,11 @@ class FleetLearner:
         self.table = RobotTable(cfg.fleet.lease_s)
         self.results = dict.fromkeys(["ok", "duplicate", "gap", "refused"], 0)
         self._last_checkpoint = self.core.state.env_steps
-        written = [int(p.stem.split("_")[-1]) for p in (self.core.run_dir / POLICIES).glob(
-            "policy_*.onnx") if p.stem.split("_")[-1].isdigit()]
-        self._newer_than(max(written, default=0))
 
     def _newer_than(self, version) -> None:
-        """Versions stay increasing across a restart that resumed an older checkpoint: the next
-        export is numbered after `version` (a policy file of the run, or one a robot serves), so
-        no policy file is overwritten and robots keep the learner's numbering (their slots
+        """Versions stay increasing across a restart that resumed an older checkpoint: besides
+        the run dir's newest policy file (`LearnerCore.open`), the next export is numbered after
+        any version a robot serves, so robots keep the learner's numbering (their slots would
         renumber a policy older than the one they serve)."""
         if isinstance(version, int) and version > self.core.state.policy_version:
             self.core.state.policy_version = version
@@ -247,13 +244,15 @@ class FleetLearner:
 
 
 def main(args=None) -> int:
-    """Console entry point (`learner_node`): exit 0 after SIGINT/SIGTERM, 1 when it cannot
-    start (a bad config, a store that does not fit or is locked)."""
+    """Console entry point (`learner_node`, through `ros/entry.py`): exit 0 after SIGINT/SIGTERM
+    (also one during start-up), 1 when it cannot start (a bad config, a store that does not fit
+    or is locked)."""
     from o2o_robot.data.store import StoreError
+    from o2o_robot.ros.entry import INTERRUPTED
+    from o2o_robot.ros.spin import guard_start_up, ignore_signals, start_failed
 
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)   # ours: a flag
-    stop = threading.Event()
-    handlers = catch_signals(stop.set)
+    guard_start_up()                           # a signal sets INTERRUPTED: the loop's stop
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = learner = None
     try:
         node = LearnerNode()
@@ -267,19 +266,16 @@ def main(args=None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-        restore_signals(handlers)
-        return 1
+        return start_failed()
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=spin_executor, args=(executor,), daemon=True)
     spinner.start()
     try:
-        final = learner.run(stop)
+        final = learner.run(INTERRUPTED)
         node.get_logger().info(f"stopped: v{final['policy_version']}, {final['updates']} "
                                f"updates, {final['store_rows']} rows")
     finally:
-        from o2o_robot.ros.spin import ignore_signals
-
         ignore_signals()                       # a second Ctrl-C must not cut the shutdown
         executor.remove_node(node)
         executor.shutdown(timeout_sec=5.0)

@@ -31,7 +31,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control.observation import ObservationAssembler
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.spin import spin_node, start_node
+from o2o_robot.ros.spin import spin_node, start_failed, start_node
 from o2o_robot.teleop.scripted import InterventionSchedule, ScriptedOperator, scripted_expert
 
 NODE_NAME = "o2o_scripted_teleop"
@@ -152,7 +152,7 @@ def main(args=None) -> int:
     """Console entry point: `scripted_teleop --ros-args -p config:=sim_reach.yaml`."""
     # ConfigError (a ValueError), or a task without a scripted expert (RuntimeError)
     node = start_node(ScriptedTeleopNode, NODE_NAME, (ValueError, RuntimeError), args)
-    return 1 if node is None else spin_node(node)
+    return start_failed() if node is None else spin_node(node)
 
 
 if __name__ == "__main__":

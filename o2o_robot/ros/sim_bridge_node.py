@@ -44,7 +44,7 @@ from std_srvs.srv import Trigger
 
 from o2o_robot.config import O2OConfig, RobotSpec, load_config, resolve_config_path
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.spin import spin_node, start_node
+from o2o_robot.ros.spin import spin_node, start_failed, start_node
 from o2o_robot.sim.envs import make_env
 from o2o_robot.sim.reach import ReachEnv
 
@@ -220,7 +220,7 @@ def main(args=None) -> int:
     """Console entry point: `sim_bridge --ros-args -p config:=config/sim_reach.yaml`."""
     # ConfigError (a ValueError), or a task the sim cannot run (RuntimeError)
     node = start_node(SimBridgeNode, NODE_NAME, (ValueError, RuntimeError), args)
-    return 1 if node is None else spin_node(node)
+    return start_failed() if node is None else spin_node(node)
 
 
 if __name__ == "__main__":

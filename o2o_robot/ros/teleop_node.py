@@ -30,7 +30,7 @@ from std_msgs.msg import Bool, Float64MultiArray, String
 
 from o2o_robot.config import JOY_PROFILES, O2OConfig, load_config, resolve_config_path
 from o2o_robot.ros import convert, qos
-from o2o_robot.ros.spin import spin_node, start_node
+from o2o_robot.ros.spin import spin_node, start_failed, start_node
 from o2o_robot.teleop.joy import JoyError, JoyMapper, JoyOutput
 
 NODE_NAME = "o2o_teleop"
@@ -141,7 +141,7 @@ def main(args=None) -> int:
     """Console entry point: `teleop_node --ros-args -p config:=my_robot.yaml -p device:=gamepad`."""
     # ConfigError, or a profile that does not fit the robot (both ValueErrors)
     node = start_node(TeleopNode, NODE_NAME, (ValueError,), args)
-    return 1 if node is None else spin_node(node)
+    return start_failed() if node is None else spin_node(node)
 
 
 if __name__ == "__main__":

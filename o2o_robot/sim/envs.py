@@ -4,8 +4,12 @@
 with flat Box observation and action spaces, typically a MuJoCo one such as "Hopper-v5". Either
 way the env ends an episode after `max_episode_steps` (the config's
 `control.max_episode_steps`, the one time limit of the stack) with truncated=True (never
-terminated); without it, reach has no time limit and a gymnasium env keeps its registered one. `sim.reward` (dense|sparse) and `sim.sim_rate_hz` (the control period) apply to
-"reach" only; gymnasium envs keep their own reward and frame skip.
+terminated); without it, reach has no time limit and a gymnasium env keeps its registered one.
+`sim.reward` (dense|sparse), `sim.sim_rate_hz` (the control period) and the target settings
+apply to "reach" only (config.py refuses them with another task); gymnasium envs keep their own
+reward and frame skip, and `sim.success_function` adds `info["is_success"]` to one that has
+none. A `module:EnvId` task imports the module first: its envs are registered on import
+(`o2o_robot.sim.example_tasks`).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 from gymnasium.wrappers import TimeLimit
 
 from o2o_robot.config import SimConfig
+from o2o_robot.control.rewards import import_callable
 from o2o_robot.sim.reach import OBS_NAMES, ReachEnv
 
 REACH_TASK = "reach"
@@ -39,10 +44,26 @@ def make_env(sim_cfg: SimConfig, *, seed: int | None = None,
             TimeLimit(reach, max_episode_steps=max_episode_steps)
     else:
         env = _make_gymnasium(sim_cfg.task, max_episode_steps)
+        if sim_cfg.success_function is not None:
+            env = SuccessInfo(env, import_callable(
+                sim_cfg.success_function, f"sim.success_function {sim_cfg.success_function!r}"))
     env.unwrapped.np_random, _ = gymnasium.utils.seeding.np_random(seed)
     env.action_space.seed(seed)
     env.observation_space.seed(seed)
     return env
+
+
+class SuccessInfo(gymnasium.Wrapper):
+    """`info["is_success"] = success(obs, info)` after every step (`sim.success_function`)."""
+
+    def __init__(self, env: gymnasium.Env, success):
+        super().__init__(env)
+        self.success = success
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info,
+                                                    "is_success": bool(self.success(obs, info))}
 
 
 def _make_gymnasium(task: str, max_episode_steps: int | None) -> gymnasium.Env:
