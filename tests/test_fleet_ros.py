@@ -230,3 +230,14 @@ def test_an_actor_with_an_unknown_learner_kind_exits_naming_the_parameter(tmp_pa
     time.sleep(0.1)
     assert any("learner: expected one of local, remote, got 'cloud'" in line for line in lines), \
         "".join(lines)
+
+
+def test_fleet_command_refuses_bad_arguments_in_one_line(capsys):
+    from o2o_robot.cli import main
+
+    for argv, message in ((["--robots", "0"], "--robots: must be >= 1, got 0"),
+                          (["--robots", "2", "--steps", "0"], "--steps: must be >= 1, got 0"),
+                          (["--robots", "2", "--config", "/nope.yaml"], "/nope.yaml: cannot read")):
+        assert main(["fleet", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
