@@ -67,6 +67,7 @@ setup(
         "console_scripts": [
             "o2o-robot = o2o_robot.cli:main",
             "actor_node = o2o_robot.ros.entry:actor_node",
+            "learner_node = o2o_robot.ros.entry:learner_node",
             "sim_bridge = o2o_robot.ros.entry:sim_bridge",
             "teleop_node = o2o_robot.ros.entry:teleop_node",
             "keyboard_teleop = o2o_robot.ros.entry:keyboard_teleop",

@@ -16,13 +16,23 @@ machine hits all of them alike:
 Reported per variant: the best window and the median window (updates/s). The official JAX RLPD
 figure (92-95 updates/s on the 2-core reference machine) is an anchor stated in the issue, NOT
 measured here. Usage: python benchmarks/learner_throughput.py [--seconds 60] [--threads 2] [--bf16]
+
+Contention (`learner.torch_threads`, o2o_robot/learning/threads.py): `--contend K` keeps K
+other processes spinning on the CPU while it measures; `--threads auto` follows the free cores
+as the learner does. `--threads-table` runs the eager fp32 update in a fresh process per setting
+(1 thread, 2 threads with OpenMP's default and with PASSIVE waits, auto), idle and with
+`--contend` (default 1) busy processes, and prints one table.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import ctypes
+import os
+import re
 import statistics
+import subprocess
+import sys
 import time
 import traceback
 
@@ -138,11 +148,14 @@ class MatmulCeiling:
                     torch.bmm(g, self.w[layer].transpose(1, 2))     # input grad
 
 
-def measure(variants: dict, batch, seconds: float, window: float) -> dict[str, list[float]]:
+def measure(variants: dict, batch, seconds: float, window: float,
+            tuner=None) -> dict[str, list[float]]:
     """Round-robin windows of about `window` s per variant until each had `seconds`."""
     rates: dict[str, list[float]] = {name: [] for name in variants}
     spent = {name: 0.0 for name in variants}
     while min(spent.values()) < seconds:
+        if tuner is not None:
+            tuner.maybe_adjust()
         for name, agent in variants.items():
             start, steps = time.perf_counter(), 0
             while True:
@@ -160,19 +173,29 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="measured time per variant")
     ap.add_argument("--window", type=float, default=1.0, help="seconds per measurement window")
-    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--threads", default="2", help="torch threads: a number, or auto")
+    ap.add_argument("--contend", type=int, default=0,
+                    help="other processes kept spinning on the CPU while measuring")
+    ap.add_argument("--threads-table", action="store_true",
+                    help="eager fp32 per thread setting, idle and contended (module docstring)")
     ap.add_argument("--bf16", action="store_true", help="also measure bf16 autocast")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--no-naive", action="store_true", help="skip the plain-loop baseline")
     ap.add_argument("--tune-malloc", action="store_true",
                     help="keep freed memory in the glibc heap (an experiment; see tune_malloc)")
     args = ap.parse_args(argv)
+    if args.threads_table:
+        return threads_table(args.seconds, args.window, args.contend or 1)
+    from o2o_robot.learning.threads import ThreadTuner
 
-    torch.set_num_threads(args.threads)
+    tuner = ThreadTuner(args.threads if args.threads == "auto" else int(args.threads),
+                        period_s=2.0)
     tuned = tune_malloc() if args.tune_malloc else False
     cfg = RLPDConfig(hidden_dims=list(HIDDEN), critic_ensemble_size=E, critic_subset_size=Z)
     batch = big_batch()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), glibc malloc tuned: {tuned}; "
+    print(f"torch {torch.__version__}, {tuner.threads} thread(s) ({args.threads}), OMP_WAIT_POLICY "
+          f"{os.environ.get('OMP_WAIT_POLICY', '(default)')}, {args.contend} spinning "
+          f"process(es), glibc malloc tuned: {tuned}; "
           f"E={E} Z={Z} UTD={G} N={N} hidden={list(HIDDEN)} obs={OBS} act={ACT}")
 
     variants: dict = {}
@@ -202,7 +225,17 @@ def main(argv: list[str] | None = None) -> None:
         agent.update(batch)
 
     variants["fp32 matmul ceiling"] = MatmulCeiling()
-    rates = measure(variants, batch, args.seconds, args.window)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.contend)]
+    try:
+        rates = measure(variants, batch, args.seconds, args.window,
+                        tuner if tuner.auto else None)
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+    if tuner.auto:
+        print(f"auto ended at {tuner.threads} thread(s) after {tuner.changes} change(s)")
     base, ceiling = rates.get("naive loop fp32"), rates.get("fp32 matmul ceiling")
     print(f"\ncritic updates/s over {len(next(iter(rates.values())))} windows of ~{args.window} s "
           f"per variant (best window / median window)")
@@ -216,6 +249,28 @@ def main(argv: list[str] | None = None) -> None:
         line += f"   vs JAX anchor {JAX_ANCHOR[0]:.0f}-{JAX_ANCHOR[1]:.0f}/s (stated): {best / JAX_ANCHOR[1]:.2f}-{best / JAX_ANCHOR[0]:.2f}x"
         print(line)
     print("Windows are wall-clock; other load on the machine lowers the median more than the best.")
+
+
+def threads_table(seconds: float, window: float, contend: int) -> None:
+    """One fresh process per (setting, load): the OpenMP wait policy is fixed at torch's load."""
+    settings = [("1 thread", "1", None), ("2 threads, OMP default", "2", "ACTIVE"),
+                ("2 threads, OMP PASSIVE", "2", "PASSIVE"), ("auto (PASSIVE)", "auto", "PASSIVE")]
+    print(f"eager fp32 RLPD critic updates/s (median window), {seconds:.0f} s each; "
+          f"{os.cpu_count()} CPUs")
+    print(f"  {'setting':24s} {'idle':>8s} {f'{contend} busy':>8s}")
+    for label, threads, policy in settings:
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if policy:
+            env["OMP_WAIT_POLICY"] = policy
+        row = []
+        for load in (0, contend):
+            out = subprocess.run(
+                [sys.executable, __file__, "--threads", threads, "--contend", str(load),
+                 "--seconds", str(seconds), "--window", str(window), "--no-compile",
+                 "--no-naive"], env=env, capture_output=True, text=True).stdout
+            found = re.search(r"rlpd eager fp32\s+best\s+[\d.]+\s+median\s+([\d.]+)", out)
+            row.append(found.group(1) if found else "failed")
+        print(f"  {label:24s} {row[0]:>8s} {row[1]:>8s}")
 
 
 if __name__ == "__main__":

@@ -4,15 +4,18 @@ sim config.
     ros2 launch o2o_robot finetune.launch.py                 # the sim (sim_reach.yaml)
     ros2 launch o2o_robot finetune.launch.py config:=/path/to/my_robot.yaml
     ros2 launch o2o_robot finetune.launch.py use_sim:=true namespace:=arm1
+    ros2 launch o2o_robot finetune.launch.py learner:=remote namespace:=arm1   # a fleet robot
 
 Arguments: config (a path, or a file name in the package's config/ folder), use_sim (auto |
 true | false; auto, the default, starts the sim bridge for a sim config, one whose
 `control.reward.source` is `sim`, and not for a robot config), namespace, policy_path (an ONNX
-policy to start from; empty = hold until one arrives), learning_enabled, teleop (none | joy |
-keyboard: a teleop mapper for interventions; while its deadman is held the operator's action
-replaces the policy's and rows are stored as source=intervention) and device (the Joy profile
-for teleop:=joy; empty = the config's teleop.device). teleop:=keyboard starts the mapper only:
-run `ros2 run o2o_robot keyboard_teleop` in a terminal of its own.
+policy to start from; empty = hold until one arrives), learning_enabled, learner (local: a
+learner worker beside the actor; remote: the fleet learner node of learner.launch.py, over the
+fleet topics, docs/fleet.md), teleop (none | joy | keyboard: a teleop mapper for interventions;
+while its deadman is held the operator's action replaces the policy's and rows are stored as
+source=intervention) and device (the Joy profile for teleop:=joy; empty = the config's
+teleop.device). teleop:=keyboard starts the mapper only: run `ros2 run o2o_robot
+keyboard_teleop` in a terminal of its own.
 
 The actor's exit ends the launch, with exit status 1 when it failed (a bad config or
 policy_path, a store without the demonstrations its learner needs); so does a failed sim
@@ -53,6 +56,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="ONNX policy to start from (empty: none yet)"),
         DeclareLaunchArgument("learning_enabled", default_value="true",
                               description="train and hot-swap new policies"),
+        DeclareLaunchArgument("learner", default_value="local",
+                              description="local (a worker beside the actor) | remote (the "
+                                          "fleet learner node, learner.launch.py)"),
         DeclareLaunchArgument("teleop", default_value="none",
                               description="teleop for interventions: none | joy | keyboard"),
         DeclareLaunchArgument("device", default_value="",
@@ -65,6 +71,7 @@ def generate_launch_description() -> LaunchDescription:
                  "policy_path": ParameterValue(LaunchConfiguration("policy_path"), value_type=str),
                  "learning_enabled": ParameterValue(LaunchConfiguration("learning_enabled"),
                                                     value_type=bool),
+                 "learner": LaunchConfiguration("learner"),
              }],
              on_exit=end_launch_on_exit("o2o_actor")),
         Node(package="o2o_robot", executable="sim_bridge", name="o2o_sim",

@@ -159,11 +159,20 @@ def cmd_demos_collect(args) -> int:
 
 
 # ------------------------------------------------------------------------------ train, policy
+def _passive_omp_for(cfg) -> None:
+    """torch_threads auto: OMP_WAIT_POLICY=PASSIVE before torch loads (learning/threads.py)."""
+    if cfg.learner.torch_threads == "auto":
+        from o2o_robot.learning.threads import prefer_passive_omp
+
+        prefer_passive_omp()
+
+
 def cmd_train(args) -> int:
+    cfg = _config(args.config).with_run_dir(args.run_dir)
+    _passive_omp_for(cfg)
     from o2o_robot.learning.harness import train
     from o2o_robot.learning.preflight import learner_spec
 
-    cfg = _config(args.config).with_run_dir(args.run_dir)
     learner_spec(cfg, str(resolve_config_path(args.config or DEFAULT_CONFIG)))  # sim.task exists
     if args.steps:
         cfg.train.total_env_steps = args.steps
@@ -173,9 +182,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
+    cfg = _config(args.config).with_run_dir(args.run_dir)
+    _passive_omp_for(cfg)
     from o2o_robot.learning.pretrain import PretrainError, run_pretrain
 
-    cfg = _config(args.config).with_run_dir(args.run_dir)
     try:
         summary = run_pretrain(cfg, steps=args.steps)
     except PretrainError as exc:
@@ -189,6 +199,12 @@ def cmd_pretrain(args) -> int:
 
 def cmd_finetune(args) -> int:
     from o2o_robot.ros.finetune import cmd_finetune as run  # rclpy: only for this command
+
+    return run(args)
+
+
+def cmd_fleet(args) -> int:
+    from o2o_robot.ros.fleet import cmd_fleet as run  # rclpy: only for this command
 
     return run(args)
 
@@ -303,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in the run dir from its last checkpoint (a run dir "
                    "that holds a run is refused without it)")
     q.set_defaults(fn=cmd_finetune)
+
+    q = sub.add_parser("fleet", help="a sim fleet: N sim bridges and actor nodes, one learner "
+                       "node, as separate processes (docs/fleet.md)")
+    q.add_argument("--config", default=None,
+                   help=f"config file (default: the packaged {DEFAULT_CONFIG})")
+    q.add_argument("--robots", type=int, required=True, help="number of simulated robots")
+    q.add_argument("--run-dir", default=None, help=RUN_DIR_HELP)
+    q.add_argument("--steps", type=int, default=None,
+                   help="override train.total_env_steps (all robots together)")
+    q.add_argument("--max-wall-s", type=float, default=None, help="stop after this many seconds")
+    q.set_defaults(fn=cmd_fleet)
 
     q = sub.add_parser("train", help="ROS-free training harness on a sim task")
     q.add_argument("--config", default=None)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -246,7 +247,11 @@ class LearnerConfig(Model):
         "the untrained stochastic actor)"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mode: Literal["thread", "process"] = "process"
-    torch_threads: int = Field(1, ge=1)
+    torch_threads: int | Literal["auto"] = Field("auto", description=(
+        "torch CPU threads of the learner. auto: the cores free for it, followed while it runs "
+        "(less what other processes use; one core left to the actor node beside the learner "
+        "worker; o2o_robot/learning/threads.py), with OMP_WAIT_POLICY=PASSIVE unless set, so "
+        "a busy core never collapses it; a number: exactly that many"))
     compile: bool = False
     bf16: bool = Field(False, description="opt-in bf16 autocast (not yet shown to learn as fp32)")
     export_every_updates: int = Field(1000, ge=1, description="env-step updates between exports")
@@ -260,6 +265,13 @@ class LearnerConfig(Model):
     restart_backoff_s: float = Field(2.0, ge=0, description=(
         "wait before the first restart; doubled for each further one"))
     queue_size: int = Field(10000, ge=1, description="transition queue; full => dropped, counted")
+
+    @field_validator("torch_threads", mode="plain")
+    @classmethod
+    def _threads(cls, value: Any) -> int | str:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f"expected a whole number >= 1 or 'auto', got {value!r}")
 
 
 # ------------------------------------------------------------------------------- control, safety
@@ -464,6 +476,51 @@ class TeleopConfig(Model):
         return self
 
 
+class FleetConfig(Model):
+    """Several robots and one learner node over ROS 2 (docs/fleet.md): each robot's actor node
+    with `learner:=remote` spools what it produces and sends it to the learner node."""
+
+    topic_prefix: str = Field("/o2o_fleet", description=(
+        "absolute namespace of the fleet's topics (transitions, policy, acks, robots), the same "
+        "on the learner node and every robot"))
+    robot_id: str = Field("", description=(
+        "this robot's name in the fleet (its rows' robot); empty: the actor node's namespace "
+        "without the leading '/', or the host name when the node is at the root. It must stay "
+        "the same across restarts: it names the robot's spool on the learner"))
+    spool_path: str = Field("", description=(
+        "the robot's spool, a store holding everything it produced, numbered; empty: "
+        "<train.run_dir>/spool/<robot id>.zarr"))
+    batch_rows: int = Field(100, ge=1, description="rows per transitions message at most")
+    window_rows: int = Field(5000, ge=1, description=(
+        "rows a robot sends beyond those the learner holds before it waits for its acks"))
+    commit_period_s: float = Field(1.0, gt=0, description=(
+        "robot: spooled rows are committed (and only then sent) at every episode end and at "
+        "least this often"))
+    resend_after_s: float = Field(2.0, gt=0, description=(
+        "robot: rows in flight that the learner has not taken for this long are sent again "
+        "(doubling while it stays stuck)"))
+    heartbeat_period_s: float = Field(0.5, gt=0, description=(
+        "period of the learner's acks and the robots' heartbeats"))
+    lease_s: float = Field(3.0, gt=0, description=(
+        "a side not heard from for this long is gone: the robot says 'learner lost' (and keeps "
+        "its last good policy), the learner counts the robot as not live"))
+    ack_period_s: float = Field(0.25, gt=0, description=(
+        "learner: commits its store and acknowledges the robots' rows at most this often"))
+    handover_s: float = Field(5.0, ge=0, description=(
+        "robot, at shutdown: keeps sending the rows the learner does not hold yet for at most "
+        "this long (what is left stays in the spool and goes at the next start)"))
+
+    @model_validator(mode="after")
+    def _absolute_prefix(self) -> "FleetConfig":
+        if not self.topic_prefix.startswith("/") or self.topic_prefix.rstrip("/") == "":
+            raise ValueError(f"topic_prefix: must be an absolute namespace such as '/o2o_fleet', "
+                             f"got {self.topic_prefix!r}")
+        if self.lease_s <= self.heartbeat_period_s:
+            raise ValueError(f"lease_s ({self.lease_s}) must exceed heartbeat_period_s "
+                             f"({self.heartbeat_period_s})")
+        return self
+
+
 class TrainConfig(Model):
     """The ROS-free training harness (`o2o-robot train`)."""
 
@@ -499,6 +556,7 @@ class O2OConfig(Model):
     sim: SimConfig = Field(default_factory=SimConfig)
     teleop: TeleopConfig = Field(default_factory=TeleopConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     @model_validator(mode="after")
     def _fits_together(self) -> "O2OConfig":

@@ -13,6 +13,7 @@ import pytest
 from ros_helpers import ROOT, domain_id, kill_group, namespace, start_node_main, wait_for
 
 NODES = {"actor_node": "o2o_robot.ros.actor_node",
+         "learner_node": "o2o_robot.ros.learner_node",
          "sim_bridge": "o2o_robot.ros.sim_bridge_node",
          "teleop_node": "o2o_robot.ros.teleop_node",
          "scripted_teleop": "o2o_robot.ros.scripted_teleop_node"}

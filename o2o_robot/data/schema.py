@@ -35,10 +35,20 @@ FIELDS: dict[str, tuple[np.dtype, str]] = {
 }
 FLOAT_FIELDS: tuple[str, ...] = ("obs", "action", "reward", "next_obs", "timestamp")
 
+# Where a stored row came from, beside the producer's FIELDS: `robot` (a code, 0 = this machine;
+# a store names the others in its notes, `TransitionStore.robot_code`) and `seq`, the row's
+# number in its robot's spool (-1 = not numbered). A fleet learner ingests by (robot, seq).
+# Optional wherever rows are given: missing means the defaults.
+ORIGIN_FIELDS: dict[str, np.dtype] = {"robot": np.dtype(np.uint16), "seq": np.dtype(np.int64)}
+ORIGIN_DEFAULTS: dict[str, int] = {"robot": 0, "seq": -1}
+# Every array of a store: the row fields, then the origin fields.
+STORED_FIELDS: dict[str, tuple[np.dtype, str]] = {
+    **FIELDS, **{f: (dt, "scalar") for f, dt in ORIGIN_FIELDS.items()}}
+
 
 def row_shape(field: str, obs_dim: int, act_dim: int) -> tuple[int, ...]:
     """Per-row shape of `field` for the given dimensions."""
-    kind = FIELDS[field][1]
+    kind = STORED_FIELDS[field][1]
     return {"obs": (obs_dim,), "act": (act_dim,), "scalar": ()}[kind]
 
 
@@ -64,12 +74,15 @@ def _nonfinite_error(field: str) -> ValueError:
     return ValueError(f"{field}: contains NaN or inf")
 
 
-def validate_rows(rows: dict[str, np.ndarray], obs_dim: int, act_dim: int) -> dict[str, np.ndarray]:
+def validate_rows(rows: dict[str, np.ndarray], obs_dim: int, act_dim: int, *,
+                  origin: bool = False) -> dict[str, np.ndarray]:
     """Check a block of rows (every field, leading axis = rows) and return it cast to the schema.
 
     `source` may hold names or codes. Raises ValueError naming the field when a field is missing
     or unknown, has the wrong shape, holds NaN/inf or (given wider) values beyond float32 range,
-    or names an unknown source. Nothing is modified in place.
+    or names an unknown source. The ORIGIN_FIELDS are optional: checked and kept when given,
+    filled with their defaults when missing and `origin` (the store's blocks). Nothing is
+    modified in place.
     """
     src = np.asarray(rows.get("source", np.zeros(0)))
     if src.dtype.kind in "USO":
@@ -78,7 +91,7 @@ def validate_rows(rows: dict[str, np.ndarray], obs_dim: int, act_dim: int) -> di
     missing = [f for f in FIELDS if f not in rows]
     if missing:
         raise ValueError(f"missing field(s): {', '.join(missing)}")
-    extra = [f for f in rows if f not in FIELDS]
+    extra = [f for f in rows if f not in STORED_FIELDS]
     if extra:
         raise ValueError(f"unknown field(s): {', '.join(extra)}")
     n = None
@@ -105,7 +118,39 @@ def validate_rows(rows: dict[str, np.ndarray], obs_dim: int, act_dim: int) -> di
     for field in narrowed:   # finite in a wider float, inf once cast
         if not np.isfinite(out[field]).all():
             raise ValueError(f"{field}: contains values beyond float32 range")
+    for field, dtype in ORIGIN_FIELDS.items():
+        if field in rows:
+            out[field] = _origin_column(field, rows[field], n)
+        elif origin:
+            out[field] = np.full(n, ORIGIN_DEFAULTS[field], dtype)
     return out
+
+
+def _origin_column(field: str, values, n: int) -> np.ndarray:
+    """An origin field of a block: integers of shape [n] within the field's range."""
+    arr = np.asarray(values)
+    if arr.shape != (n,):
+        raise _shape_error(field, ("N",), arr.shape)
+    if arr.size and arr.dtype.kind not in "iu":
+        raise ValueError(f"{field}: expected integers, got {arr.dtype}")
+    low, high = _origin_range(field)
+    if arr.size and (arr.min() < low or arr.max() > high):
+        raise ValueError(f"{field}: values must lie in [{low}, {high}]")
+    return arr.astype(ORIGIN_FIELDS[field])
+
+
+def _origin_range(field: str) -> tuple[int, int]:
+    return (-1 if field == "seq" else 0), int(np.iinfo(ORIGIN_FIELDS[field]).max)
+
+
+def _origin_scalar(field: str, value) -> int:
+    """One row's origin field (the per-step append path: no arrays)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{field}: expected an integer, got {value!r}")
+    low, high = _origin_range(field)
+    if not low <= value <= high:
+        raise ValueError(f"{field}: must lie in [{low}, {high}], got {value}")
+    return int(value)
 
 
 def _scalar(field: str, value, cast):
@@ -135,7 +180,7 @@ class RowValidator:
         self._shapes = {f: row_shape(f, obs_dim, act_dim) for f in self._views}
 
     def __call__(self, obs, action, reward, next_obs, terminated, truncated, source,
-                 policy_version, timestamp) -> dict:
+                 policy_version, timestamp, robot=0, seq=-1) -> dict:
         src = source_code(source)
         views = self._views
         for field, value in (("obs", obs), ("action", action), ("next_obs", next_obs)):
@@ -156,7 +201,8 @@ class RowValidator:
         return {"obs": views["obs"], "action": views["action"], "reward": r,
                 "next_obs": views["next_obs"], "terminated": _scalar("terminated", terminated, bool),
                 "truncated": _scalar("truncated", truncated, bool), "source": src,
-                "policy_version": _scalar("policy_version", policy_version, int), "timestamp": t}
+                "policy_version": _scalar("policy_version", policy_version, int), "timestamp": t,
+                "robot": _origin_scalar("robot", robot), "seq": _origin_scalar("seq", seq)}
 
 
 # ------------------------------------------------------------------------- the typed stream
@@ -172,6 +218,7 @@ class Transition:
     `action` is in physical units, as sent. `episode` is the producer's episode index and `step`
     the row's index within that episode (0-based): together they let an `EpisodeAssembler` see a
     row lost on the way. `success` is the outcome label, meaningful on an episode's last row.
+    `robot` and `seq` say where it came from (ORIGIN_FIELDS; set by a fleet learner).
     """
 
     obs: np.ndarray
@@ -186,6 +233,8 @@ class Transition:
     episode: int = 0
     step: int = 0
     success: bool | None = None
+    robot: int = 0
+    seq: int = -1
 
     @property
     def ends_episode(self) -> bool:
@@ -198,8 +247,8 @@ class Transition:
         return int(self.source) in ACTING_SOURCE_CODES
 
     def row(self) -> dict:
-        """The stored fields (schema.FIELDS) as a dict."""
-        return {f: getattr(self, f) for f in FIELDS}
+        """The stored fields (STORED_FIELDS: the row and its origin) as a dict."""
+        return {f: getattr(self, f) for f in STORED_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)

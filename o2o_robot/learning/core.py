@@ -36,8 +36,8 @@ import numpy as np
 
 from o2o_robot.config import O2OConfig
 from o2o_robot.data.replay import ReplayMirror
-from o2o_robot.data.schema import (OFFLINE_SIDE_CODES, EpisodeAssembler, EpisodeEnd, Segment,
-                                   Transition)
+from o2o_robot.data.schema import (ACTING_SOURCE_CODES, OFFLINE_SIDE_CODES, EpisodeAssembler,
+                                   EpisodeEnd, Segment, Transition)
 from o2o_robot.spaces import ActionScaler
 
 CHECKPOINT = Path("checkpoints") / "latest.pt"
@@ -131,10 +131,15 @@ class LearnerCore:
     # ------------------------------------------------------------------ construction
     @classmethod
     def open(cls, cfg: O2OConfig, store, run_dir: str | Path, *, resume: bool,
-             agent_factory: Callable | None = None) -> "LearnerCore":
+             agent_factory: Callable | None = None, adopt_tail: bool = False) -> "LearnerCore":
         """A core on `store` (open for writing) and `run_dir`: resumed from the run dir's
         checkpoint when `resume` and one exists, else a fresh agent (`agent_factory(cfg,
-        obs_dim, act_dim, device)`, default `agents.build_agent`)."""
+        obs_dim, act_dim, device)`, default `agents.build_agent`).
+
+        `adopt_tail` (resuming): also learn from the rows committed after the checkpoint (by
+        the learner that wrote it, which then died), counting their env steps. For a feeder
+        that acknowledged those rows to their producers, which will not send them again (the
+        fleet learner node); the others resume exactly what they checkpointed."""
         from o2o_robot.agents import build_agent, resolve_device
         from o2o_robot.agents.checkpoint import load_checkpoint
 
@@ -147,6 +152,11 @@ class LearnerCore:
             known = CoreState.__dataclass_fields__
             state = CoreState(**{k: extra[k] for k in known if k in extra})
             state.counters = {**CoreState().counters, **state.counters}
+            start = max((b for _, b in state.online_ranges), default=len(store))
+            if adopt_tail and start < len(store):
+                source = store.read(["source"], start)["source"]
+                state.online_ranges.append([start, len(store)])
+                state.env_steps += int(np.isin(source, ACTING_SOURCE_CODES).sum())
         else:
             factory = agent_factory or (lambda c, o, a, d: build_agent(c, o, a, device=d,
                                                                        seed=c.train.seed))

@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from o2o_robot.config import (ActionSpace, ConfigError, O2OConfig, ObservationSource, RobotSpec,
                               TrainConfig)
 from o2o_robot.data.schema import SOURCE_CODE, Transition
 from o2o_robot.data.store import TransitionStore
+from o2o_robot.learning.threads import ThreadTuner
 from o2o_robot.runlog import Progress, RunLogger, plot_curve
 from o2o_robot.sim.demos import check_store_spec, ensure_demos
 from o2o_robot.sim.envs import env_spec, make_env
@@ -117,7 +117,7 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
     run_dir = Path(cfg.train.run_dir)
     if resume and not (run_dir / CHECKPOINT).exists():
         raise FileNotFoundError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
-    torch.set_num_threads(cfg.learner.torch_threads)
+    tuner = ThreadTuner(cfg.learner.torch_threads)   # a learner on its own: every free core
     limit = cfg.control.max_episode_steps
     env = make_env(cfg.sim, max_episode_steps=limit)
     eval_env = make_env(cfg.sim, max_episode_steps=limit)
@@ -136,7 +136,7 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
         state = {**HARNESS_STATE, **{k: core.resumed.get(k) for k in HARNESS_STATE
                                      if k in core.resumed}}
         core.pretrain(progress=progress, log=lambda step, m: logger.log("pretrain", step, m))
-        summary = _loop(cfg, core, env, eval_env, state, logger, progress)
+        summary = _loop(cfg, core, env, eval_env, state, logger, progress, tuner)
     finally:
         store.close()
         logger.close()
@@ -146,7 +146,7 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
     return summary
 
 
-def _loop(cfg, core, env, eval_env, state, logger, progress) -> dict:
+def _loop(cfg, core, env, eval_env, state, logger, progress, tuner) -> dict:
     lc, tc, agent, s = cfg.learner, cfg.train, core.agent, core.state
     scaler, online = core.scaler, SOURCE_CODE["online"]
     act_rng = np.random.default_rng(tc.seed + 1)
@@ -175,13 +175,15 @@ def _loop(cfg, core, env, eval_env, state, logger, progress) -> dict:
                                bool(truncated), online, policy_version=s.updates,
                                timestamp=time.time(), episode=state["episode"], step=ep_len,
                                success=success if ended else None))
+        tuner.maybe_adjust()
         while core.step():
             if s.updates % 100 == 0:
                 seconds, n = core.update_time - timed[0], s.updates - timed[1]
                 timed = (core.update_time, s.updates)
                 logger.log("train", s.env_steps, {
                     **core.metrics, "critic_updates_per_s": n * lc.utd_ratio / max(seconds, 1e-9),
-                    "update_ms": 1000.0 * seconds / max(n, 1)})   # one agent.update (all of G)
+                    "update_ms": 1000.0 * seconds / max(n, 1),   # one agent.update (all of G)
+                    "torch_threads": tuner.threads})
         ep_return += float(reward)
         ep_len += 1
         obs = next_obs

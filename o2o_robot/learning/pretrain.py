@@ -22,8 +22,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from o2o_robot.config import O2OConfig
 
 
@@ -80,6 +78,7 @@ def _open(cfg: O2OConfig):
 def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = True) -> dict:
     """Pre-train the configured agent and write its checkpoint; returns a summary."""
     from o2o_robot.learning.core import CHECKPOINT, LearnerCore
+    from o2o_robot.learning.threads import ThreadTuner
     from o2o_robot.runlog import RunLogger
 
     name = cfg.algorithm.name
@@ -99,7 +98,7 @@ def run_pretrain(cfg: O2OConfig, *, steps: int | None = None, progress: bool = T
     if ckpt_path.exists():
         raise PretrainError(f"{ckpt_path}: a checkpoint exists already; pre-training would "
                             f"replace it (use another --run-dir, or remove it)")
-    torch.set_num_threads(cfg.learner.torch_threads)
+    ThreadTuner(cfg.learner.torch_threads)   # chosen once: pre-training is short
     cfg, store = _open(cfg)
     logger = None
     try:

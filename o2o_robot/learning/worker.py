@@ -39,6 +39,7 @@ from pathlib import Path
 
 from o2o_robot.config import O2OConfig
 from o2o_robot.data.schema import EpisodeEnd, Transition
+from o2o_robot.learning.threads import ThreadTuner, prefer_passive_omp
 
 REPORT_PERIOD_S = 1.0
 WATCH_PERIOD_S = 0.2             # how often the client checks that its worker is alive
@@ -235,6 +236,8 @@ def run_worker(cfg_json: dict, run_dir: str, agent_factory, inbox, policies, sta
     """Worker entry point (thread or process); reports a crash instead of raising."""
     if threading.current_thread() is threading.main_thread():   # its own process
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C hits the group; close() stops us
+        if cfg_json["learner"]["torch_threads"] == "auto":
+            prefer_passive_omp()                       # before torch loads (learning/threads.py)
     worker = None
     try:
         worker = _Worker(O2OConfig.model_validate(cfg_json), Path(run_dir), agent_factory, inbox,
@@ -266,12 +269,11 @@ def crash_line(exc: Exception) -> str | None:
 class _Worker:
     def __init__(self, cfg: O2OConfig, run_dir: Path, agent_factory, inbox, policies, stats,
                  stop, progress):
-        import torch
-
         from o2o_robot.data.store import TransitionStore
         from o2o_robot.learning.core import LearnerCore
 
-        torch.set_num_threads(cfg.learner.torch_threads)
+        # Beside an actor node: one core is left to its tick (learning/threads.py).
+        self.threads = ThreadTuner(cfg.learner.torch_threads, reserve=1)
         self.cfg, self.run_dir = cfg, run_dir
         in_process = threading.current_thread() is threading.main_thread()
         self.parent_pid = os.getppid() if in_process else None
@@ -302,6 +304,7 @@ class _Worker:
         last_report = time.monotonic()
         self.stats_out.put(self.report("running"))
         while not self.stop.is_set() and not self._orphaned():
+            self.threads.maybe_adjust()
             got = self._ingest()
             if core.step():
                 self._publish_policy()
@@ -369,4 +372,4 @@ class _Worker:
         p[SEEN_STEPS] = self.seen_steps
 
     def report(self, state: str) -> dict:
-        return self.core.report(state)
+        return {**self.core.report(state), **self.threads.report()}

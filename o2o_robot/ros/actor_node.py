@@ -70,6 +70,7 @@ from o2o_robot.ros.spin import spin_node, start_failed, start_node, stopped_by_s
 
 NODE_NAME = "o2o_actor"
 MODES = ("finetune", "collect")
+LEARNERS = ("local", "remote")
 EPISODE_TOPIC = "~/episode"
 DEFAULT_CONFIG = "sim_reach.yaml"
 POLL_PERIOD_S = 0.25          # learner.poll_policy() cadence
@@ -118,9 +119,15 @@ class ActorNode(Node):
         self.declare_parameter("mode", "finetune", text(
             "finetune: the policy acts, the operator may intervene; collect: record "
             "demonstrations (teleop only, no policy)", read_only=True))
+        self.declare_parameter("learner", "local", text(
+            "local: a learner worker beside this node; remote: a fleet learner node, reached over "
+            "the fleet topics (docs/fleet.md)", read_only=True))
         self.mode = self.get_parameter("mode").value
         if self.mode not in MODES:
             raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.get_parameter("learner").value not in LEARNERS:
+            raise ValueError(f"learner: expected one of {', '.join(LEARNERS)}, got "
+                             f"{self.get_parameter('learner').value!r}")
         if config is None:
             config = load_config(resolve_config_path(self.get_parameter("config").value))
         self.cfg = cfg = config
@@ -489,9 +496,9 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
     """Console entry point: `actor_node --ros-args -p config:=my_robot.yaml`.
 
     `learner_factory(cfg)` builds the learner for the loaded config; by default, when the
-    `learning_enabled` parameter is true, a `LearnerClient` writing to `train.run_dir` (store
-    at `store.path`), or in mode "collect" a `DemoRecorder` on `store.path` that logs a line
-    per episode. Returns the process exit status."""
+    `learning_enabled` parameter is true, the one the `learner` parameter names, or in mode
+    "collect" a `DemoRecorder` on `store.path` that logs a line per episode
+    (`_default_learner`). Returns the process exit status."""
     # ConfigError, RewardFunctionError (ValueErrors), a bad start policy (PolicyRejected)
     node = start_node(lambda: ActorNode(check_learner_store=learner_factory is None), NODE_NAME,
                       (ValueError, PolicyRejected), args)
@@ -523,7 +530,8 @@ def main(args=None, *, learner_factory: Callable[[O2OConfig], Learner] | None = 
 def _default_learner(node: ActorNode) -> Callable[[O2OConfig], Learner | None]:
     """What `main` hands rows to without a `learner_factory`: nothing when learning is off; in
     mode "collect" a `DemoRecorder` on `store.path` that logs a line per episode; else (`ros2
-    run` / launch) a `LearnerClient` writing to `train.run_dir`."""
+    run` / launch) the `learner` parameter's: a `LearnerClient` writing to `train.run_dir`
+    (local), or a `FleetClient` that spools and sends to a fleet learner node (remote)."""
     if not node._learning:
         return lambda cfg: None
     if node.mode == "collect":
@@ -532,6 +540,13 @@ def _default_learner(node: ActorNode) -> Callable[[O2OConfig], Learner | None]:
         log = node.get_logger()
         return lambda cfg: DemoRecorder.for_config(
             cfg, on_episode=lambda info: log.info(episode_line(info)))
+    if node.get_parameter("learner").value == "remote":   # a fleet learner node
+        from o2o_robot.ros.fleet_client import FleetClient, robot_id_for
+
+        return lambda cfg: FleetClient(
+            cfg, robot_id=robot_id_for(cfg, node.get_namespace()),
+            namespace=node.get_namespace(), serving_version=lambda: node.slot.version,
+            logger=node.get_logger())
     from o2o_robot.learning.worker import LearnerClient
 
     return lambda cfg: LearnerClient(cfg, cfg.train.run_dir)

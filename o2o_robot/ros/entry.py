@@ -44,6 +44,10 @@ def actor_node() -> int:
     return _run("o2o_robot.ros.actor_node")
 
 
+def learner_node() -> int:
+    return _run("o2o_robot.ros.learner_node")
+
+
 def sim_bridge() -> int:
     return _run("o2o_robot.ros.sim_bridge_node")
 

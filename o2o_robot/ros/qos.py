@@ -51,3 +51,27 @@ def done_topic(reward_cfg) -> str | None:
     if reward_cfg.done_topic:
         return reward_cfg.done_topic
     return DEFAULT_DONE_TOPIC if reward_cfg.source == "sim" else None
+
+
+# ------------------------------------------------------------------ fleet (docs/fleet.md)
+# Topics under `fleet.topic_prefix` (absolute: robots in their own namespaces and the learner
+# meet there). The payloads are o2o_robot/data/wire.py's.
+FLEET_TRANSITIONS = "transitions"   # std_msgs/UInt8MultiArray, robots -> learner, batches of rows
+FLEET_POLICY = "policy"             # std_msgs/UInt8MultiArray, learner -> robots, latched
+FLEET_ACKS = "acks"                 # std_msgs/String (JSON), learner -> robots, latched
+FLEET_ROBOTS = "robots"             # std_msgs/String (JSON), robot heartbeats -> learner
+
+# Batches: reliable, volatile, and deep enough for a robot's rows in flight (its window over
+# its batch size, 50 by default) so that a slow reader does not lose them from the writer's
+# history (a lost batch is resent anyway, the protocol does not depend on it).
+FLEET_STREAM = QoSProfile(reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE,
+                          history=HistoryPolicy.KEEP_LAST, depth=64)
+# Policy and acks: latched, so a robot that (re)joins gets the current policy and learns what the
+# learner holds of it at once.
+FLEET_LATCHED = LATCHED
+
+
+def fleet_topic(prefix: str, name: str) -> str:
+    """The absolute name of fleet topic `name` under `prefix`."""
+    return f"{prefix.rstrip('/')}/{name}"

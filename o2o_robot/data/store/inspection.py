@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from o2o_robot.data.schema import FIELDS, FLOAT_FIELDS, SCHEMA_VERSION, SOURCES, row_shape
+from o2o_robot.data.schema import FLOAT_FIELDS, SCHEMA_VERSION, SOURCES, row_shape
+from o2o_robot.data.schema import STORED_FIELDS as FIELDS
 from o2o_robot.data.store.episodes import EpisodeLog
 from o2o_robot.data.store.layout import META
 
@@ -27,11 +28,15 @@ def info(store, log: EpisodeLog) -> dict:
         r = rets[srcs == code]
         sources[name].update({k: (float(fn(r)) if len(r) else None) for k, fn in
                               (("return_mean", np.mean), ("return_min", np.min), ("return_max", np.max))})
-    return {"path": str(store.path), "schema_version": SCHEMA_VERSION, "obs_dim": store.obs_dim,
-            "act_dim": store.act_dim, "spec": store.spec, "chunk_rows": store.chunk_rows,
-            "rows": len(store), "episodes": e,
-            "open_episode_rows": store.open_episode_rows, "buffered_rows": store.num_buffered,
-            "sources": sources}
+    out = {"path": str(store.path), "schema_version": SCHEMA_VERSION, "obs_dim": store.obs_dim,
+           "act_dim": store.act_dim, "spec": store.spec, "chunk_rows": store.chunk_rows,
+           "rows": len(store), "episodes": e,
+           "open_episode_rows": store.open_episode_rows, "buffered_rows": store.num_buffered,
+           "sources": sources}
+    if store.robots:   # rows per robot of a fleet learner's store
+        per = np.bincount(store.read(["robot"])["robot"], minlength=max(store.robots) + 1)
+        out["robots"] = {name: int(per[code]) for code, name in store.robots.items()}
+    return out
 
 
 def validate(store, log: EpisodeLog, arrays: dict, attrs: dict, reader) -> list[str]:

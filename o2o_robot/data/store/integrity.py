@@ -36,10 +36,15 @@ def crc32(rows: np.ndarray) -> int:
 class ChunkSums:
     """Per-array tables of chunk sums; `sizes` maps each array name to its rows per chunk."""
 
-    def __init__(self, sizes: dict[str, int], table: dict[str, np.ndarray] | None = None):
+    def __init__(self, sizes: dict[str, int], table: dict[str, np.ndarray] | None = None,
+                 unsummed: set[str] | frozenset = frozenset()):
         self.sizes = sizes
         self.table = {name: np.zeros(0, np.uint32) for name in sizes}
         self.table.update(table or {})
+        # Arrays the marker has no sums for (added to the store after its sums were written,
+        # such as the origin columns of an older store): read unchecked until a writer sums
+        # them (`sum_all`).
+        self.unsummed = set(unsummed)
 
     @classmethod
     def from_marker(cls, sizes: dict[str, int], entry, where) -> "ChunkSums | None":
@@ -49,10 +54,10 @@ class ChunkSums:
             return None
         try:
             table = {name: np.frombuffer(base64.b64decode(entry[name], validate=True), "<u4")
-                     .astype(np.uint32) for name in sizes}
-        except (KeyError, TypeError, ValueError) as e:
+                     .astype(np.uint32) for name in sizes if name in entry}
+        except (TypeError, ValueError) as e:
             raise StoreCorruptError(f"{where}: malformed crc32 entry ({type(e).__name__}: {e})") from None
-        return cls(sizes, table)
+        return cls(sizes, table, set(sizes) - set(table))
 
     def to_marker(self) -> dict[str, str]:
         """The "crc32" entry of a marker."""
@@ -60,7 +65,14 @@ class ChunkSums:
                 for name, sums in self.table.items()}
 
     def copy(self) -> "ChunkSums":
-        return ChunkSums(self.sizes, {name: sums.copy() for name, sums in self.table.items()})
+        return ChunkSums(self.sizes, {name: sums.copy() for name, sums in self.table.items()},
+                         self.unsummed)
+
+    def adopt(self, other: "ChunkSums", names) -> None:
+        """Take `other`'s sums of `names` (a writer summing what its marker lacked)."""
+        for name in names:
+            self.table[name] = other.table[name]
+        self.unsummed -= set(names)
 
     def record(self, name: str, start: int, block: np.ndarray, stop: int) -> None:
         """Sum the chunks covering rows [start, stop) of array `name`; `block` holds rows from
@@ -92,7 +104,7 @@ class CheckedReader:
 
     def read(self, name: str, start: int, stop: int, length: int) -> np.ndarray:
         """Rows [start, stop) of array `name`, whose first `length` rows are committed."""
-        if stop <= start or self.sums is None:
+        if stop <= start or self.sums is None or name in self.sums.unsummed:
             return self.files.read(name, start, stop)
         size = self.sizes[name]
         k0, k1 = start // size, -(-stop // size)

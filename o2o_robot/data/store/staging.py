@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from o2o_robot.data.schema import FIELDS, row_shape
+from o2o_robot.data.schema import STORED_FIELDS as FIELDS, row_shape
 from o2o_robot.data.store.layout import ceil_to
 
 

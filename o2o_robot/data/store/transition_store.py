@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from o2o_robot.data.schema import FIELDS, SCHEMA_VERSION, RowValidator, validate_rows
+from o2o_robot.data.schema import SCHEMA_VERSION, RowValidator, validate_rows
+from o2o_robot.data.schema import STORED_FIELDS as FIELDS
 from o2o_robot.data.store import inspection
 from o2o_robot.data.store.episodes import EpisodeLog
 from o2o_robot.data.store.errors import StoreCorruptError, StoreError, StoreValueError
@@ -151,9 +152,13 @@ class TransitionStore:
         self._stage.load_tail(c0, self.read(start=c0))
         tail = self.read(["reward", "source"], start=log.last_end(log.committed))
         log.resume(tail["reward"], tail["source"], rows)
-        if self._checksums and self._reader.sums is None:   # written before checksums
-            lengths = {**{f: rows for f in FIELDS}, **{m: log.committed for m in META}}
+        lengths = {**{f: rows for f in FIELDS}, **{m: log.committed for m in META}}
+        sums = self._reader.sums
+        if self._checksums and sums is None:   # written before checksums
             self._reader.sums = sum_all(self._reader, lengths)
+        elif self._checksums and sums.unsummed:   # arrays added since (the origin columns)
+            sums.adopt(sum_all(self._reader, {n: lengths[n] for n in sums.unsummed}),
+                       set(sums.unsummed))
         self._check_row = RowValidator(self.obs_dim, self.act_dim)
         weakref.finalize(self, self._lock.release)   # a writer dropped unclosed frees its lock
 
@@ -165,13 +170,15 @@ class TransitionStore:
             raise StoreError(f"{self.path}: opened read-only; open with mode='a' to append")
 
     def append(self, *, obs, action, reward, next_obs, terminated, truncated, source,
-               policy_version=0, timestamp=None) -> None:
-        """Buffer one row (`source`: name or code; `timestamp` defaults to now). Refused with
-        StoreValueError naming the field (NaN/inf, wrong shape); nothing is buffered then."""
+               policy_version=0, timestamp=None, robot=0, seq=-1) -> None:
+        """Buffer one row (`source`: name or code; `timestamp` defaults to now; `robot`, `seq`:
+        its origin, schema.ORIGIN_FIELDS). Refused with StoreValueError naming the field
+        (NaN/inf, wrong shape); nothing is buffered then."""
         self._check_writable()
         try:
             row = self._check_row(obs, action, reward, next_obs, terminated, truncated, source,
-                                  policy_version, time.time() if timestamp is None else timestamp)
+                                  policy_version, time.time() if timestamp is None else timestamp,
+                                  robot, seq)
         except ValueError as e:
             raise StoreValueError(str(e)) from None
         self._log.add(row["source"], self._stage.put_row(row))
@@ -221,6 +228,25 @@ class TransitionStore:
         if self.num_buffered >= self.flush_every:
             self.flush()
 
+    def robot_code(self, name: str) -> int:
+        """The `robot` code of the robot called `name` (schema.ORIGIN_FIELDS), given a new one
+        if needed. The table lives in the notes (key "robots": names of codes 1, 2, ...), so
+        it is committed with the first rows that use a new code."""
+        if not name:
+            raise StoreValueError("robot: a robot needs a non-empty name")
+        robots = list(self._staged_notes.get("robots", []))
+        if name not in robots:
+            self._check_writable()
+            robots.append(name)
+            self._staged_notes = {**self._staged_notes, "robots": robots}
+        return robots.index(name) + 1
+
+    @property
+    def robots(self) -> dict[int, str]:
+        """{code: name} of the robots in the committed notes (code 0, this machine, is not
+        listed)."""
+        return {i + 1: name for i, name in enumerate(self._notes.get("robots", []))}
+
     @property
     def notes(self) -> dict:
         """The notes committed with the rows (see `append_episode`); a copy."""
@@ -228,7 +254,7 @@ class TransitionStore:
 
     def _validated(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            return validate_rows(rows, self.obs_dim, self.act_dim)
+            return validate_rows(rows, self.obs_dim, self.act_dim, origin=True)
         except ValueError as e:
             raise StoreValueError(str(e)) from None
 

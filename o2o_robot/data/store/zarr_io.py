@@ -25,7 +25,8 @@ from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from o2o_robot.data.schema import FIELDS, SCHEMA_VERSION, row_shape
+from o2o_robot.data.schema import (FIELDS, ORIGIN_DEFAULTS, SCHEMA_VERSION, STORED_FIELDS,
+                                   row_shape)
 from o2o_robot.data.store.errors import StoreCorruptError, StoreWriteError
 from o2o_robot.data.store.layout import MARKER, META, META_CHUNK, array_dir, chunk_file
 from o2o_robot.fsutil import os_error_line
@@ -159,20 +160,31 @@ def _write_tmp(path: Path, obj: dict, durable: bool) -> Path:
     return tmp
 
 
+_COMMON = dict(overwrite=True, config={"write_empty_chunks": True},
+               chunk_key_encoding={"name": "default", "separator": "."},
+               compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")])
+
+
+def _create_data_array(data, field: str, rows: int, obs_dim: int, act_dim: int,
+                       chunk_rows: int):
+    """data/<field> with `rows` rows; unwritten chunks read as the field's default (0, or the
+    origin default), so an origin array added to an older store reads as "no origin"."""
+    shape = row_shape(field, obs_dim, act_dim)
+    return data.create_array(field, shape=(rows,) + shape, chunks=(chunk_rows,) + shape,
+                             dtype=STORED_FIELDS[field][0],
+                             fill_value=ORIGIN_DEFAULTS.get(field, 0), **_COMMON)
+
+
 def init_layout(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: int,
                 durable: bool) -> None:
     """Create the empty arrays and attributes at `path`, then the first marker (creation done)."""
     group = zarr.open_group(store=_DurableStore(path, durable=durable), mode="a")
-    common = dict(fill_value=0, overwrite=True, config={"write_empty_chunks": True},
-                  chunk_key_encoding={"name": "default", "separator": "."},
-                  compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")])
     data, meta = group.require_group("data"), group.require_group("meta")
-    for field, (dtype, _) in FIELDS.items():
-        shape = row_shape(field, obs_dim, act_dim)
-        data.create_array(field, shape=(0,) + shape, chunks=(chunk_rows,) + shape,
-                          dtype=dtype, **common)
+    for field in STORED_FIELDS:
+        _create_data_array(data, field, 0, obs_dim, act_dim, chunk_rows)
     for name, dtype in META.items():
-        meta.create_array(name, shape=(0,), chunks=(META_CHUNK,), dtype=dtype, **common)
+        meta.create_array(name, shape=(0,), chunks=(META_CHUNK,), dtype=dtype, fill_value=0,
+                          **_COMMON)
     group.attrs["o2o_store"] = {"schema_version": SCHEMA_VERSION, "obs_dim": obs_dim,
                                 "act_dim": act_dim, "chunk_rows": chunk_rows, "spec": spec,
                                 "commit_marker": MARKER}
@@ -181,7 +193,8 @@ def init_layout(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: 
 
 def _metadata_problem(path: Path) -> str | None:
     """The first missing or unparsable zarr.json of the layout, as one line (None: all fine)."""
-    names = ["", "data/", "meta/"] + [f"{array_dir(n)}/" for n in (*FIELDS, *META)]
+    origin = [n for n in ORIGIN_DEFAULTS if (path / array_dir(n)).exists()]   # newer stores
+    names = ["", "data/", "meta/"] + [f"{array_dir(n)}/" for n in (*FIELDS, *origin, *META)]
     for name in names:
         meta = path / f"{name}zarr.json"
         try:
@@ -203,6 +216,16 @@ def _corrupt(path: Path, exc: BaseException) -> StoreCorruptError:
     return StoreCorruptError(_metadata_problem(path) or
                              f"{path}: cannot open the zarr layout ({type(exc).__name__}: "
                              f"{_one_line(exc)})")
+
+
+class _Filled:
+    """A reader's stand-in for an array the store does not have yet: `rows` x the default."""
+
+    def __init__(self, rows: int, dtype: np.dtype, value: int):
+        self.shape, self.dtype, self._value = (rows,), dtype, value
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return np.full(len(range(*key.indices(self.shape[0]))), self._value, self.dtype)
 
 
 class StoreFiles:
@@ -229,12 +252,26 @@ class StoreFiles:
         return self._attrs
 
     def open_arrays(self) -> None:
-        """(Re)open every array, reading its current shape."""
+        """(Re)open every array, reading its current shape. A store written before the origin
+        fields existed gets them: a writer adds the arrays (nothing but their metadata is
+        written), a reader sees the defaults."""
         try:
-            self.arrays = {f: self._group[f"data/{f}"] for f in FIELDS}
-            self.arrays.update({m: self._group[f"meta/{m}"] for m in META})
+            data = self._group["data"]
+            self.arrays = {f: data[f] for f in STORED_FIELDS
+                           if f not in ORIGIN_DEFAULTS or f in data}
+            rows = self.arrays["obs"].shape[0]
+            meta = {m: self._group[f"meta/{m}"] for m in META}
         except Exception as e:
             raise _corrupt(self.path, e) from None
+        for field in ORIGIN_DEFAULTS.keys() - self.arrays.keys():
+            if self._zstore.read_only:
+                self.arrays[field] = _Filled(rows, STORED_FIELDS[field][0], ORIGIN_DEFAULTS[field])
+            else:
+                attrs = self.attrs
+                self.arrays[field] = _create_data_array(data, field, rows, attrs["obs_dim"],
+                                                        attrs["act_dim"], attrs["chunk_rows"])
+                sync(self._zstore.sync_dirs())
+        self.arrays.update(meta)
 
     def reopen(self) -> None:
         """Reader: re-read the group and the arrays' shapes (after a writer grew them)."""
