@@ -90,7 +90,7 @@ def test_a_commit_on_a_full_disk_keeps_every_committed_row(small_fs):
     filler = fill(small_fs)
     s.append_rows(expected_rows(100, 300))      # a rewritten chunk and new ones: pages each
     with pytest.raises(StoreWriteError, match=rf"^commit not written: {small_fs}/s/.*: No space "
-                                              r"left on device \(\d+ bytes free\); rows committed "
+                                              r"left on device \([\d.]+ (bytes|KiB) free\); rows committed "
                                               r"before are intact$"):
         s.flush()
     assert (len(s), s.num_buffered) == (100, 200)

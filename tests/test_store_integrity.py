@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from o2o_robot.data.schema import FIELDS
+from o2o_robot.data.schema import FIELDS, STORED_FIELDS
 from o2o_robot.data.store import (MARKER, StoreCorruptError, StoreError, TransitionStore,
                                   repair)
 from o2o_robot.data.store.layout import META
@@ -184,7 +184,7 @@ def test_a_writer_adds_sums_to_a_store_that_has_none(tmp_path):
     path = make_store(tmp_path / "s", checksums=False)
     with TransitionStore.open(path, "a") as w:
         w.append_rows(expected_rows(30, 33))
-    assert json.loads((path / MARKER).read_text())["crc32"].keys() == {*FIELDS, *META_NAMES}
+    assert json.loads((path / MARKER).read_text())["crc32"].keys() == {*STORED_FIELDS, *META_NAMES}
     damage(path, "deleted")
     assert TransitionStore.open(path).validate()[0].startswith(str(path / "data/obs/c.1.0"))
 
@@ -260,3 +260,27 @@ def test_an_interrupted_append_episode_keeps_nothing_of_that_episode(tmp_path, m
     store = TransitionStore.open(path)
     assert (store.notes, [e["end"] for e in store.episodes()]) == ({"done": 2}, [10, 20])
     same_rows(path, 20)
+
+
+def test_a_checksummed_store_from_before_the_origin_columns_gains_them_with_their_sums(tmp_path):
+    """A store written with checksums but before `robot`/`seq` existed (no such arrays, no sums
+    for them in its marker) reads and validates as it is; its next writer adds the two arrays
+    and sums them, so the marker covers every array again."""
+    import shutil
+
+    path = make_store(tmp_path / "s")
+    marker = json.loads((path / MARKER).read_text())
+    for name in ("robot", "seq"):
+        shutil.rmtree(path / "data" / name)
+        del marker["crc32"][name]
+    (path / MARKER).write_text(json.dumps(marker))
+    with TransitionStore.open(path) as old:
+        assert old.validate() == []
+        assert set(old.read(["robot"])["robot"]) == {0} and set(old.read(["seq"])["seq"]) == {-1}
+    with TransitionStore.open(path, "a") as writer:     # sums what its marker lacks, at open
+        writer.append_episode(expected_rows(30, 40), success=True)
+    assert json.loads((path / MARKER).read_text())["crc32"].keys() == {*STORED_FIELDS, *META_NAMES}
+    with TransitionStore.open(path) as new:
+        assert new.validate() == []
+        assert set(new.read(["seq"])["seq"]) == {-1}
+    same_rows(path, 40)

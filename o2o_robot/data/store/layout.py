@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from o2o_robot.data.schema import FIELDS
+from o2o_robot.data.schema import STORED_FIELDS
 
 MARKER, LOCK = "commit.json", "write.lock"
 # meta/<name> arrays, one entry per completed episode
@@ -20,7 +20,7 @@ def ceil_to(n: int, chunk: int) -> int:
 
 def array_dir(name: str) -> str:
     """Directory of array `name` in the store: data/<field> or meta/<name>."""
-    return f"data/{name}" if name in FIELDS else f"meta/{name}"
+    return f"data/{name}" if name in STORED_FIELDS else f"meta/{name}"
 
 
 def chunk_file(name: str, k: int, ndim: int) -> str:
@@ -31,4 +31,4 @@ def chunk_file(name: str, k: int, ndim: int) -> str:
 
 def chunk_sizes(chunk_rows: int) -> dict[str, int]:
     """Rows per time chunk of every array: `chunk_rows` for data/, META_CHUNK for meta/."""
-    return {**{f: chunk_rows for f in FIELDS}, **{m: META_CHUNK for m in META}}
+    return {**{f: chunk_rows for f in STORED_FIELDS}, **{m: META_CHUNK for m in META}}

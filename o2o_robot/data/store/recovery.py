@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from o2o_robot.data.lock import WriteLock
-from o2o_robot.data.schema import FIELDS
+from o2o_robot.data.schema import STORED_FIELDS as FIELDS
 from o2o_robot.data.store.errors import (StoreCorruptError, StoreError, StoreLockedError,
                                          StoreWriteError)
 from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
