@@ -215,7 +215,8 @@ def test_an_interrupted_generation_is_completed_by_the_same_command(tmp_path, si
     config = tmp_path / "flush.yaml"     # commit after every episode: kill -9 keeps them
     config.write_text("store:\n  flush_every: 1\n")
     # 40 short episodes: the generation must still be running when the signal lands, also on a
-    # loaded machine where this process reads "demo 3/" late (with 12, all were done first in one full-suite run at load 8).
+    # loaded machine where this process reads "demo 3/" late (with 12, all were done first once,
+    # in a full-suite run at load 8).
     args = ("demos", "generate", "--task", "reach", "--episodes", 40, "--seed", 5,
             "--config", config)
     whole, cut = tmp_path / "whole.zarr", tmp_path / "cut.zarr"
