@@ -216,6 +216,18 @@ def evaluate_policy(policy_path: str, cfg_json: dict, episodes: int) -> dict:
         env.close()
 
 
+def budget_end(session, env_steps: int, now: float) -> str | None:
+    """Why a run (finetune's or the fleet's session: cfg, stop_when_solved, solved_at,
+    max_wall_s, started) ends now on its budget, or None: "steps", "solved", "wall_time"."""
+    if env_steps >= session.cfg.train.total_env_steps:
+        return "steps"
+    if session.stop_when_solved and session.solved_at is not None:
+        return "solved"
+    if session.max_wall_s is not None and now - session.started > session.max_wall_s:
+        return "wall_time"
+    return None
+
+
 class _Session:
     """Episodes, evaluations, logging and the progress line of one run (supervisor thread)."""
 
@@ -274,13 +286,7 @@ class _Session:
             if stats.get("state") in ("crashed", "died") and stats.get("gave_up", True):
                 actor.pace_learner = False   # nothing more will come; the actor keeps going
                 return "learner_" + stats["state"]
-        if actor.env_steps >= self.cfg.train.total_env_steps:
-            return "steps"
-        if self.stop_when_solved and self.solved_at is not None:
-            return "solved"
-        if self.max_wall_s is not None and now - self.started > self.max_wall_s:
-            return "wall_time"
-        return None
+        return budget_end(self, actor.env_steps, now)
 
     def episode(self, summary, env_step: int, policy_version: int | None) -> None:
         self.episodes += 1

@@ -83,13 +83,8 @@ class _Session:
             self._report(now)
         if not self.fleet.alive("learner"):
             return "learner_exited"
-        if self.env_steps >= self.cfg.train.total_env_steps:
-            return "steps"
-        if self.stop_when_solved and self.solved_at is not None:
-            return "solved"
-        if self.max_wall_s is not None and now - self.started > self.max_wall_s:
-            return "wall_time"
-        return None
+        from o2o_robot.ros.finetune import budget_end
+        return budget_end(self, self.env_steps, now)
 
     def _episode(self, name: str, event: dict) -> None:
         robot = self.robots[name]
