@@ -3,11 +3,13 @@ the next-frame rule.
 
 Each frame is stored once (DESIGN.md "Observations"): `frames/<camera>` holds row i's
 observation frame; row i's *next* frame is row i+1's frame while the episode goes on, and for
-an episode's last row it is `frame_ends/<camera>[e]` (episode e). The entry after the last
-completed episode belongs to the open episode: it holds the next frame of its newest committed
-row, so a writer that dies mid-episode leaves the open episode's rows with a next frame, and a
-later `end_episode()` (the learner closes a cut episode) keeps it.
+an episode's last row it is `frame_ends/<camera>[e]` (episode e), written with the episode's
+end. Both arrays are append-only: a commit never changes a committed entry, so a writer killed
+mid-commit cannot change what the marker covers (integrity.py).
 
+The newest row of an open episode has no stored next frame yet (its next row, or its episode's
+end, brings it): it reads its own frame. So does the last row of an episode cut by a crash and
+closed later (the writer keeps the next frame it was given in memory until the episode ends).
 A producer that does not know a row's next frame (it passes none) gets the row's own frame as
 its next frame: only an episode's last row's is ever used.
 """
@@ -86,25 +88,21 @@ def check_block_next(frames: dict, next_frames, cameras: dict, n: int) -> dict:
     return {name: f[-1] for name, f in nxt.items()}
 
 
-def ends_length(episodes: int, open_rows: int) -> int:
-    """Committed entries of a frame_ends array: one per episode, one more for an open one."""
-    return episodes + (1 if open_rows else 0)
-
-
 def next_frame_index(i: np.ndarray, ends: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Where row i's next frame is: (use_end, where), `where` a frames row (i + 1) or, where
-    `use_end`, a frame_ends entry (the row's episode). `ends`: committed episode ends; rows
-    past the last end belong to the open episode (entry len(ends))."""
+    """Where row i's next frame is: (use_end, where), `where` a frames row (i + 1, or i itself
+    for the open episode's newest row) or, where `use_end`, a frame_ends entry (the row's
+    episode). `ends`: the committed episode ends."""
     i = np.asarray(i, np.int64)
     episode = np.searchsorted(ends, i, side="right")
-    last = np.isin(i + 1, ends) | (i + 1 == rows)
-    return last, np.where(last, episode, i + 1)
+    last = np.isin(i + 1, ends)
+    return last, np.where(last, episode, np.minimum(i + 1, rows - 1))
 
 
 class FrameStage:
     """The writer's frame buffers, beside `staging.Stage`: per camera the frames from the last
-    committed frame chunk's start on, and the frame_ends entries from the chunk holding the
-    open episode's entry on. Row and episode numbers are the store's (global)."""
+    committed frame chunk's start on, the frame_ends entries from the chunk of the next one on,
+    and the next frame of the newest row (`pending`, written as the end entry when its episode
+    ends). Row and episode numbers are the store's (global)."""
 
     def __init__(self, cameras: dict[str, tuple], flush_every: int):
         self.cameras = cameras
@@ -114,12 +112,12 @@ class FrameStage:
         self.ends: dict[str, np.ndarray] = {}
         self.r0, self.e0 = {}, {}   # global row / episode of buffer entry 0, per camera
         self.rows = self.episode = 0   # rows staged (global end); the open episode's index
+        self.pending: dict[str, np.ndarray] = {}
 
     def load(self, rows: int, episodes: int, open_rows: int, read) -> None:
         """Start after a committed store of `rows` rows and `episodes` episodes (`open_rows`
         of them after the last end); `read(array, start, stop)` gives committed entries."""
         self.rows, self.episode = rows, episodes
-        n_ends = ends_length(episodes, open_rows)
         for name, shape in self.cameras.items():
             c = self.chunk[name]
             r0, e0 = rows // c * c, episodes // c * c
@@ -127,7 +125,9 @@ class FrameStage:
             self.frames[name] = np.zeros((ceil_to(rows - r0 + self._room + 1, c),) + shape, np.uint8)
             self.frames[name][:rows - r0] = read(FRAMES + name, r0, rows)
             self.ends[name] = np.zeros((ceil_to(episodes - e0 + 2, c),) + shape, np.uint8)
-            self.ends[name][:n_ends - e0] = read(FRAME_ENDS + name, e0, n_ends)
+            self.ends[name][:episodes - e0] = read(FRAME_ENDS + name, e0, episodes)
+            if open_rows:   # a cut episode: its newest row's next frame was never stored
+                self.pending[name] = read(FRAMES + name, rows - 1, rows)[0]
 
     def put(self, frames: dict, last_next: dict) -> None:
         """Stage a block of checked frames ([k, H, W, C] per camera) and the next frame of its
@@ -137,9 +137,7 @@ class FrameStage:
             i = self.rows - self.r0[name]
             self.frames[name] = _room_for(self.frames[name], i + k)
             self.frames[name][i:i + k] = block
-            j = self.episode - self.e0[name]
-            self.ends[name] = _room_for(self.ends[name], j + 1)
-            self.ends[name][j] = last_next[name]
+            self.pending[name] = last_next[name]
         self.rows += k
 
     def put_row(self, frames: dict, next_frames: dict | None) -> None:
@@ -148,31 +146,33 @@ class FrameStage:
         for name, frame in frames.items():
             buf = self.frames[name] = _room_for(self.frames[name], i - self.r0[name] + 1)
             buf[i - self.r0[name]] = frame
-            j = self.episode - self.e0[name]
-            self.ends[name] = _room_for(self.ends[name], j + 1)
-            self.ends[name][j] = frame if next_frames is None else next_frames[name]
+            self.pending[name] = frame if next_frames is None else next_frames[name]
         self.rows = i + 1
 
-    def end_episode(self) -> None:
-        """The open episode's entry (already its last row's next frame) is final."""
+    def end_episode(self, next_frames: dict | None = None) -> None:
+        """The open episode ends: its newest row's next frame (or `next_frames`) becomes its
+        end entry."""
+        for name in self.cameras:
+            j = self.episode - self.e0[name]
+            self.ends[name] = _room_for(self.ends[name], j + 1)
+            self.ends[name][j] = self.pending[name] if next_frames is None else next_frames[name]
         self.episode += 1
 
-    def mark(self) -> tuple[int, int]:
-        return self.rows, self.episode
+    def mark(self) -> tuple:
+        return self.rows, self.episode, dict(self.pending)
 
-    def rewind(self, mark: tuple[int, int]) -> None:
+    def rewind(self, mark: tuple) -> None:
         """Back to `mark` (rows and ends staged after it are ignored and overwritten)."""
-        self.rows, self.episode = mark
+        self.rows, self.episode, self.pending = mark[0], mark[1], dict(mark[2])
 
-    def chunks(self, open_rows: int) -> list[tuple[str, int, np.ndarray]]:
+    def chunks(self) -> list[tuple[str, int, np.ndarray]]:
         """(array, start, block): whole chunks covering the uncommitted frames and end entries
-        (padded with zeros), given `open_rows` staged rows after the last episode end."""
+        (padded with zeros)."""
         jobs = []
-        n_ends = ends_length(self.episode, open_rows)
         for name in self.cameras:
             c = self.chunk[name]
             for arr, buf, start, stop in ((FRAMES, self.frames, self.r0, self.rows),
-                                          (FRAME_ENDS, self.ends, self.e0, n_ends)):
+                                          (FRAME_ENDS, self.ends, self.e0, self.episode)):
                 n = stop - start[name]
                 padded = ceil_to(n, c)
                 buf[name] = _room_for(buf[name], padded)
@@ -188,7 +188,7 @@ class FrameStage:
         for name in self.cameras:
             c = self.chunk[name]
             for buf, start, first, valid in ((self.frames, self.r0, self.rows, self.rows),
-                                             (self.ends, self.e0, self.episode, self.episode + 1)):
+                                             (self.ends, self.e0, self.episode, self.episode)):
                 new = first // c * c
                 keep = new - start[name]
                 if keep:

@@ -9,7 +9,6 @@ import numpy as np
 from o2o_robot.data.schema import FLOAT_FIELDS, READABLE_SCHEMA_VERSIONS, SOURCES, row_shape
 from o2o_robot.data.schema import STORED_FIELDS as FIELDS
 from o2o_robot.data.store.episodes import EpisodeLog
-from o2o_robot.data.store.frames import ends_length
 from o2o_robot.data.store.layout import FRAME_ENDS, FRAMES, META, array_dir
 
 
@@ -53,7 +52,7 @@ def cameras(store) -> dict:
     writer's last chunk may hold uncommitted frames too)."""
     out = {}
     for cam, shape in store.cameras.items():
-        stored = len(store) + ends_length(store.num_episodes, store.open_episode_rows)
+        stored = len(store) + store.num_episodes
         disk = sum(_disk_bytes(store.path / array_dir(p + cam)) for p in (FRAMES, FRAME_ENDS))
         out[cam] = {"shape": list(shape), "frames": len(store),
                     "end_frames": stored - len(store), "raw_bytes_per_frame": int(np.prod(shape)),
@@ -81,7 +80,7 @@ def validate(store, log: EpisodeLog, arrays: dict, attrs: dict, reader) -> list[
     if attrs.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
         problems.append(f"schema_version {attrs.get('schema_version')!r} is not one of "
                         f"{READABLE_SCHEMA_VERSIONS}")
-    lengths = store._lengths(n, e, store.open_episode_rows)
+    lengths = store._lengths(n, e)
     for name, arr in arrays.items():
         length = lengths[name]
         want, dtype = _layout(store, name)

@@ -20,7 +20,6 @@ from o2o_robot.data.schema import STORED_FIELDS as FIELDS
 from o2o_robot.data.store.errors import (StoreCorruptError, StoreError, StoreLockedError,
                                          StoreWriteError)
 from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
-from o2o_robot.data.store.frames import ends_length
 from o2o_robot.data.store.layout import FRAME_ENDS, FRAMES, LOCK, MARKER, META, chunk_sizes
 from o2o_robot.fsutil import os_error_line
 
@@ -162,13 +161,12 @@ def _rebuild(path: Path, was: str) -> dict:
                                 f"closed the store leaves: which rows were committed cannot be "
                                 f"told; nothing was changed")
     lengths = {**{f: rows for f in data}, **{m: episodes for m in META}}
-    for c in cameras:   # the open episode's end frame (if any) was trimmed in with its rows
-        lengths[FRAME_ENDS + c] = ends_length(episodes, store.open_episode_rows)
-        if shapes[FRAME_ENDS + c] < lengths[FRAME_ENDS + c]:
+    for c in cameras:   # end frames: one per episode
+        lengths[FRAME_ENDS + c] = episodes
+        if shapes[FRAME_ENDS + c] != episodes:
             raise StoreCorruptError(f"{path}: cannot rebuild {MARKER}: meta/frame_ends/{c} holds "
-                                    f"{shapes[FRAME_ENDS + c]} entries, {episodes} episodes and "
-                                    f"{store.open_episode_rows} open rows need "
-                                    f"{lengths[FRAME_ENDS + c]}; nothing was changed")
+                                    f"{shapes[FRAME_ENDS + c]} entries for {episodes} episodes; "
+                                    f"nothing was changed")
     sums = sum_all(CheckedReader(files, chunk_sizes(store.chunk_rows, cameras)), lengths)
     marker = {**candidate, "crc32": sums.to_marker()}
     if not marker["notes"]:

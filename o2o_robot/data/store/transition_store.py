@@ -21,7 +21,7 @@ from o2o_robot.data.store import inspection
 from o2o_robot.data.store.episodes import EpisodeLog
 from o2o_robot.data.store.errors import StoreCorruptError, StoreError, StoreValueError
 from o2o_robot.data.store.frames import (FrameStage, check_block_next, check_cameras,
-                                         check_frames, ends_length, next_frame_index)
+                                         check_frames, next_frame_index)
 from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
 from o2o_robot.data.store.layout import FRAME_ENDS, FRAMES, MARKER, META, chunk_sizes
 from o2o_robot.data.store.recovery import (check_marker_fits, check_root, lay_out, make_store_dir,
@@ -169,7 +169,7 @@ class TransitionStore:
         self._frames = FrameStage(self.cameras, self.flush_every)
         self._frames.load(rows, log.committed, self.open_episode_rows,
                           lambda name, a, b: self._reader.read(name, a, b, b))
-        lengths = self._lengths(rows, log.committed, self.open_episode_rows)
+        lengths = self._lengths(rows, log.committed)
         sums = self._reader.sums
         if self._checksums and sums is None:   # written before checksums
             self._reader.sums = sum_all(self._reader, lengths)
@@ -297,14 +297,21 @@ class TransitionStore:
         self._stage.put_block(block)
         self._log.add(block["source"][0], float(block["reward"].sum(dtype=np.float64)))
 
-    def end_episode(self, *, success: bool | None = None) -> None:
+    def end_episode(self, *, success: bool | None = None, next_frames=None) -> None:
         """Close the current episode (return = sum of its rewards, source = its first row's).
+        `next_frames` ({camera: [H, W, C]}) replaces its last row's next frame (frames.py: a
+        writer that resumes a cut episode has none but the row's own).
 
         The boundary is buffered like rows and becomes durable at the next commit.
         """
         self._check_writable()
+        try:
+            nxt = None if next_frames is None else check_frames(next_frames, self.cameras,
+                                                                 what="next_frames")
+        except ValueError as e:
+            raise StoreValueError(str(e)) from None
         self._log.end(self._stage.end, success)
-        self._frames.end_episode()
+        self._frames.end_episode(nxt)
 
     def flush(self) -> None:
         """Write the buffer and commit: chunks (and their directories) first, then the marker.
@@ -316,14 +323,14 @@ class TransitionStore:
         if end == self._rows and log.n == log.committed and self._staged_notes == self._notes:
             return
         jobs = stage.chunks() if end > self._rows else []
-        jobs += log.chunks() + self._frames.chunks(end - log.last_end(log.n))
+        jobs += log.chunks() + self._frames.chunks()
         marker = {"rows": end, "episodes": log.n, "time": time.time()}
         if self._staged_notes:
             marker["notes"] = self._staged_notes
         sums = None
         if self._checksums:   # of exactly the rows this marker commits (integrity.py)
             sums = self._reader.sums.copy()
-            lengths = self._lengths(end, log.n, end - log.last_end(log.n))
+            lengths = self._lengths(end, log.n)
             for name, start, block in jobs:
                 sums.record(name, start, block, lengths[name])
             marker["crc32"] = sums.to_marker()
@@ -342,8 +349,7 @@ class TransitionStore:
         try:
             if self.writable:
                 self.flush()
-                self._files.trim(self._lengths(self._rows, self._log.committed,
-                                               self.open_episode_rows))
+                self._files.trim(self._lengths(self._rows, self._log.committed))
         finally:
             self._closed = True
             if self.writable:
@@ -357,12 +363,11 @@ class TransitionStore:
             if self.writable:
                 self._lock.release()
 
-    def _lengths(self, rows: int, episodes: int, open_rows: int) -> dict[str, int]:
-        """Committed length of every array for `rows` rows and `episodes` episodes, `open_rows`
-        of the rows after the last end."""
+    def _lengths(self, rows: int, episodes: int) -> dict[str, int]:
+        """Committed length of every array for `rows` rows and `episodes` episodes."""
         out = {**{f: rows for f in FIELDS}, **{m: episodes for m in META}}
         for cam in self.cameras:
-            out[FRAMES + cam], out[FRAME_ENDS + cam] = rows, ends_length(episodes, open_rows)
+            out[FRAMES + cam], out[FRAME_ENDS + cam] = rows, episodes
         return out
 
     def __enter__(self) -> "TransitionStore":
@@ -400,7 +405,7 @@ class TransitionStore:
                 raise missing_marker_error(self.path)
             rows, episodes, self._notes = marker["rows"], marker["episodes"], marker["notes"]
             if (rows, episodes) != (self._rows, self._log.committed):
-                shapes, lengths = files.shapes(), self._lengths(rows, episodes, 1)
+                shapes, lengths = files.shapes(), self._lengths(rows, episodes)
                 if any(shapes[f] < n for f, n in lengths.items()):
                     files.reopen()   # the writer grew them: re-read their shapes
                 check_marker_fits(self.path, files.shapes(), rows)
@@ -439,11 +444,11 @@ class TransitionStore:
                                           log.meta["episode_ends"][:log.committed], self._rows)
         out = np.empty((stop - start,) + self.cameras[camera], np.uint8)
         inner = np.flatnonzero(~use_end)
-        out[inner] = ext[inner + 1]
+        out[inner] = ext[where[inner] - start]
         if use_end.any():
             e = where[use_end]
-            n = ends_length(log.committed, self.open_episode_rows)
-            ends = self._reader.read(FRAME_ENDS + camera, int(e.min()), int(e.max()) + 1, n)
+            ends = self._reader.read(FRAME_ENDS + camera, int(e.min()), int(e.max()) + 1,
+                                     log.committed)
             out[use_end] = ends[e - e.min()]
         return out
 
