@@ -153,8 +153,12 @@ class FramePool:
         nx = np.concatenate([st[:, 1:], self.next_ref[slots][:, None]], axis=1)
         out = {}
         for n, (h, w, c) in self.cameras.items():
-            k = self.stacks[n]
+            k, pixel = self.stacks[n], np.dtype((np.void, c))
+            # A pixel's C bytes move as one item: interleaving frames byte by byte is ~2x slower.
+            src = self.pool[n].reshape(len(self.pool[n]), h * w * c).view(pixel)
             for key, idx in (("pixels/", st), ("next_pixels/", nx)):
-                f = self.pool[n][idx[:, self.depth - k:]]              # [B, S, H, W, C]
-                out[key + n] = f.transpose(0, 2, 3, 1, 4).reshape(len(slots), h, w, k * c)
+                dst = np.empty((len(slots), h * w, k), pixel)
+                for j, col in enumerate(range(self.depth - k, self.depth)):
+                    dst[:, :, j] = src[idx[:, col]]
+                out[key + n] = dst.view(np.uint8).reshape(len(slots), h, w, k * c)
         return out
