@@ -36,10 +36,11 @@ def expected_frames(start: int, stop: int, camera: str) -> np.ndarray:
         np.zeros((0,) + CAMERAS[camera], np.uint8)
 
 
-def expected_next_frames(start: int, stop: int, camera: str, rows: int) -> np.ndarray:
-    """Next frames of rows [start, stop) of a store of `rows` rows, whose newest row, when its
-    episode is open, reads its own frame (frames.py)."""
-    return np.stack([frame(END + i if i % EP == EP - 1 else i if i == rows - 1 else i + 1, camera)
+def expected_next_frames(start: int, stop: int, camera: str, open_row: int = -1) -> np.ndarray:
+    """Next frames of rows [start, stop); `open_row`, the newest row of a store whose last
+    episode is open, reads its own frame (frames.py), even when it is the episode's last row
+    and only its end was not committed yet."""
+    return np.stack([frame(i if i == open_row else END + i if i % EP == EP - 1 else i + 1, camera)
                      for i in range(start, stop)])
 
 
@@ -71,7 +72,7 @@ def main(path: str, flush_every: str, mode: str, progress: str, max_rows: str = 
         n = 1 if mode.startswith("row") else int(min(rng.integers(1, 38), EP - i % EP))
         rows = expected_rows(i, i + n)
         frames = {c: expected_frames(i, i + n, c) for c in CAMERAS} if cams else None
-        nxt = {c: expected_next_frames(i, i + n, c, -1) for c in CAMERAS} if cams else None
+        nxt = {c: expected_next_frames(i, i + n, c) for c in CAMERAS} if cams else None
         if mode.startswith("row"):
             store.append(**{f: v[0] for f, v in rows.items()},
                          frames=cams and {c: f[0] for c, f in frames.items()} or None,

@@ -98,6 +98,22 @@ def next_frame_index(i: np.ndarray, ends: np.ndarray, rows: int) -> tuple[np.nda
     return last, np.where(last, episode, np.minimum(i + 1, rows - 1))
 
 
+def next_frames(camera: str, start: int, stop: int, rows: int, ends: np.ndarray, read_frames,
+                read_ends) -> np.ndarray:
+    """Next frames of committed rows [start, stop) of `camera` in a store of `rows` rows with
+    episode `ends`; `read_frames(array, a, b)` / `read_ends(array, a, b)` read committed
+    entries of the frames / frame_ends arrays."""
+    ext = read_frames(FRAMES + camera, start, min(stop + 1, rows))
+    use_end, where = next_frame_index(np.arange(start, stop), ends, rows)
+    out = np.empty((stop - start,) + ext.shape[1:], np.uint8)
+    inner = np.flatnonzero(~use_end)
+    out[inner] = ext[where[inner] - start]
+    if use_end.any():
+        e = where[use_end]
+        out[use_end] = read_ends(FRAME_ENDS + camera, int(e.min()), int(e.max()) + 1)[e - e.min()]
+    return out
+
+
 class FrameStage:
     """The writer's frame buffers, beside `staging.Stage`: per camera the frames from the last
     committed frame chunk's start on, the frame_ends entries from the chunk of the next one on,

@@ -21,7 +21,7 @@ from o2o_robot.data.store import inspection
 from o2o_robot.data.store.episodes import EpisodeLog
 from o2o_robot.data.store.errors import StoreCorruptError, StoreError, StoreValueError
 from o2o_robot.data.store.frames import (FrameStage, check_block_next, check_cameras,
-                                         check_frames, next_frame_index)
+                                         check_frames, next_frames)
 from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
 from o2o_robot.data.store.layout import FRAME_ENDS, FRAMES, MARKER, META, chunk_sizes
 from o2o_robot.data.store.recovery import (check_marker_fits, check_root, lay_out, make_store_dir,
@@ -199,12 +199,15 @@ class TransitionStore:
             row = self._check_row(obs, action, reward, next_obs, terminated, truncated, source,
                                   policy_version, time.time() if timestamp is None else timestamp,
                                   robot, seq)
-            frames = check_frames(frames, self.cameras)
-            if next_frames is not None:
-                next_frames = check_frames(next_frames, self.cameras, what="next_frames")
+            cams = self.cameras or frames is not None or next_frames is not None
+            if cams:   # (a vector-only store's hot path skips this)
+                frames = check_frames(frames, self.cameras)
+                if next_frames is not None:
+                    next_frames = check_frames(next_frames, self.cameras, what="next_frames")
         except ValueError as e:
             raise StoreValueError(str(e)) from None
-        self._frames.put_row(frames, next_frames)
+        if cams:
+            self._frames.put_row(frames, next_frames)
         self._log.add(row["source"], self._stage.put_row(row))
         if self.num_buffered >= self.flush_every:
             self.flush()
@@ -437,20 +440,11 @@ class TransitionStore:
         """Next frames of committed rows [start, stop) of `camera` (uint8 [n, H, W, C]): the
         next row's frame within an episode, the episode's end frame for its last row."""
         start, stop, _ = slice(start, stop).indices(self._rows)
-        stop = max(stop, start)
-        ext = self.read_frames(camera, start, min(stop + 1, self._rows))
         log = self._log
-        use_end, where = next_frame_index(np.arange(start, stop),
-                                          log.meta["episode_ends"][:log.committed], self._rows)
-        out = np.empty((stop - start,) + self.cameras[camera], np.uint8)
-        inner = np.flatnonzero(~use_end)
-        out[inner] = ext[where[inner] - start]
-        if use_end.any():
-            e = where[use_end]
-            ends = self._reader.read(FRAME_ENDS + camera, int(e.min()), int(e.max()) + 1,
-                                     log.committed)
-            out[use_end] = ends[e - e.min()]
-        return out
+        return next_frames(camera, start, max(stop, start), self._rows,
+                           log.meta["episode_ends"][:log.committed],
+                           lambda name, a, b: self._reader.read(name, a, b, self._rows),
+                           lambda name, a, b: self._reader.read(name, a, b, log.committed))
 
     def episodes(self) -> list[dict]:
         """Completed episodes: index, start, end, length, source (name), return, success."""
