@@ -79,15 +79,6 @@ class CoreState:
 DEFAULT_FRAME_STACK = 3
 
 
-def store_cameras(cfg: O2OConfig) -> dict[str, tuple[int, int, int]]:
-    """{camera: (H, W, C)} of the config's `robot.cameras` (`config.camera_shapes`): what a
-    learner's store is created with ({} for a config module without cameras)."""
-    from o2o_robot import config
-
-    shapes = getattr(config, "camera_shapes", None)   # see frame_stacks
-    return shapes(cfg) if shapes is not None else {}
-
-
 def frame_stacks(cfg: O2OConfig, cameras) -> dict[str, int]:
     """Frames stacked per camera of the store: the config's `robot.cameras[].frame_stack`
     (`config.frame_stacks`), DEFAULT_FRAME_STACK for a camera the config does not name."""

@@ -270,7 +270,7 @@ class _Worker:
     def __init__(self, cfg: O2OConfig, run_dir: Path, agent_factory, inbox, policies, stats,
                  stop, progress):
         from o2o_robot.data.store import TransitionStore
-        from o2o_robot.learning.core import LearnerCore, store_cameras
+        from o2o_robot.learning.core import LearnerCore
 
         # Beside an actor node: one core is left to its tick (learning/threads.py).
         self.threads = ThreadTuner(cfg.learner.torch_threads, reserve=1)
@@ -281,8 +281,7 @@ class _Worker:
         self.progress = progress
         robot = cfg.robot
         self.store = TransitionStore.open_or_create(cfg.store.path, robot.obs_dim, robot.act_dim,
-                                                    flush_every=cfg.store.flush_every,
-                                                    cameras=store_cameras(cfg))
+                                                    flush_every=cfg.store.flush_every)
         try:
             self.core = LearnerCore.open(cfg, self.store, run_dir, resume=True,
                                          agent_factory=agent_factory)
