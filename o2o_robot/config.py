@@ -111,7 +111,7 @@ class CameraSource(Model):
     (nearest pixel; the area mean when shrinking by a whole factor) and converted to
     `channels`. Image encodings: rgb8, bgr8, mono8; CompressedImage: jpeg, png."""
 
-    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description=(
         "identifier of the camera (e.g. 'front'): the key of its frames in observations, "
         "batches, the store and the policy's inputs; not 'state'"))
     topic: str = Field(description="ROS topic (relative names resolve in the node's namespace)")

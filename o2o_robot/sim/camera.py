@@ -118,3 +118,27 @@ class SimCameras:
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join(timeout=10.0)
+
+
+class SimFrames:
+    """The frames the actor would assemble from the sim's cameras: each camera rendered, then
+    cropped, resized and converted by the actor's own FrameAssembler (control/frames.py), so
+    demonstrations generated without ROS hold the frames a robot run would have stored."""
+
+    def __init__(self, model: mujoco.MjModel, cameras: Sequence[CameraSource],
+                 render_size: Sequence[int] | None = None):
+        from o2o_robot.control.frames import FrameAssembler
+
+        self._cams = SimCameras(model, cameras, render_size)
+        self._asm = FrameAssembler(cameras, strict=True)
+
+    def frames(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
+        """{camera: uint8 [H, W, C]} of the current state, new arrays."""
+        for name in self._cams.names:
+            pixels = self._cams.render(data, name)
+            h, w, _ = pixels.shape
+            self._asm.update_image(name, "rgb8", h, w, w * 3, pixels.reshape(-1), 0.0)
+        return self._asm.newest()
+
+    def close(self) -> None:
+        self._cams.close()
