@@ -190,3 +190,27 @@ def test_a_robot_without_cameras_ticks_as_before():
         feed_state(core, t)
         result = core.tick(t)
     assert "frames" not in result.transition and isinstance(result.transition["obs"], np.ndarray)
+
+
+def test_a_silent_camera_is_named_in_the_missing_observations_warning():
+    from o2o_robot.control.observation import ObservationAssembler
+    from o2o_robot.control.status import OBS_WAIT_WARN_S, MissingObservations
+
+    robot = RobotSpec(cameras=[cam(), cam(name="wrist", topic="wrist/jpeg",
+                                          type="compressed_image")])
+    obs, frames = ObservationAssembler(robot), FrameAssembler(robot.cameras)
+    assert obs.update_joint_state("joint_states", JOINTS, [0.0] * 3, [0.0] * 3, stamp_s=0.0)
+    assert obs.update_array("task_obs", [0.0] * 6, stamp_s=0.0)
+    assert frames.update_image("front", "rgb8", 2, 4, 12, bytes(24), 0.0)
+    frames.update_compressed("wrist", "jpeg", b"junk", 0.0)
+    missing = MissingObservations(0.0, lambda t: f"/ns/{t}")
+    level, text = missing.check(obs, robot.observations, OBS_WAIT_WARN_S + 1, frames,
+                                robot.cameras)
+    assert level == "warning" and "waiting for /ns/wrist/jpeg (compressed_image; 1 dropped: " \
+        "cannot decode the jpeg image" in text and "camera/image" not in text
+    assert frames.update_image("wrist", "rgb8", 2, 4, 12, bytes(24), 1.0) is False   # jpeg cam
+    png = io.BytesIO()
+    Image.fromarray(ramp(2, 4)).save(png, format="PNG")
+    assert frames.update_compressed("wrist", "png", png.getvalue(), 1.0)
+    assert missing.check(obs, robot.observations, OBS_WAIT_WARN_S + 2, frames, robot.cameras) \
+        == ("info", "observations arriving on all 4 topics")

@@ -26,6 +26,23 @@ JOINTS = ["joint1", "joint2", "joint3"]
 OBS_TIMEOUT_MS = 500.0
 
 
+class Rows:
+    """A learner that keeps what the actor hands over (the node's Learner interface)."""
+
+    def __init__(self):
+        self.items = []
+
+    def submit(self, item) -> bool:
+        self.items.append(item)
+        return True
+
+    def poll_policy(self):
+        return None
+
+    def stats(self) -> dict:
+        return {}
+
+
 def png(pixels: np.ndarray) -> bytes:
     data = io.BytesIO()
     PilImage.fromarray(pixels).save(data, format="PNG")
@@ -47,8 +64,9 @@ def a():
              "height": 4, "channels": 1}]}})
     ns = namespace("camera")
     graph = RosGraph(domain_id(1))
-    actor = graph.add(ActorNode(cfg, latency_budget_share=None, context=graph.context,
-                                namespace=ns))
+    rows = Rows()
+    actor = graph.add(ActorNode(cfg, learner=rows, latency_budget_share=None,
+                                context=graph.context, namespace=ns))
     tester = graph.node("tester", ns)
     state = SimpleNamespace(front=True, wrist=True)
     pubs = {"joints": tester.create_publisher(JointState, "joint_states", qos.STREAM),
@@ -71,7 +89,7 @@ def a():
             pubs["wrist"].publish(wrist_msg)
 
     tester.create_timer(0.05, feed)
-    a = SimpleNamespace(graph=graph, actor=actor, state=state, pubs=pubs, ns=ns,
+    a = SimpleNamespace(graph=graph, actor=actor, state=state, pubs=pubs, ns=ns, rows=rows,
                         status=Recorder(tester, String, f"{ns}/o2o_actor/status", status_json,
                                         qos.STATUS))
     yield a
@@ -95,6 +113,12 @@ def test_fresh_images_are_assembled_and_the_actor_acts(a):
                       ["front"] and a.status.last(), 10.0, "a status with camera counts")
     ages = status["core"]["cameras"]["ages_ms"]
     assert set(ages) == {"front", "wrist"} and all(0 <= v < 60_000 for v in ages.values())
+    # The rows handed to the learner carry each camera's newest single frame, once.
+    rows = [r for r in list(a.rows.items) if getattr(r, "frames", None)]
+    assert len(rows) >= 2
+    np.testing.assert_array_equal(rows[0].frames["front"], FRONT[2:6, 4:8])
+    assert rows[0].frames["wrist"].shape == (4, 4, 1)
+    assert any(r.next_frames is n.frames for r, n in zip(rows, rows[1:]))
 
 
 def test_bad_images_are_dropped_counted_and_the_node_lives(a):

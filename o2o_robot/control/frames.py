@@ -139,7 +139,7 @@ class FrameAssembler:
                      data, stamp_s: float) -> bool:
         """A sensor_msgs/Image: `data` holds `height` rows of `step` bytes."""
         try:
-            cam = self._camera(camera, stamp_s)
+            cam = self._camera(camera, "image", stamp_s)
             if encoding not in ENCODINGS:
                 raise BadImage(camera, f"encoding {encoding!r}: expected one of "
                                        f"{', '.join(ENCODINGS)}")
@@ -156,7 +156,7 @@ class FrameAssembler:
     def update_compressed(self, camera: str, fmt: str, data, stamp_s: float) -> bool:
         """A sensor_msgs/CompressedImage: jpeg or png bytes, decoded here (PIL)."""
         try:
-            cam = self._camera(camera, stamp_s)
+            cam = self._camera(camera, "compressed_image", stamp_s)
             kind = compressed_format(fmt)
             if kind is None:
                 raise BadImage(camera, f"format {fmt!r}: expected jpeg or png")
@@ -168,10 +168,12 @@ class FrameAssembler:
             return self._reject(camera, exc)
         return self._write(cam, pixels.reshape(-1), maps, stamp_s)
 
-    def _camera(self, camera: str, stamp_s: float) -> _Camera:
+    def _camera(self, camera: str, kind: str, stamp_s: float) -> _Camera:
         cam = self._cams.get(camera)
         if cam is None:
             raise BadImage(camera, "not a configured camera")
+        if cam.src.type != kind:
+            raise BadImage(camera, f"configured as {cam.src.type}, got a {kind} update")
         if not np.isfinite(stamp_s):
             raise BadImage(camera, f"stamp_s is not finite ({stamp_s!r})")
         return cam

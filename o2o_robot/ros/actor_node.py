@@ -488,7 +488,7 @@ class ActorNode(Node):
         self._status_pub.publish(convert.status_to_msg(self.status()))
         self._sync_policy_path()   # a learner's policy, a NaN rollback: policy_path follows
         said = self._missing.check(self.core.observations, self.cfg.robot.observations,
-                                   time.monotonic())
+                                   time.monotonic(), self.core.cameras, self.cfg.robot.cameras)
         if said is not None:   # one call site per severity: rclpy refuses to mix them
             if said[0] == "warning":
                 self.get_logger().warning(said[1])

@@ -130,7 +130,10 @@ class SimFrames:
         from o2o_robot.control.frames import FrameAssembler
 
         self._cams = SimCameras(model, cameras, render_size)
-        self._asm = FrameAssembler(cameras, strict=True)
+        # The raw render goes in as an rgb8 Image whatever the topic's type (the bridge's png
+        # CompressedImage decodes to the same pixels).
+        self._asm = FrameAssembler([c.model_copy(update={"type": "image"}) for c in cameras],
+                                   strict=True)
 
     def frames(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         """{camera: uint8 [H, W, C]} of the current state, new arrays."""
