@@ -45,6 +45,10 @@ def cmd_config_validate(args) -> int:
     print(f"{path}: ok ({task}obs_dim {spec['obs_dim']}, act_dim {spec['act_dim']}, "
           f"algorithm {cfg.algorithm.name}, reward {cfg.control.reward.source}; {found['store']})")
     print(f"  sim: {found['sim']}")
+    if cfg.robot.cameras:
+        print("  cameras: " + ", ".join(
+            f"{c.name} ({c.type} on {c.topic}, {c.width}x{c.height}x{c.channels}, "
+            f"{c.frame_stack} frames)" for c in cfg.robot.cameras))
     print(f"  {found['demos']}")
     return 0
 

@@ -222,3 +222,12 @@ def test_cameras_default_to_none_and_their_shapes_and_stacks(tmp_path):
 ])
 def test_bad_camera_entries_name_the_key(tmp_path, cams, message):
     assert message in error_of(write(tmp_path, {"robot": {"cameras": cams}}))
+
+
+def test_cli_validate_lists_the_cameras_of_the_pixel_task():
+    out = subprocess.run([sys.executable, "-m", "o2o_robot.cli", "config", "validate",
+                          str(ROOT / "config" / "sim_reach_pixels.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "obs_dim 9, act_dim 3" in out.stdout
+    assert "cameras: front (image on camera/front/image_raw, 48x48x3, 3 frames)" in out.stdout
