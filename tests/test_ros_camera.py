@@ -222,3 +222,62 @@ def test_pixel_demos_collected_through_ros_land_in_the_store_with_frames(tmp_pat
     finally:
         renderer.close()
         env.close()
+
+
+def test_lockstep_pixel_rows_pair_each_frame_with_its_own_state(tmp_path):
+    """Lock-step through ROS 2 topics (the sim bridge steps once per action and publishes the
+    image before the state): every stored row's frame is the render of that row's own state
+    (joints from its obs, the target of its episode), and an episode's last next frame that of
+    its last next_obs: no frame is a step early or late."""
+    from rclpy.parameter import Parameter
+
+    from o2o_robot.data.store import TransitionStore
+    from o2o_robot.ros.scripted_teleop_node import ScriptedTeleopNode
+    from o2o_robot.teleop.recorder import DemoRecorder
+
+    cfg = load_config(resolve_config_path("sim_reach_pixels.yaml"), overrides={
+        "store": {"path": str(tmp_path / "lock.zarr")}, "control": {"max_episode_steps": 10},
+        "sim": {"lockstep": True, "seed": 50}})
+    recorder = DemoRecorder.for_config(cfg)
+    graph = RosGraph(domain_id(0))
+    try:
+        ns, kw = namespace("lockpix"), {"context": graph.context}
+        graph.add(SimBridgeNode(cfg, namespace=ns, **kw))
+        graph.add(ScriptedTeleopNode(cfg, namespace=ns, **kw,
+                                     parameter_overrides=[Parameter("mode", value="demo")]))
+        graph.add(ActorNode(cfg, learner=recorder, latency_budget_share=None, namespace=ns, **kw,
+                            parameter_overrides=[Parameter("mode", value="collect")]))
+        wait_for(lambda: recorder.stats()["stored_episodes"] >= 2, 120.0, "two demo episodes")
+    finally:
+        graph.close()
+        recorder.close()
+    with TransitionStore.open(cfg.store.path) as store:
+        rows, episodes = store.read(["obs", "next_obs"]), store.episodes()
+        frames, nexts = store.read_frames("front"), store.read_next_frames("front")
+    env = make_env(cfg.sim)
+    base = env.unwrapped
+    renderer = SimCameras(base.model, cfg.robot.cameras)
+
+    def render(obs, target) -> np.ndarray:
+        base.set_state(obs[0:6:2], obs[1:6:2], target)
+        return renderer.render(base.data, "front").astype(int)
+
+    try:
+        targets = []
+        for k in range(8):                   # the sim's episodes: seed sim.seed + index
+            base.reset(seed=50 + k)
+            targets.append(base.target_position())
+        checked = 0
+        for ep in episodes[:2]:
+            first = rows["obs"][ep["start"]]
+            target = min(targets, key=lambda t: np.abs(render(first, t) - frames[ep["start"]])
+                         .max())
+            for i in range(ep["start"], ep["end"]):
+                assert np.abs(render(rows["obs"][i], target) - frames[i]).max() <= 3, i
+                checked += 1
+            last = ep["end"] - 1
+            assert np.abs(render(rows["next_obs"][last], target) - nexts[last]).max() <= 3
+        assert checked >= 2
+    finally:
+        renderer.close()
+        env.close()
