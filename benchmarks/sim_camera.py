@@ -9,7 +9,9 @@ rendered at that size), with the arm moving between frames:
   step+render     env.step + render: the sim bridge's work per step with one camera
 
 and the OpenGL renderer in use (llvmpipe = software rendering on the CPU: no GPU, or EGL
-without one). Single process; the render thread is SimCameras' own.
+without one). Single process; the render thread is SimCameras' own. Last, what the actor's
+subscription callback spends per camera image (FrameAssembler.update_image of a 640 x 480
+rgb8 image: crop 448 x 448 and area-shrink to 64 x 64; nearest-pixel resize to 84 x 84).
 
     MUJOCO_GL=egl python benchmarks/sim_camera.py [--frames 300] [--sizes 48 64 84 128]
 """
@@ -85,6 +87,23 @@ def main() -> None:
         print(f"{size:4d}x{size:<4d} | {only(render):9.0f} | {only(convert):16.0f} | "
               f"{per_step:13.0f}", flush=True)
     env.close()
+    print_conversion(args.frames)
+
+
+def print_conversion(frames: int) -> None:
+    """ms per 640 x 480 rgb8 image through the actor's FrameAssembler (its callback's work)."""
+    from o2o_robot.config import CameraSource
+    from o2o_robot.control.frames import FrameAssembler
+
+    pixels = np.random.default_rng(0).integers(0, 256, (480, 640, 3), np.uint8).tobytes()
+    for label, src in (
+            ("crop 448 + area 64x64", CameraSource(name="c", topic="c", type="image", width=64,
+                                                   height=64, crop=[96, 16, 448, 448])),
+            ("nearest 84x84", CameraSource(name="c", topic="c", type="image", width=84,
+                                           height=84))):
+        asm = FrameAssembler([src], strict=True)
+        per_s = rate(lambda: asm.update_image("c", "rgb8", 480, 640, 1920, pixels, 0.0), frames)
+        print(f"actor conversion 640x480 rgb8 -> {label}: {1e3 / per_s:.2f} ms per image")
 
 
 if __name__ == "__main__":

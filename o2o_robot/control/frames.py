@@ -19,7 +19,10 @@ writes nothing: the previous frame and its age are kept, and the drop is counted
 `dropped` with the last reason in `drop_reasons`. A stale camera holds the robot like any stale
 input (ControlCore).
 
-`stamp_s` is the receive time on the tick's clock (as for `ObservationAssembler`).
+`stamp_s` is the receive time on the tick's clock (as for `ObservationAssembler`). A camera's
+image is converted into a back buffer and swapped in under the lock, so a tick on another
+thread never waits for a conversion; one thread at a time may update a given camera (the
+node's callbacks share one mutually exclusive group).
 """
 from __future__ import annotations
 
@@ -64,6 +67,7 @@ class _Camera:
         self.src = src
         self.shape = src.shape
         self.frame = np.zeros(src.shape, dtype=np.uint8)     # the newest accepted frame
+        self.back = np.zeros(src.shape, dtype=np.uint8)      # the one being converted
         self._rgb = np.empty((src.height, src.width, 3), dtype=np.uint8)
         self._acc = np.empty((src.height, src.width, 3), dtype=np.uint32)
         self._key: tuple | None = None
@@ -95,7 +99,7 @@ class _Camera:
         return self._maps
 
     def convert(self, data: np.ndarray, maps: list[np.ndarray]) -> None:
-        """Gather the message bytes into `self.frame` through `maps` (no allocation)."""
+        """Gather the message bytes into `self.back` through `maps` (no allocation)."""
         if len(maps) == 1:
             np.take(data, maps[0], out=self._rgb, mode="clip")   # "raise" would buffer
         else:
@@ -106,7 +110,7 @@ class _Camera:
             np.floor_divide(self._acc, len(maps), out=self._acc, casting="unsafe")
             np.copyto(self._rgb, self._acc, casting="unsafe")
         if self.shape[2] == 3:
-            np.copyto(self.frame, self._rgb)
+            np.copyto(self.back, self._rgb)
             return
         luma, term = self._acc[..., 0], self._acc[..., 1]
         np.multiply(self._rgb[..., 0], LUMA_WEIGHTS[0], out=luma, dtype=np.uint32)
@@ -114,7 +118,7 @@ class _Camera:
             np.multiply(self._rgb[..., c], LUMA_WEIGHTS[c], out=term, dtype=np.uint32)
             np.add(luma, term, out=luma)
         np.right_shift(luma, 8, out=luma)
-        np.copyto(self.frame[..., 0], luma, casting="unsafe")
+        np.copyto(self.back[..., 0], luma, casting="unsafe")
 
 
 class FrameAssembler:
@@ -179,8 +183,9 @@ class FrameAssembler:
         return cam
 
     def _write(self, cam: _Camera, data: np.ndarray, maps: list[np.ndarray], stamp_s: float) -> bool:
+        cam.convert(data, maps)       # into the back buffer: the tick never waits for it
         with self._lock:
-            cam.convert(data, maps)
+            cam.frame, cam.back = cam.back, cam.frame
             self._stamps[cam.src.name] = stamp_s
         self.received[cam.src.name] += 1
         return True
