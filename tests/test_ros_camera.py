@@ -251,7 +251,17 @@ def test_lockstep_pixel_rows_pair_each_frame_with_its_own_state(tmp_path):
     finally:
         graph.close()
         recorder.close()
-    with TransitionStore.open(cfg.store.path) as store:
+    assert check_frames_pair_with_states(cfg, cfg.store.path) >= 2
+
+
+def check_frames_pair_with_states(cfg, path, source: str | None = None) -> int:
+    """Assert that every stored row (of `source`) has the frame of its own state: the render
+    of its obs joints with its episode's target (found among the sim's reset seeds by the
+    episode's first frame), and each episode's last next frame that of its last next_obs.
+    Returns the rows checked."""
+    from o2o_robot.data.store import TransitionStore
+
+    with TransitionStore.open(path) as store:
         rows, episodes = store.read(["obs", "next_obs"]), store.episodes()
         frames, nexts = store.read_frames("front"), store.read_next_frames("front")
     env = make_env(cfg.sim)
@@ -264,11 +274,13 @@ def test_lockstep_pixel_rows_pair_each_frame_with_its_own_state(tmp_path):
 
     try:
         targets = []
-        for k in range(8):                   # the sim's episodes: seed sim.seed + index
-            base.reset(seed=50 + k)
+        for k in range(12):                  # the sim's episodes: seed sim.seed + index
+            base.reset(seed=cfg.sim.seed + k)
             targets.append(base.target_position())
         checked = 0
-        for ep in episodes[:2]:
+        for ep in episodes:
+            if source is not None and ep["source"] != source:
+                continue
             first = rows["obs"][ep["start"]]
             target = min(targets, key=lambda t: np.abs(render(first, t) - frames[ep["start"]])
                          .max())
@@ -277,7 +289,33 @@ def test_lockstep_pixel_rows_pair_each_frame_with_its_own_state(tmp_path):
                 checked += 1
             last = ep["end"] - 1
             assert np.abs(render(rows["next_obs"][last], target) - nexts[last]).max() <= 3
-        assert checked >= 2
+        return checked
     finally:
         renderer.close()
         env.close()
+
+
+def test_lockstep_pixel_finetune_stores_online_rows_with_their_frames(tmp_path):
+    """`o2o-robot finetune --lockstep` on the pixel task: scripted demos with frames, then the
+    actor acting through ROS 2 topics on the rendered camera, its online rows stored by the
+    learner with the frame of each row's own state."""
+    import subprocess
+    import sys
+
+    from o2o_robot.data.store import TransitionStore
+
+    config = tmp_path / "px.yaml"
+    config.write_text(f"base: {resolve_config_path('sim_reach_pixels.yaml')}\n"
+                      "learner: {warmup_steps: 30, utd_ratio: 1, mode: thread}\n"
+                      "train: {demo_episodes: 2}\nsampler: {batch_size: 16}\n")
+    out = subprocess.run([sys.executable, "-m", "o2o_robot.cli", "finetune", "--config",
+                          str(config), "--run-dir", str(tmp_path / "run"), "--steps", "60",
+                          "--lockstep"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    store = tmp_path / "run" / "store.zarr"
+    with TransitionStore.open(store) as reader:
+        counts = reader.counts()
+        assert reader.cameras == {"front": (48, 48, 3)}
+    assert counts["online"]["transitions"] == 60 and counts["demo"]["episodes"] == 2
+    cfg = load_config(config)
+    assert check_frames_pair_with_states(cfg, store, source="online") == 60
