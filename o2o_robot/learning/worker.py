@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-from o2o_robot.config import O2OConfig
+from o2o_robot.config import O2OConfig, camera_shapes
 from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.learning.threads import ThreadTuner, prefer_passive_omp
 
@@ -281,7 +281,8 @@ class _Worker:
         self.progress = progress
         robot = cfg.robot
         self.store = TransitionStore.open_or_create(cfg.store.path, robot.obs_dim, robot.act_dim,
-                                                    flush_every=cfg.store.flush_every)
+                                                    flush_every=cfg.store.flush_every,
+                                                    cameras=camera_shapes(cfg) or None)
         try:
             self.core = LearnerCore.open(cfg, self.store, run_dir, resume=True,
                                          agent_factory=agent_factory)
