@@ -20,6 +20,7 @@ Every image path is on the learner's device; `random_shift` is DrQ's augmentatio
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -91,7 +92,9 @@ class FrozenTrunk(nn.Module):
 
     def __init__(self, module: nn.Module, camera: CameraSpec, out_features: int):
         super().__init__()
-        self.module = module.eval().requires_grad_(False)
+        self.module = module.eval()
+        for p in module.parameters():   # ScriptModules have no requires_grad_()
+            p.requires_grad_(False)
         self.channels, self.frames = camera.channels, camera.frame_stack
         self.out_dim = self.frames * int(out_features)
 
@@ -117,7 +120,9 @@ def load_pretrained(path: str | Path, cameras: Sequence[CameraSpec],
         raise ValueError(f"{key}: {path} does not exist (a TorchScript file made with "
                          f"torch.jit.save; nothing is downloaded)")
     try:
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():   # TorchScript is deprecated upstream, still loads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as err:  # torch.jit raises several private error types
         first = (str(err).strip().splitlines() or [repr(err)])[0]
         raise ValueError(f"{key}: {path} is not a TorchScript module ({first[:200]})") from err

@@ -85,7 +85,9 @@ class UniformWarmupActor(nn.Module):
     noise is standard normal (the probability integral transform), 0 (the middle of the bounds)
     for zero noise, the deterministic action. `obs` enters multiplied by zero so that the graph
     keeps its `obs` input (the policy contract); a NaN observation still gives a NaN action, which
-    validation and the control loop's checks catch rather than acting on it.
+    validation and the control loop's checks catch rather than acting on it. With cameras
+    (forward(state, *images, noise)) each image enters multiplied by zero too, so the graph
+    keeps one input per camera.
     """
 
     def __init__(self, obs_dim: int, act_dim: int):
@@ -94,8 +96,12 @@ class UniformWarmupActor(nn.Module):
             raise ValueError(f"obs_dim/act_dim: expected positive sizes, got {obs_dim}, {act_dim}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
 
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return torch.special.erf(noise / math.sqrt(2.0)) + 0.0 * obs[:, :1]
+    def forward(self, obs: torch.Tensor, *images_and_noise: torch.Tensor) -> torch.Tensor:
+        *images, noise = images_and_noise
+        out = torch.special.erf(noise / math.sqrt(2.0)) + 0.0 * obs[:, :1]
+        for image in images:   # one pixel of each, times zero: the input stays in the graph
+            out = out + 0.0 * image[:, 0, 0, :1].float()
+        return out
 
 
 def _check_inputs(act_dim: int, low, high, names) -> tuple[np.ndarray, np.ndarray]:
