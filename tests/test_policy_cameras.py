@@ -105,6 +105,9 @@ def test_export_probes_use_stored_images_and_refuse_ones_of_another_shape():
     assert (probes["front"][5] == 0).all() and (probes["front"][6] == 255).all()
     with pytest.raises(ExportError, match=r"probe observations: front is uint8 \[5, 24, 24, 5\]"):
         export(probe_obs={**stored, "front": stored["front"][..., 1:]})
+    with pytest.raises(ExportError, match=r"^spec: a policy with cameras needs a state vector"):
+        export_policy(pixel_agent().export_actor(), obs_dim=0, act_dim=ACT, action_low=LOW,
+                      action_high=HIGH, algorithm="rlpd", version=1, cameras=CAMS)
 
 
 def test_the_warmup_policy_keeps_every_camera_input():

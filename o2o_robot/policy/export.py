@@ -198,6 +198,8 @@ def export_policy(actor: nn.Module, *, obs_dim: int, act_dim: int, action_low: S
     receives timings and parity errors."""
     start = time.perf_counter()
     low, high = _check_inputs(act_dim, action_low, action_high, names)
+    if cameras and obs_dim < 1:   # onnxruntime cannot run the empty `state` input of such a graph
+        raise ExportError("spec: a policy with cameras needs a state vector (obs_dim >= 1)")
     # A private float32 CPU copy: the learner may keep training the original (on any device)
     # while this runs, and the trace must see one fixed set of weights.
     actor = getattr(actor, "_orig_mod", actor)  # torch.compile wrappers cannot be traced
