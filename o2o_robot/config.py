@@ -169,8 +169,9 @@ class RLPDConfig(Model):
                     "VALID, ReLU per layer), one encoder per camera")
     pretrained_encoder: Path | None = Field(
         None, description="cameras: a frozen pretrained per-frame encoder used instead of the "
-                          "conv encoder: a TorchScript file (torch.jit.save) mapping float "
-                          "[N, C, H, W] in [0, 1] to [N, F]; never downloaded, checked at start")
+                          "conv encoder: a torch.export program file (torch.export.save, batch "
+                          "dimension dynamic) mapping float [N, C, H, W] in [0, 1] to [N, F]; "
+                          "never downloaded, checked at start")
 
     @model_validator(mode="after")
     def _subset(self) -> "RLPDConfig":

@@ -183,12 +183,19 @@ class PerFrame(nn.Module):
         return self.pool(torch.relu(self.conv(x))).flatten(1)
 
 
-@pytest.fixture()
-def encoder_file(tmp_path):
+def save_encoder(path, dynamic: bool = True):
+    """A per-frame encoder file as a user makes one: torch.export.save, batch dynamic."""
     torch.manual_seed(0)
-    path = tmp_path / "backbone.pt"
-    torch.jit.save(torch.jit.script(PerFrame()), str(path))
+    shapes = ({0: torch.export.Dim("n")},) if dynamic else None
+    program = torch.export.export(PerFrame().eval(), (torch.zeros(2, 3, 16, 16),),
+                                  dynamic_shapes=shapes)
+    torch.export.save(program, str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def encoder_file(tmp_path_factory):
+    return save_encoder(tmp_path_factory.mktemp("enc") / "backbone.pt2")
 
 
 def test_a_pretrained_encoder_file_is_used_frozen_per_frame(encoder_file):
@@ -213,8 +220,12 @@ def test_a_missing_or_mismatched_encoder_file_is_refused_naming_the_key(tmp_path
         make_agent(pretrained_encoder=tmp_path / "nope.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
-    with pytest.raises(ValueError, match=r"^algorithm.pretrained_encoder: .* not a TorchScript"):
+    with pytest.raises(ValueError, match=r"^algorithm.pretrained_encoder: .* not a torch.export "
+                                         r"program"):
         make_agent(pretrained_encoder=junk)
+    fixed = save_encoder(tmp_path / "fixed.pt2", dynamic=False)   # exported for batch 2 only
+    with pytest.raises(ValueError, match=r"^algorithm.pretrained_encoder: .*with a dynamic N"):
+        make_agent(pretrained_encoder=fixed)
     grey = CameraSpec("front", 16, 16, 1, 3)            # the file takes 3 channels per frame
     with pytest.raises(ValueError, match=r"^algorithm.pretrained_encoder: .*cannot encode camera "
                                          r"'front' frames \[N, 1, 16, 16\]"):

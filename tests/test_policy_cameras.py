@@ -204,3 +204,17 @@ def test_policy_check_shows_the_camera_inputs(tmp_path, good):
                                 "wrist": "uint8 [B, 20, 22, 3] (camera)",
                                 "noise": f"float32 [B, {ACT}]"}
     assert report["spec"]["cameras"] == [c.as_dict() for c in CAMS]
+
+
+def test_a_policy_with_a_pretrained_encoder_file_exports_with_parity(tmp_path):
+    from test_pixels import save_encoder   # the same stand-in backbone, a torch.export file
+    cams = (CameraSpec("front", 16, 16, 3, 2),)
+    cfg = CFG.model_copy(update={"pretrained_encoder": save_encoder(tmp_path / "b.pt2")})
+    agent, info = RLPD(OBS, ACT, cfg, batch_size=4, seed=0, cameras=cams), {}
+    data = export(agent, cameras=cams, info=info)
+    assert max(info["parity_max_abs_error"].values()) <= PARITY_TOL
+    policy = OnnxPolicy(data, provider="cpu")
+    obs = observation(seed=1, cameras=cams, batch=4)
+    expected = reference_actions(PolicyGraph(agent.export_actor(), LOW, HIGH).eval(), obs,
+                                 np.zeros((4, ACT), np.float32), ["front"])
+    np.testing.assert_allclose(policy(obs), expected, rtol=0, atol=PARITY_TOL)

@@ -9,8 +9,10 @@ one feature vector:
 
 * `ConvTrunk`: the D4PG-style trunk the official pixel RLPD trains from scratch: image / 255,
   then 4 x [Conv 3x3, stride 2, VALID, ReLU] with widths (32, 64, 128, 256), flattened.
-* `FrozenTrunk`: a user's pretrained per-frame encoder (a TorchScript file: float [N, C, H, W]
-  in [0, 1] -> [N, F]), applied to each of the S frames, features concatenated; never trained.
+* `FrozenTrunk`: a user's pretrained per-frame encoder (a `torch.export` program file, float
+  [N, C, H, W] in [0, 1] -> [N, F] with a dynamic N), applied to each of the S frames, features
+  concatenated; never trained. torch.export rather than TorchScript: the ONNX exporter cannot
+  trace through a loaded ScriptModule, and TorchScript is deprecated upstream.
 * the critic's `ObsEncoder` owns and trains its trunks; the actor's has its own copy of them,
   overwritten with the critic's before each update (`copy_trunks`) and cut from the gradient
   (`detach_trunks`), so the actor loss trains only its projections.
@@ -20,7 +22,6 @@ Every image path is on the learner's device; `random_shift` is DrQ's augmentatio
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -92,15 +93,14 @@ class FrozenTrunk(nn.Module):
 
     def __init__(self, module: nn.Module, camera: CameraSpec, out_features: int):
         super().__init__()
-        self.module = module.eval()
-        for p in module.parameters():   # ScriptModules have no requires_grad_()
-            p.requires_grad_(False)
+        self.module = module.requires_grad_(False)
         self.channels, self.frames = camera.channels, camera.frame_stack
         self.out_dim = self.frames * int(out_features)
 
     def train(self, mode: bool = True) -> "FrozenTrunk":
-        super().train(mode)
-        self.module.eval()   # batch-norm statistics of a pretrained net stay as trained
+        # Not passed on: the program runs as it was exported (eval mode, batch-norm statistics
+        # as trained), and an exported program's module refuses train()/eval().
+        self.training = mode
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -113,38 +113,42 @@ class FrozenTrunk(nn.Module):
 
 def load_pretrained(path: str | Path, cameras: Sequence[CameraSpec],
                     key: str = "algorithm.pretrained_encoder") -> tuple[nn.Module, int]:
-    """(module, F) of a TorchScript per-frame encoder file, checked on every camera's frame
-    size; ValueError naming `key` when the file is missing, unreadable or does not fit."""
+    """(module, F) of a per-frame encoder file saved with `torch.export.save` (float
+    [N, C, H, W] in [0, 1] -> [N, F], N dynamic), checked on every camera's frame size with two
+    batch sizes; ValueError naming `key` when it is missing, unreadable or does not fit."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"{key}: {path} does not exist (a TorchScript file made with "
-                         f"torch.jit.save; nothing is downloaded)")
+        raise ValueError(f"{key}: {path} does not exist (a torch.export program saved with "
+                         f"torch.export.save; nothing is downloaded)")
     try:
-        with warnings.catch_warnings():   # TorchScript is deprecated upstream, still loads
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location="cpu").eval()
-    except Exception as err:  # torch.jit raises several private error types
-        first = (str(err).strip().splitlines() or [repr(err)])[0]
-        raise ValueError(f"{key}: {path} is not a TorchScript module ({first[:200]})") from err
+        module = torch.export.load(str(path)).module()
+    except Exception as err:  # torch raises several private error types here
+        raise ValueError(f"{key}: {path} is not a torch.export program "
+                         f"({_first_line(err)})") from err
     features = None
     for cam in cameras:
-        try:
-            with torch.no_grad():
-                out = module(torch.zeros(2, cam.channels, cam.height, cam.width))
-        except Exception as err:  # noqa: BLE001 - any failure means the file does not fit
-            first = (str(err).strip().splitlines() or [repr(err)])[0]
-            raise ValueError(f"{key}: {path} cannot encode camera {cam.name!r} frames "
-                             f"[N, {cam.channels}, {cam.height}, {cam.width}] ({first[:200]})") from err
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2 or \
-                not torch.isfinite(out).all():
-            shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"{key}: {path} maps camera {cam.name!r} frames to {shape}, "
-                             f"expected finite [N, F]")
-        if features is not None and out.shape[1] != features:
-            raise ValueError(f"{key}: {path} gives {out.shape[1]} features for camera "
-                             f"{cam.name!r} but {features} for another camera")
-        features = int(out.shape[1])
+        for n in (2, 3):   # two sizes: an export with a fixed batch size does not fit
+            try:
+                with torch.no_grad():
+                    out = module(torch.zeros(n, cam.channels, cam.height, cam.width))
+            except Exception as err:  # noqa: BLE001 - any failure means the file does not fit
+                raise ValueError(f"{key}: {path} cannot encode camera {cam.name!r} frames "
+                                 f"[N, {cam.channels}, {cam.height}, {cam.width}] with a dynamic "
+                                 f"N ({_first_line(err)})") from err
+            if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != n or \
+                    not torch.isfinite(out).all():
+                shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"{key}: {path} maps camera {cam.name!r} frames to {shape}, "
+                                 f"expected finite [N, F]")
+            if features is not None and out.shape[1] != features:
+                raise ValueError(f"{key}: {path} gives {out.shape[1]} features for camera "
+                                 f"{cam.name!r} but {features} for another camera")
+            features = int(out.shape[1])
     return module, int(features or 0)
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [repr(err)])[0][:200]
 
 
 # ------------------------------------------------------------------------------- the encoder
