@@ -20,7 +20,7 @@ measured here. Usage: python benchmarks/learner_throughput.py [--seconds 60] [--
 Pixel setting (`--pixels`, benchmarks/pixel_throughput.py): pixel RLPD at 64 x 64, 3 stacked
 frames, batch 256, E=10, Z=1, UTD 1: updates/s eager fp32, compiled and bf16 autocast, each as a
 share of a conv+matmul ceiling measured in the same run. `--size`, `--frames`, `--features` and
-`--state-dim` change the setting (e.g. `--size 32` for the CI-sized learning check).
+`--state-dim`, `--batch` change the setting (e.g. `--size 32` for the CI-sized learning check).
 
 Contention (`learner.torch_threads`, o2o_robot/learning/threads.py): `--contend K` keeps K
 other processes spinning on the CPU while it measures; `--threads auto` follows the free cores
@@ -193,13 +193,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=3, help="--pixels: stacked frames")
     ap.add_argument("--features", default="32,64,128,256", help="--pixels: conv widths")
     ap.add_argument("--state-dim", type=int, default=0, help="--pixels: state vector size")
+    ap.add_argument("--batch", type=int, default=256, help="--pixels: minibatch size N")
     args = ap.parse_args(argv)
     if args.pixels:
         from pixel_throughput import run_pixels   # benchmarks/ is on sys.path when run as a script
         return run_pixels(args.seconds, args.window, args.size, args.frames,
                           [int(f) for f in args.features.split(",")], args.state_dim,
                           1 if args.threads == "auto" else int(args.threads),
-                          not args.no_compile, True)
+                          not args.no_compile, True, args.batch)
     if args.threads_table:
         return threads_table(args.seconds, args.window, args.contend or 1)
     from o2o_robot.learning.threads import ThreadTuner
