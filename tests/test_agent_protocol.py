@@ -42,7 +42,7 @@ COUNTER_DELTAS = {
 MEMBERS = ("name", "obs_dim", "act_dim", "batch_size", "device", "batch_plan", "pretrain_steps",
            "pretrain_steps_done", "pretrain_finished", "act", "update", "feedback",
            "pretrain_update", "finish_pretraining", "state_dict", "load_state_dict",
-           "export_actor")
+           "export_actor", "cameras")
 
 
 def config(kind: str) -> O2OConfig:
