@@ -42,6 +42,7 @@ setup(
         "mujoco>=3.1",
         "gymnasium>=1.0",
         "imageio>=2.30",  # gymnasium's MuJoCo envs import it
+        "pillow>=10",     # camera images: jpeg/png CompressedImage decoding
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "tensorboard>=2.14",

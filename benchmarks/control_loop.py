@@ -36,8 +36,15 @@ The MultiThreadedExecutor busy-waits while a ready timer's callback group is bus
 and a policy swap through the `policy_path` parameter at 100 Hz: how long the set took (a slow
 policy: validation runs ~210 inferences) and the worst gap between ticks meanwhile.
 
+Camera cases (`--cameras 1 2`, e.g. with `--rates 10 20`): the feeder also publishes that many
+640 x 480 rgb8 sensor_msgs/Image streams at 30 Hz; the actor crops each to 448 x 448 and
+shrinks it to 64 x 64 (area mean, control/frames.py) and acts on 3-frame stacks; the rows it
+hands the learner carry the frames. The learner trains on the state (the state-only config:
+pixel learning is issue 16), so it loads the machine as in the other cases.
+
     python benchmarks/control_loop.py [--seconds 10] [--rates 100 500] [--modes thread process]
                                       [--executor single|multi] [--swap-hidden 2048 2048 2048]
+                                      [--cameras 0 1 2] [--no-swap]
 """
 from __future__ import annotations
 
@@ -64,6 +71,7 @@ from o2o_robot.learning.worker import LearnerClient  # noqa: E402
 from o2o_robot.ros.actor_node import ActorNode  # noqa: E402
 
 FEED_HZ = 100.0
+CAMERA_HZ, CAMERA_W, CAMERA_H = 30.0, 640, 480
 WARMUP_S = 3.0
 NAMESPACE = f"/o2o_bench_{os.getpid()}"
 JOINTS = ["joint1", "joint2", "joint3"]
@@ -84,13 +92,15 @@ class TimedActor(ActorNode):
         done = time.monotonic()
         if self.recording and self.n < self.t_start.size:
             self.t_start[self.n], self.t_done[self.n] = start, done
-            self.obs_age_ms[self.n] = max(self.core.observations.ages_ms(start).values())
+            self.obs_age_ms[self.n] = max([*self.core.observations.ages_ms(start).values(),
+                                           *self.core.cameras.ages_ms(start).values()])
             self.n += 1
 
 
-def feeder(domain: int, namespace: str, stop) -> None:
-    """The robot stand-in: joint_states and task_obs at FEED_HZ (own process, own rclpy)."""
-    from sensor_msgs.msg import JointState
+def feeder(domain: int, namespace: str, stop, cameras: int = 0) -> None:
+    """The robot stand-in: joint_states and task_obs at FEED_HZ, `cameras` image streams at
+    about CAMERA_HZ (own process, own rclpy)."""
+    from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64MultiArray
 
     ctx = rclpy.Context()
@@ -98,8 +108,16 @@ def feeder(domain: int, namespace: str, stop) -> None:
     node = rclpy.create_node("bench_feeder", namespace=namespace, context=ctx)
     js = node.create_publisher(JointState, "joint_states", 10)
     task = node.create_publisher(Float64MultiArray, "task_obs", 10)
+    images = [node.create_publisher(Image, f"camera{i}/image_raw", 10) for i in range(cameras)]
+    pixels = np.random.default_rng(0).integers(0, 256, (CAMERA_H, CAMERA_W, 3), np.uint8)
+    frame = Image(height=CAMERA_H, width=CAMERA_W, encoding="rgb8", step=CAMERA_W * 3,
+                  data=pixels.tobytes())
+    every = max(1, round(FEED_HZ / CAMERA_HZ))
     period, k, t0 = 1.0 / FEED_HZ, 0, time.monotonic()
     while not stop.is_set():
+        if k % every == 0:
+            for pub in images:
+                pub.publish(frame)
         msg = JointState(name=JOINTS, position=[0.1, 0.4, 1.2], velocity=[0.0, 0.0, 0.0])
         msg.header.stamp = node.get_clock().now().to_msg()
         js.publish(msg)
@@ -110,8 +128,11 @@ def feeder(domain: int, namespace: str, stop) -> None:
     rclpy.try_shutdown(context=ctx)
 
 
-def bench_config(tmp: Path, rate: float, export_every: int):
+def bench_config(tmp: Path, rate: float, export_every: int, cameras: int = 0):
+    cams = [{"name": f"camera{i}", "topic": f"camera{i}/image_raw", "type": "image",
+             "width": 64, "height": 64, "crop": [96, 16, 448, 448]} for i in range(cameras)]
     return load_config(resolve_config_path("sim_reach.yaml"), overrides={
+        "robot": {"cameras": cams},
         "store": {"path": str(tmp / "store.zarr")},
         "learner": {"warmup_steps": 0, "device": "cpu", "torch_threads": 1,
                     "export_every_updates": export_every, "checkpoint_every_steps": 10**9,
@@ -178,8 +199,9 @@ def _wait_running(client, timeout_s: float = 120.0) -> None:
 
 def run_case(cfg, tmp: Path, mode: str | None, domain: int, seconds: float, policy: str,
              executor_kind: str) -> dict:
-    client = LearnerClient(cfg, tmp / f"run_{mode}_{cfg.control.control_rate_hz:g}",
-                           mode=mode) if mode else None
+    state_only = cfg.model_copy(update={"robot": cfg.robot.model_copy(update={"cameras": []})})
+    client = LearnerClient(state_only, tmp / f"run_{mode}_{cfg.control.control_rate_hz:g}_"
+                           f"{len(cfg.robot.cameras)}", mode=mode) if mode else None
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=domain)
     node = TimedActor(cfg, learner=client, latency_budget_share=None, context=ctx,
@@ -289,6 +311,9 @@ def main() -> None:
                         help="the actor's executor: SingleThreadedExecutor (as finetune), or "
                         "MultiThreadedExecutor(2) (as actor_node.main)")
     parser.add_argument("--domain", type=int, default=77, help="ROS_DOMAIN_ID of the benchmark")
+    parser.add_argument("--cameras", type=int, nargs="+", default=[0],
+                        help="camera counts to run every case with (0: no camera)")
+    parser.add_argument("--no-swap", action="store_true", help="skip the policy_path swap case")
     parser.add_argument("--swap-hidden", type=int, nargs="+", default=[2048, 2048, 2048],
                         help="hidden sizes of the slow policy swapped in by `policy_path` "
                         "(validation: ~210 inferences of it)")
@@ -297,8 +322,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="o2o_control_loop_"))
     stop = mp.get_context("spawn").Event()
-    feed = mp.get_context("spawn").Process(target=feeder, args=(args.domain, NAMESPACE, stop),
-                                           daemon=True)
+    feed = mp.get_context("spawn").Process(
+        target=feeder, args=(args.domain, NAMESPACE, stop, max(args.cameras)), daemon=True)
     feed.start()
     try:
         base = bench_config(tmp, args.rates[0], args.export_every)
@@ -308,15 +333,22 @@ def main() -> None:
         standalone = {m: standalone_rate(alone_cfg, tmp, m, args.seconds) for m in args.modes}
         results = []
         for rate in args.rates:
-            cfg = bench_config(tmp, rate, args.export_every)
-            for mode in [None, *args.modes]:
-                res = run_case(cfg, tmp, mode, args.domain, args.seconds, policy, args.executor)
-                results.append((rate, mode or "none", res))
-                print(f"measured {rate:g} Hz, learner {mode or 'none'}", flush=True)
+            for cams in args.cameras:
+                cfg = bench_config(tmp, rate, args.export_every, cams)
+                for mode in [None, *args.modes]:
+                    res = run_case(cfg, tmp, mode, args.domain, args.seconds, policy,
+                                   args.executor)
+                    res["cameras"] = cams
+                    results.append((rate, mode or "none", res))
+                    print(f"measured {rate:g} Hz, {cams} camera(s), learner {mode or 'none'}",
+                          flush=True)
         for m in args.modes:   # measured again after the cases and averaged: the load drifts
             standalone[m] = (standalone[m] + standalone_rate(alone_cfg, tmp, m, args.seconds)) / 2
-        slow = first_policy(base, tmp, args.swap_hidden, version=2)
-        swap = swap_case(bench_config(tmp, 100.0, args.export_every), tmp, args.domain, policy, slow)
+        swap = None
+        if not args.no_swap:
+            slow = first_policy(base, tmp, args.swap_hidden, version=2)
+            swap = swap_case(bench_config(tmp, 100.0, args.export_every), tmp, args.domain,
+                             policy, slow)
     finally:
         stop.set()
         feed.join(10.0)
@@ -332,6 +364,8 @@ def main() -> None:
           f"standalone " + ", ".join(f"{m} {r:.0f}" for m, r in standalone.items())
           + " critic updates/s")
     print_targets(results, standalone)
+    if swap is None:
+        return
     print(f"\npolicy_path swap at 100 Hz (a {args.swap_hidden} actor, validated off the tick): "
           f"the set took {swap['set_s']:.2f} s ({'accepted' if swap['accepted'] else swap['reason']})"
           f"; {swap['ticks_during']} ticks meanwhile, worst tick gap {swap['gap_max_during_ms']:.1f}"
@@ -341,13 +375,15 @@ def main() -> None:
 
 def print_row(rate, mode, res, standalone, header=False) -> None:
     if header:
-        print(f"{'rate':>5} {'learner':>8} {'achieved':>8} | {'period err p50/p99/max ms':>26} | "
+        print(f"{'rate':>5} {'cams':>4} {'learner':>8} {'achieved':>8} | "
+              f"{'period err p50/p99/max ms':>26} | "
               f"{'obs->publish p50/p99/max ms':>28} | {'obs age p50/p99 ms':>18} | "
               f"{'updates/s':>9} {'of alone':>8} {'swaps':>5}")
     f3 = lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
     ups = res["critic_updates_per_s"]
     share = f"{ups / standalone:.0%}" if ups is not None and standalone else "-"
-    print(f"{rate:5.0f} {mode:>8} {res['rate_hz']:8.1f} | {f3(res['period_err']):>26} | "
+    print(f"{rate:5.0f} {res.get('cameras', 0):4d} {mode:>8} {res['rate_hz']:8.1f} | "
+          f"{f3(res['period_err']):>26} | "
           f"{f3(res['latency']):>28} | {f3(res['obs_age'][:2]):>18} | "
           f"{'-' if ups is None else f'{ups:.0f}':>9} {share:>8} {res['policy_swaps']:>5}",
           flush=True)

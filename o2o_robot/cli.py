@@ -45,6 +45,10 @@ def cmd_config_validate(args) -> int:
     print(f"{path}: ok ({task}obs_dim {spec['obs_dim']}, act_dim {spec['act_dim']}, "
           f"algorithm {cfg.algorithm.name}, reward {cfg.control.reward.source}; {found['store']})")
     print(f"  sim: {found['sim']}")
+    if cfg.robot.cameras:
+        print("  cameras: " + ", ".join(
+            f"{c.name} ({c.type} on {c.topic}, {c.width}x{c.height}x{c.channels}, "
+            f"{c.frame_stack} frames)" for c in cfg.robot.cameras))
     print(f"  {found['demos']}")
     return 0
 
@@ -118,9 +122,10 @@ def cmd_data_repair(args) -> int:
 
 # ------------------------------------------------------------------------------------- demos
 def cmd_demos_generate(args) -> int:
+    from o2o_robot.config import camera_shapes
     from o2o_robot.data.store import TransitionStore
     from o2o_robot.sim.demos import generate_demos
-    from o2o_robot.sim.envs import env_spec, make_env
+    from o2o_robot.sim.envs import env_spec, make_env, observation_topics
 
     cfg = _config(args.config)
     sim_cfg = cfg.sim.model_copy(update={"task": args.task} if args.task else {})
@@ -130,15 +135,19 @@ def cmd_demos_generate(args) -> int:
     if noise < 0:
         raise CliError(f"--noise: must be >= 0, got {noise}")
     try:
-        spec = env_spec(make_env(sim_cfg))
+        env = make_env(sim_cfg)
+        spec = env_spec(env)
+        if cfg.robot.cameras:   # the frames come from the sim's cameras: can it render them?
+            observation_topics(cfg.robot, env, sim_cfg)
     except ValueError as exc:  # unknown task id, unsupported spaces: named in the message
         raise CliError(str(exc)) from None
     store = TransitionStore.open_or_create(args.store, spec["obs_dim"], spec["act_dim"],
-                                           flush_every=cfg.store.flush_every, spec=spec)
+                                           flush_every=cfg.store.flush_every, spec=spec,
+                                           cameras=camera_shapes(cfg) or None)
     with store:   # Ctrl-C: the whole episodes written so far are committed, and recorded
         summary = generate_demos(store, sim_cfg, episodes=args.episodes, noise=noise,
                                  seed=args.seed, max_episode_steps=cfg.control.max_episode_steps,
-                                 progress=True)
+                                 progress=True, cameras=cfg.robot.cameras)
     done = summary["resumed_from"]
     old = summary["replaced"]
     if old:

@@ -101,6 +101,48 @@ class ActionSpace(Model):
         return len(self.low)
 
 
+CAMERA_MSG = {"image": "Image", "compressed_image": "CompressedImage"}
+
+
+class CameraSource(Model):
+    """One camera of the observation: its newest `frame_stack` frames, each uint8 H x W x C.
+
+    An incoming image is cropped (`crop`, in input pixels), then resized to `height` x `width`
+    (nearest pixel; the area mean when shrinking by a whole factor) and converted to
+    `channels`. Image encodings: rgb8, bgr8, mono8; CompressedImage: jpeg, png."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description=(
+        "identifier of the camera (e.g. 'front'): the key of its frames in observations, "
+        "batches, the store and the policy's inputs; not 'state'"))
+    topic: str = Field(description="ROS topic (relative names resolve in the node's namespace)")
+    type: Literal["image", "compressed_image"] = Field(description=(
+        "image: sensor_msgs/Image (rgb8, bgr8, mono8); compressed_image: "
+        "sensor_msgs/CompressedImage (jpeg, png)"))
+    width: int = Field(ge=1, le=1024, description="output width in pixels (after crop and resize)")
+    height: int = Field(ge=1, le=1024, description="output height in pixels")
+    channels: Literal[1, 3] = Field(3, description="3: rgb; 1: mono (luma of a colour image)")
+    crop: list[int] | None = Field(None, min_length=4, max_length=4, description=(
+        "[x, y, w, h] in input pixels, applied before the resize; None: the whole image. An "
+        "image smaller than x + w by y + h is refused (wrong size)"))
+    frame_stack: int = Field(3, ge=1, le=16, description=(
+        "frames per observation, oldest first, concatenated on the channel axis"))
+
+    @model_validator(mode="after")
+    def _check(self) -> "CameraSource":
+        if self.name == "state":
+            raise ValueError("name: 'state' is the state vector's key; choose another name")
+        if self.crop is not None:
+            x, y, w, h = self.crop
+            if x < 0 or y < 0 or w < 1 or h < 1:
+                raise ValueError(f"crop: expected [x >= 0, y >= 0, w >= 1, h >= 1], got {self.crop}")
+        return self
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of one frame."""
+        return (self.height, self.width, self.channels)
+
+
 class RobotSpec(Model):
     """What the policy sees and commands."""
 
@@ -112,6 +154,19 @@ class RobotSpec(Model):
     ], min_length=1)
     action: ActionSpace = Field(default_factory=lambda: ActionSpace(
         names=["joint1", "joint2", "joint3"], low=[-2.0] * 3, high=[2.0] * 3))
+    cameras: list[CameraSource] = Field(default_factory=list, description=(
+        "camera sources; each adds one uint8 frame stack to the observation (empty: the "
+        "observation is the state vector alone)"))
+
+    @model_validator(mode="after")
+    def _unique_cameras(self) -> "RobotSpec":
+        seen: dict[str, int] = {}
+        for i, cam in enumerate(self.cameras):
+            if cam.name in seen:
+                raise ValueError(f"cameras: entries {seen[cam.name]} and {i} are both named "
+                                 f"{cam.name!r}; give each camera a name of its own")
+            seen[cam.name] = i
+        return self
 
     @property
     def obs_dim(self) -> int:
@@ -335,7 +390,8 @@ class SafetyConfig(Model):
 
 
 # ----------------------------------------------------------------------------------- sim, teleop
-REACH_ONLY_SIM_KEYS = ("reward", "sim_rate_hz", "success_radius_m", "target_yaw_range_deg")
+REACH_ONLY_SIM_KEYS = ("reward", "sim_rate_hz", "success_radius_m", "target_yaw_range_deg",
+                       "target_in_obs")
 
 
 class SimConfig(Model):
@@ -360,6 +416,12 @@ class SimConfig(Model):
         "'package.module:function(obs, info) -> bool' for a gymnasium task whose env reports no "
         "info['is_success']: called after every step, its result becomes info['is_success'] "
         "(the success rate of evaluations and episodes, solved_at)"))
+    target_in_obs: bool = Field(True, description=(
+        "reach: the task_obs topic carries [ee xyz, target xyz] (size 6); false: [ee xyz] only "
+        "(size 3), so only a camera shows where the target is (config/sim_reach_pixels.yaml)"))
+    render_size: list[int] | None = Field(None, min_length=2, max_length=2, description=(
+        "[width, height] at which the sim renders every robot.cameras entry (the MuJoCo camera "
+        "of the same name); None: each camera's own width x height, so the actor only converts"))
     lockstep: bool = Field(False, description="step once per received action")
     seed: int = 0
 
@@ -372,7 +434,10 @@ class SimConfig(Model):
                     f"{given[0]}: configures the 'reach' task only, not {self.task!r} (a "
                     f"gymnasium env keeps its own reward and timing; to change them register a "
                     f"wrapped env and name it as sim.task 'module:EnvId', see the README)")
-        elif self.success_function is not None:
+        if self.render_size is not None and min(self.render_size) < 1:
+            raise ValueError(f"render_size: expected [width >= 1, height >= 1], got "
+                             f"{self.render_size}")
+        if self.task == "reach" and self.success_function is not None:
             raise ValueError("success_function: for gymnasium tasks; 'reach' reports its own "
                              "success (sim.success_radius_m)")
         return self
@@ -620,6 +685,8 @@ def config_topics(cfg: O2OConfig) -> list[tuple[str, str, str]]:
         out.append(("the sim's terminal topic", DEFAULT_DONE_TOPIC, "Bool"))
     out += [(f"robot.observations.{i}.topic", src.topic, OBSERVATION_MSG[src.type])
             for i, src in enumerate(cfg.robot.observations)]
+    out += [(f"robot.cameras.{i}.topic", cam.topic, CAMERA_MSG[cam.type])
+            for i, cam in enumerate(cfg.robot.cameras)]
     out.append(("robot.action.topic", cfg.robot.action.topic, "Float64MultiArray"))
     if reward.source in ("sim", "topic"):
         out.append(("control.reward.topic", reward.topic, "Float64"))
@@ -651,6 +718,17 @@ def topic_conflict(cfg: O2OConfig) -> str | None:
                     f"topic of its own")
         seen[name] = (key, typ)
     return None
+
+
+def camera_shapes(cfg: O2OConfig) -> dict[str, tuple[int, int, int]]:
+    """Camera name -> (height, width, channels) of one frame, in config order (empty without
+    cameras)."""
+    return {cam.name: cam.shape for cam in cfg.robot.cameras}
+
+
+def frame_stacks(cfg: O2OConfig) -> dict[str, int]:
+    """Camera name -> frames per observation (`frame_stack`), in config order."""
+    return {cam.name: cam.frame_stack for cam in cfg.robot.cameras}
 
 
 # -------------------------------------------------------------------------------------- loading

@@ -185,3 +185,49 @@ def test_cli_validate_reports_and_checks_the_gymnasium_tasks_spec(tmp_path):
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert f"store.path {store}" in wrong.stderr and "obs_dim is 12" in wrong.stderr
     assert "'InvertedPendulum-v5' has 4" in wrong.stderr
+
+
+# ------------------------------------------------------------------------------------ cameras
+def camera(**kw) -> dict:
+    return {"name": "front", "topic": "camera/image", "type": "image", "width": 64,
+            "height": 48, **kw}
+
+
+def test_cameras_default_to_none_and_their_shapes_and_stacks(tmp_path):
+    from o2o_robot.config import camera_shapes, frame_stacks
+
+    assert load_config(write(tmp_path, "")).robot.cameras == []
+    cfg = load_config(write(tmp_path, {"robot": {"cameras": [
+        camera(), camera(name="wrist", topic="wrist/compressed", type="compressed_image",
+                         channels=1, crop=[10, 0, 100, 80], frame_stack=2)]}}))
+    assert camera_shapes(cfg) == {"front": (48, 64, 3), "wrist": (48, 64, 1)}
+    assert frame_stacks(cfg) == {"front": 3, "wrist": 2}
+    assert cfg.robot.obs_dim == 12          # the state vector is unchanged by cameras
+
+
+@pytest.mark.parametrize("cams, message", [
+    ([camera(type="depth")], "robot.cameras.0.type: must be one of 'image' or "
+                             "'compressed_image', got 'depth'"),
+    ([camera(width=0)], "robot.cameras.0.width: must be >= 1, got 0"),
+    ([camera(channels=4)], "robot.cameras.0.channels: must be one of 1 or 3, got 4"),
+    ([camera(crop=[0, 0, 10])], "robot.cameras.0.crop: must have at least 4 entries"),
+    ([camera(crop=[0, -1, 10, 10])], "robot.cameras.0.crop: expected [x >= 0, y >= 0"),
+    ([camera(frame_stack=0)], "robot.cameras.0.frame_stack: must be >= 1, got 0"),
+    ([camera(name="state")], "robot.cameras.0.name: 'state' is the state vector's key"),
+    ([camera(name="front cam")], "robot.cameras.0.name: string should match pattern"),
+    ([camera(), camera(topic="other")], "robot.cameras: entries 0 and 1 are both named 'front'"),
+    ([camera(zoom=2)], "robot.cameras.0.zoom: unknown key"),
+    ([camera(topic="task_obs")], "robot.cameras.0.topic: topic 'task_obs' is also "
+                                 "robot.observations.1.topic"),
+])
+def test_bad_camera_entries_name_the_key(tmp_path, cams, message):
+    assert message in error_of(write(tmp_path, {"robot": {"cameras": cams}}))
+
+
+def test_cli_validate_lists_the_cameras_of_the_pixel_task():
+    out = subprocess.run([sys.executable, "-m", "o2o_robot.cli", "config", "validate",
+                          str(ROOT / "config" / "sim_reach_pixels.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "obs_dim 9, act_dim 3" in out.stdout
+    assert "cameras: front (image on camera/front/image_raw, 48x48x3, 3 frames)" in out.stdout

@@ -20,7 +20,8 @@ from o2o_robot.data.schema import FIELDS
 from o2o_robot.data.lock import _proc_start
 from o2o_robot.data.store import (LOCK, MARKER, StoreCorruptError, StoreError, StoreLockedError,
                                   StoreValueError, TransitionStore)
-from store_writer_proc import ACT_DIM, EP, OBS_DIM, expected_rows
+from store_writer_proc import (ACT_DIM, CAMERAS, EP, OBS_DIM, expected_frames,
+                               expected_next_frames, expected_rows)
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).with_name("store_writer_proc.py")
@@ -274,7 +275,7 @@ def test_stale_lock_files_by_pid_and_start_time(tmp_path):
 
 # ------------------------------------------------------------------------------ crash safety
 def check_store(path: Path, flush_every: int, appended: int, reported: int, previous: int) -> int:
-    """Reopen after a SIGKILL and check every committed row, episode and the loss bound."""
+    """Reopen after a SIGKILL and check every committed row, episode, frame and the loss bound."""
     s = TransitionStore.open(path, "r")
     n = len(s)
     assert s.validate() == []
@@ -283,6 +284,11 @@ def check_store(path: Path, flush_every: int, appended: int, reported: int, prev
     got, want = s.read(), expected_rows(0, n)
     for f in FIELDS:                           # every field of every row: no torn row
         np.testing.assert_array_equal(got[f], want[f], err_msg=f)
+    for c in s.cameras:                        # every frame and next frame: no torn frame
+        np.testing.assert_array_equal(s.read_frames(c), expected_frames(0, n, c), err_msg=c)
+        if n:
+            np.testing.assert_array_equal(s.read_next_frames(c), expected_next_frames(0, n, c, n),
+                                          err_msg=c)
     eps = s.episodes()
     assert [e["end"] for e in eps] == [EP * (k + 1) for k in range(len(eps))]
     assert n - (eps[-1]["end"] if eps else 0) <= EP
@@ -291,30 +297,50 @@ def check_store(path: Path, flush_every: int, appended: int, reported: int, prev
     return n
 
 
-def test_sigkill_never_loses_committed_rows_nor_tears_one(tmp_path):
-    kills, flush_every = int(os.environ.get("O2O_STORE_KILLS", "25")), 64
+def kill_writers(tmp_path: Path, kills: int, cameras: dict | None, min_rows: int) -> None:
+    """Start writers on one store and SIGKILL each at a random moment (sometimes during start-up
+    or recovery), reading the store live meanwhile; check it after every kill."""
+    flush_every, suffix = 64, "+frames" if cameras else ""
     path, prog = tmp_path / "s", tmp_path / "progress"
-    TransitionStore.create(path, OBS_DIM, ACT_DIM, chunk_rows=256, durable=False).close()
+    TransitionStore.create(path, OBS_DIM, ACT_DIM, chunk_rows=256, durable=False,
+                           cameras=cameras).close()
     reader = TransitionStore.open(path, "r")   # follows the live writers from this process
     rng, rows, mid_stream, live_reads = random.Random(0), 0, 0, 0
     for k in range(kills):
         np.zeros(2, np.int64).tofile(prog)
-        proc = spawn(str(HELPER), str(path), str(flush_every), ("row", "block")[k % 2], str(prog))
-        if k % 6 == 5:                          # sometimes while it starts up or recovers
-            time.sleep(rng.uniform(0.0, 0.8))
-        else:
-            wait_line(proc, "ready")
-            deadline = time.monotonic() + rng.uniform(0.02, 0.3)
-            while time.monotonic() < deadline:
-                n = reader.refresh()
-                got, want = reader.read(start=max(n - 100, 0)), expected_rows(max(n - 100, 0), n)
-                for f in FIELDS:
-                    np.testing.assert_array_equal(got[f], want[f], err_msg=f)
-                live_reads += 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc = spawn(str(HELPER), str(path), str(flush_every), ("row", "block")[k % 2] + suffix,
+                     str(prog))
+        try:
+            if k % 6 == 5:                          # sometimes while it starts up or recovers
+                time.sleep(rng.uniform(0.0, 0.8))
+            else:
+                wait_line(proc, "ready")
+                deadline = time.monotonic() + rng.uniform(0.02, 0.3)
+                while time.monotonic() < deadline:
+                    n = reader.refresh()
+                    lo = max(n - 100, 0)
+                    got, want = reader.read(start=lo), expected_rows(lo, n)
+                    for f in FIELDS:
+                        np.testing.assert_array_equal(got[f], want[f], err_msg=f)
+                    for c in reader.cameras:
+                        np.testing.assert_array_equal(reader.read_frames(c, lo),
+                                                      expected_frames(lo, n, c), err_msg=c)
+                    live_reads += 1
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
         appended, reported = np.fromfile(prog, np.int64)
         new = check_store(path, flush_every, int(appended), int(reported), rows)
         mid_stream += appended > new            # killed with rows still buffered
         rows = new
-    assert rows > 20 * EP and mid_stream >= kills // 3 and live_reads > kills, (rows, mid_stream, live_reads)
+    assert rows > min_rows and mid_stream >= kills // 3 and live_reads > kills, \
+        (rows, mid_stream, live_reads)
+
+
+def test_sigkill_never_loses_committed_rows_nor_tears_one(tmp_path):
+    kill_writers(tmp_path, int(os.environ.get("O2O_STORE_KILLS", "25")), None, 20 * EP)
+
+
+def test_sigkill_with_cameras_never_tears_a_frame(tmp_path):
+    """The same with two cameras: frames and episode end frames are committed with their rows."""
+    kill_writers(tmp_path, int(os.environ.get("O2O_STORE_KILLS", "25")) // 2 + 1, CAMERAS, 4 * EP)

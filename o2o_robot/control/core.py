@@ -7,7 +7,9 @@ learner queue and calls the reset service while `needs_reset`, then `episode_res
 
 One tick, in order:
 
-1. observation: fresh only if every source has arrived and none is older than `obs_timeout_ms`;
+1. observation: fresh only if every source and camera has arrived and none is older than
+   `obs_timeout_ms`; with cameras the policy sees {"state": vector, "<camera>": frame stack}
+   (control/frame_stack.py), the row keeps each camera's newest frame (`frames`);
 2. the transition pending from the previous tick is completed with this observation as
    `next_obs` (reward, terminated/truncated from the episode tracker). Without a fresh
    observation it is dropped (counted): a hold was published meanwhile, so no honest `next_obs`
@@ -27,12 +29,15 @@ import numpy as np
 
 from o2o_robot.config import ControlConfig, RobotSpec, SafetyConfig
 from o2o_robot.control.episode import EpisodeTracker
+from o2o_robot.control.frame_stack import FrameStacks, policy_observation
+from o2o_robot.control.frames import FrameAssembler
 from o2o_robot.control.observation import ObservationAssembler
 from o2o_robot.control.rewards import RewardSource, TopicReward, make_reward_source
 from o2o_robot.control.safety import SafetyFilter, SafetyFlag, flag_names
 from o2o_robot.data.schema import FIELDS, SOURCE_CODE, source_code
 
-PolicyAct = Callable[[np.ndarray], tuple[Sequence[float], int]]
+# obs is the state vector, or with cameras {"state": vector, "<camera>": uint8 stack}
+PolicyAct = Callable[[np.ndarray | dict], tuple[Sequence[float], int]]
 _DT = {name: dtype for name, (dtype, _) in FIELDS.items()}
 HOLD_REASONS = ("not_ready", "stale", "needs_reset", "no_policy", "policy_error", "teleop_stale",
                 "estop", "non_finite", "bad_shape")
@@ -65,6 +70,7 @@ class _Pending:
     policy_version: int
     timestamp: float
     step: int                     # index among the actions sent in this episode
+    frames: dict | None           # camera -> newest frame at obs (None without cameras)
 
 
 class ControlCore:
@@ -85,6 +91,8 @@ class ControlCore:
         self.teleop_timeout_ms = teleop_timeout_ms
         self.policy_act = policy_act
         self.observations = ObservationAssembler(robot)
+        self.cameras = FrameAssembler(robot.cameras)
+        self._stacks = FrameStacks(robot.cameras)
         self.safety = SafetyFilter(robot.action.low, robot.action.high,
                                    max_delta_per_tick=safety_cfg.max_delta_per_tick,
                                    hold=safety_cfg.hold)
@@ -163,13 +171,16 @@ class ControlCore:
     def tick(self, now_s: float) -> TickResult:
         """One control period; never raises for bad inputs (they are held, counted, reported)."""
         self.counts["ticks"] += 1
-        obs_in = self.observations
-        fresh = obs_in.ready and not obs_in.any_stale(now_s, self.obs_timeout_ms)
+        obs_in, cams = self.observations, self.cameras
+        fresh = (obs_in.ready and not obs_in.any_stale(now_s, self.obs_timeout_ms)
+                 and cams.ready and not cams.any_stale(now_s, self.obs_timeout_ms))
         obs = obs_in.assemble() if fresh else None
-        if obs is not None:
-            # This array is obs of this tick's row and next_obs of the previous one: read-only,
-            # so a consumer editing one row cannot silently change another.
-            obs.flags.writeable = False
+        frames = cams.newest() if fresh and cams else None
+        for array in [obs, *(frames or {}).values()]:
+            if array is not None:
+                # obs of this tick's row and next_obs of the previous one: read-only, so a
+                # consumer editing one row cannot silently change another.
+                array.flags.writeable = False
 
         transition, episode_done, step = None, False, -1
         if self._pending is not None:
@@ -178,9 +189,13 @@ class ControlCore:
                 self.counts["dropped_stale"] += 1
             else:
                 step = self._pending.step
-                transition, episode_done = self._complete(obs)
+                transition, episode_done = self._complete(obs, frames)
 
-        raw, source, reason = self._choose(obs, now_s)
+        policy_obs = obs
+        if frames is not None:
+            stacks = self._stacks.build(frames, first=self._actions_sent == 0)
+            policy_obs = policy_observation(obs, stacks)
+        raw, source, reason = self._choose(policy_obs, now_s)
         action, flags = self.safety.filter(raw, stale=obs is None)
         if source == "online":       # the policy's action, before a hold replaces it
             self.non_finite_streak = (self.non_finite_streak + 1
@@ -193,7 +208,10 @@ class ControlCore:
         else:
             code = SOURCE_CODE["online"] if source == "online" else self._teleop_code
             self._pending = _Pending(obs, action.astype(np.float32), code,
-                                     self.policy_version, float(now_s), self._actions_sent)
+                                     self.policy_version, float(now_s), self._actions_sent,
+                                     frames)
+            if frames is not None:
+                self._stacks.commit(frames)
             self._actions_sent += 1
             self._record_intervention(source != "online")
         self.counts[source if source in ("online", "hold") else "intervention"] += 1
@@ -201,10 +219,12 @@ class ControlCore:
                           self.episode.needs_reset, reason if source == "hold" else "",
                           step if transition is not None else -1)
 
-    def _choose(self, obs: np.ndarray | None, now_s: float) -> tuple[np.ndarray | None, str, str]:
+    def _choose(self, obs: np.ndarray | dict | None,
+                now_s: float) -> tuple[np.ndarray | None, str, str]:
         """(raw action or None, intended source, hold reason) before the safety filter."""
         if obs is None:
-            return None, "hold", "stale" if self.observations.ready else "not_ready"
+            ready = self.observations.ready and self.cameras.ready
+            return None, "hold", "stale" if ready else "not_ready"
         if self.episode.needs_reset:
             return None, "hold", "needs_reset"
         policy_action, policy_failed = None, False
@@ -231,8 +251,10 @@ class ControlCore:
             return None, "hold", "no_policy"
         return policy_action, "online", ""
 
-    def _complete(self, next_obs: np.ndarray) -> tuple[dict | None, bool]:
-        """The pending transition with `next_obs`; (row or None if dropped, episode ended)."""
+    def _complete(self, next_obs: np.ndarray,
+                  next_frames: dict | None) -> tuple[dict | None, bool]:
+        """The pending transition with `next_obs`; (row or None if dropped, episode ended).
+        With cameras the row also has `frames` / `next_frames` (newest frame per camera)."""
         p, self._pending = self._pending, None
         reward = self.reward_source.reward(p.obs, p.action, next_obs,
                                            success=self.episode.success_pending)
@@ -249,6 +271,8 @@ class ControlCore:
                "truncated": _DT["truncated"].type(truncated), "source": _DT["source"].type(p.source),
                "policy_version": _DT["policy_version"].type(p.policy_version),
                "timestamp": _DT["timestamp"].type(p.timestamp)}
+        if p.frames is not None:
+            row["frames"], row["next_frames"] = p.frames, next_frames
         return row, ended
 
     def _record_intervention(self, intervened: bool) -> None:
@@ -276,4 +300,5 @@ class ControlCore:
                 "intervention_rate_total": (self.counts["intervention"] / acting) if acting else None,
                 "episode": self.episode.stats(), "safety": self.safety.state(),
                 "observations": self.observations.stats(now_s),
+                "cameras": self.cameras.stats(now_s),
                 "reward": self.reward_source.stats()}

@@ -64,13 +64,16 @@ class MissingObservations:
         self.started, self.resolve = started, resolve
         self._warned_at: float | None = None
 
-    def check(self, observations, sources, now: float) -> tuple[str, str] | None:
-        """(level "warning" | "info", message) to log now, or None."""
-        if observations.ready:
+    def check(self, observations, sources, now: float, cameras=None,
+              camera_sources=()) -> tuple[str, str] | None:
+        """(level "warning" | "info", message) to log now, or None. `cameras` (a
+        FrameAssembler) and `camera_sources` (`robot.cameras`): camera topics count too."""
+        if observations.ready and (cameras is None or cameras.ready):
             if self._warned_at is None:
                 return None
             self._warned_at = None
-            return "info", f"observations arriving on all {len(observations.topics)} topics"
+            count = len(observations.topics) + len(camera_sources)
+            return "info", f"observations arriving on all {count} topics"
         due = self.started + OBS_WAIT_WARN_S if self._warned_at is None else \
             self._warned_at + OBS_WAIT_REPEAT_S
         if now < due:
@@ -84,5 +87,12 @@ class MissingObservations:
             dropped = observations.dropped.get(key)
             note = f"; {dropped} dropped: {observations.drop_reasons.get(key)}" if dropped else ""
             waiting[key] = f"{self.resolve(src.topic)} ({src.type}{note})"
+        camera_ages = cameras.ages_ms(now) if cameras is not None else {}
+        for cam in camera_sources:
+            if math.isfinite(camera_ages.get(cam.name, math.inf)):
+                continue
+            dropped = cameras.dropped.get(cam.name)
+            note = f"; {dropped} dropped: {cameras.drop_reasons.get(cam.name)}" if dropped else ""
+            waiting[cam.name] = f"{self.resolve(cam.topic)} ({cam.type}{note})"
         return "warning", (f"no observations after {now - self.started:.0f} s, holding: waiting "
                            f"for {', '.join(waiting.values())}")

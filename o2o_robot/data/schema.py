@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# Version 2 added camera frames (data/frames/<camera>, meta/frame_ends/<camera>); a version-1
+# store is a version-2 store without cameras, and is read and appended to as it is.
+SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS: tuple[int, ...] = (1, 2)
 
 # Source codes as stored in `data/source` (uint8). The order is part of the on-disk format.
 SOURCES: tuple[str, ...] = ("demo", "online", "intervention", "offline")
@@ -219,6 +222,9 @@ class Transition:
     the row's index within that episode (0-based): together they let an `EpisodeAssembler` see a
     row lost on the way. `success` is the outcome label, meaningful on an episode's last row.
     `robot` and `seq` say where it came from (ORIGIN_FIELDS; set by a fleet learner).
+    `frames` holds, per camera, the newest single frame (uint8 [H, W, C], not stacked) seen at
+    `obs`, and `next_frames` the one at `next_obs` (the store keeps only an episode's last
+    row's: every other next frame is the next row's frame); None for vector-only producers.
     """
 
     obs: np.ndarray
@@ -235,6 +241,8 @@ class Transition:
     success: bool | None = None
     robot: int = 0
     seq: int = -1
+    frames: dict[str, np.ndarray] | None = None
+    next_frames: dict[str, np.ndarray] | None = None
 
     @property
     def ends_episode(self) -> bool:

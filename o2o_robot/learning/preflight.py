@@ -101,7 +101,7 @@ def sim_problem(cfg: O2OConfig) -> str | None:
     """Why the sim bridge of `o2o-robot finetune` cannot run this config (None: it can)."""
     env = make_env(cfg.sim)
     try:
-        observation_topics(cfg.robot, env)
+        observation_topics(cfg.robot, env, cfg.sim)
         if cfg.teleop.intervene_every and not has_expert(env):
             return (f"teleop.intervene_every: task {cfg.sim.task!r} has no scripted expert to "
                     f"intervene with (only 'reach' has one)")

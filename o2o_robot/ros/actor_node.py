@@ -4,6 +4,9 @@ Graph (names relative to the node's namespace; observation/action/reward/e-stop 
 config, DESIGN.md "ROS 2 interface"):
 
   in   every `robot.observations[].topic`  JointState | Float64MultiArray | PoseStamped
+       every `robot.cameras[].topic`         Image (rgb8, bgr8, mono8) | CompressedImage (jpeg,
+                                             png); frames assembled by control/frames.py; a
+                                             stale or bad image holds like any bad input
        `control.reward.topic` (Float64)      when `control.reward.source` is "sim" or "topic"
        `teleop/action` (Float64MultiArray), `teleop/engaged` (Bool)
        `safety.estop_topic` (Bool)           True latches a hold; read with a transient-local
@@ -58,6 +61,7 @@ from std_srvs.srv import Trigger
 
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control import ControlCore
+from o2o_robot.control.frame_stack import policy_input
 from o2o_robot.control.reset import FAILED, START_WITHOUT_RESET, ResetSequencer
 from o2o_robot.control.status import MissingObservations, actor_status, learner_stats
 from o2o_robot.control.timing import TickTiming
@@ -65,6 +69,7 @@ from o2o_robot.data.schema import EpisodeEnd, Transition
 from o2o_robot.policy.runtime import LATENCY_BUDGET_SHARE, PolicyRejected
 from o2o_robot.policy.slot import Candidate, PolicyProposer, PolicySlot, SwapResult
 from o2o_robot.ros import convert, qos
+from o2o_robot.ros.camera import MSG_TYPES, camera_handler
 from o2o_robot.ros.params import OffTickParameterService
 from o2o_robot.ros.spin import spin_node, start_failed, start_node, stopped_by_signal
 
@@ -194,6 +199,8 @@ class ActorNode(Node):
                 seen.add(src.topic.lstrip("/"))
                 typ, fn = handlers[src.type]
                 sub(typ, src.topic, lambda msg, t=src.topic, fn=fn: fn(t, msg))
+        for cam in cfg.robot.cameras:
+            sub(MSG_TYPES[cam.type], cam.topic, camera_handler(cam, self.core.cameras))
         reward = cfg.control.reward
         if reward.source in ("sim", "topic"):
             sub(Float64, reward.topic, self._on_reward)
@@ -215,7 +222,8 @@ class ActorNode(Node):
             service_ready=reset.service_is_ready,
             call=lambda: reset.call_async(Trigger.Request()),
             cancel=reset.remove_pending_request,
-            oldest_obs_age_ms=lambda now: max(self.core.observations.ages_ms(now).values()))
+            oldest_obs_age_ms=lambda now: max([*self.core.observations.ages_ms(now).values(),
+                                               *self.core.cameras.ages_ms(now).values()]))
         self.create_service(Trigger, qos.CLEAR_ESTOP_SERVICE, self._on_clear_estop,
                             callback_group=group)
         self.create_service(Trigger, qos.ROLLBACK_SERVICE, self._on_rollback)
@@ -361,8 +369,12 @@ class ActorNode(Node):
                                     f"{result.reason}; version {result.version} keeps running")
 
     # --------------------------------------------------------------------------- tick
-    def _act(self, obs: np.ndarray):
-        return self.slot.act(obs, deterministic=self._deterministic)
+    def _act(self, obs: np.ndarray | dict):
+        # A policy graph without camera inputs gets the state vector (policy/ names the
+        # cameras a graph takes as `camera_inputs` once it takes any).
+        current = self.slot.current
+        cameras = getattr(current[0], "camera_inputs", ()) if current is not None else ()
+        return self.slot.act(policy_input(obs, cameras), deterministic=self._deterministic)
 
     def _on_tick(self) -> None:
         now = time.monotonic()
@@ -476,7 +488,7 @@ class ActorNode(Node):
         self._status_pub.publish(convert.status_to_msg(self.status()))
         self._sync_policy_path()   # a learner's policy, a NaN rollback: policy_path follows
         said = self._missing.check(self.core.observations, self.cfg.robot.observations,
-                                   time.monotonic())
+                                   time.monotonic(), self.core.cameras, self.cfg.robot.cameras)
         if said is not None:   # one call site per severity: rclpy refuses to mix them
             if said[0] == "warning":
                 self.get_logger().warning(said[1])

@@ -75,7 +75,8 @@ import numpy as np
 import rclpy
 from rclpy.parameter import Parameter
 
-from o2o_robot.config import ConfigError, O2OConfig, load_config, resolve_config_path
+from o2o_robot.config import (ConfigError, O2OConfig, camera_shapes, load_config,
+                              resolve_config_path)
 from o2o_robot.control.rewards import TopicReward
 from o2o_robot.learning.core import POLICIES, POLICY_NAME, checkpoint_summary
 from o2o_robot.learning.preflight import startup_checks
@@ -121,7 +122,8 @@ def ensure_demos(cfg: O2OConfig, progress: bool = True) -> dict | None:
     finally:
         env.close()
     with TransitionStore.open_or_create(cfg.store.path, cfg.robot.obs_dim, cfg.robot.act_dim,
-                                        flush_every=cfg.store.flush_every, spec=spec) as store:
+                                        flush_every=cfg.store.flush_every, spec=spec,
+                                        cameras=camera_shapes(cfg) or None) as store:
         return demos.ensure_demos(store, cfg, label="finetune", progress=progress)
 
 

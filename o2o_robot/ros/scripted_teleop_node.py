@@ -1,7 +1,8 @@
 """ScriptedTeleopNode (`o2o_scripted_teleop`): the sim task's scripted expert as the operator.
 
 It reads the observation topics as the actor does (ObservationAssembler on the config's
-`robot.observations`), and for every complete new observation (each source updated since the
+`robot.observations`, plus the sim's true target on `sim/target` when the reach task keeps it
+out of the observation: `sim.envs.operator_robot`), and for every complete new observation (each source updated since the
 last one) publishes the expert's action on `teleop/action` and whether it drives on
 `teleop/engaged`; the action is published engaged or not, so it is fresh the moment the
 operator takes over. Both are republished at `teleop.rate_hz` between observations: a message
@@ -32,6 +33,7 @@ from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.control.observation import ObservationAssembler
 from o2o_robot.ros import convert, qos
 from o2o_robot.ros.spin import spin_node, start_failed, start_node
+from o2o_robot.sim.envs import operator_robot
 from o2o_robot.teleop.scripted import InterventionSchedule, ScriptedOperator, scripted_expert
 
 NODE_NAME = "o2o_scripted_teleop"
@@ -60,7 +62,8 @@ class ScriptedTeleopNode(Node):
         schedule = (InterventionSchedule.always() if self.mode == "demo"
                     else InterventionSchedule.from_config(config))
         self.operator = ScriptedOperator(scripted_expert(config), schedule)
-        self.observations = ObservationAssembler(config.robot)
+        robot = operator_robot(config.robot, config.sim)   # + the true target (pixel task)
+        self.observations = ObservationAssembler(robot)
         self._acted_on = dict(self.observations.received)
         self.counts = dict.fromkeys(["published", "bad_events", "malformed"], 0)
         self._action_msg = Float64MultiArray()
@@ -72,7 +75,7 @@ class ScriptedTeleopNode(Node):
                     "float64_multi_array": (Float64MultiArray, self._on_array),
                     "pose_stamped": (PoseStamped, self._on_pose)}
         for topic in self.observations.topics:
-            src = next(s for s in config.robot.observations if s.topic.lstrip("/") == topic)
+            src = next(s for s in robot.observations if s.topic.lstrip("/") == topic)
             typ, fn = handlers[src.type]
             self.create_subscription(typ, src.topic, lambda m, t=src.topic, fn=fn: fn(t, m),
                                      qos.STREAM)

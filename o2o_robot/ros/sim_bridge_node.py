@@ -4,8 +4,14 @@ It speaks exactly the topics the robot config names, so the actor cannot tell it
 
   out  every joint_state source's topic   sensor_msgs/JointState (reach: joint1..3, position and
                                           velocity; effort empty)
-       the float64_multi_array source's topic   reach: [ee xyz, target xyz]; any other
-                                          gymnasium task: its whole observation vector
+       the float64_multi_array source's topic   reach: [ee xyz, target xyz] ([ee xyz] with
+                                          `sim.target_in_obs` false); any other gymnasium
+                                          task: its whole observation vector
+       every `robot.cameras[].topic`      reach: the model camera of that name rendered
+                                          headless (EGL), rgb8 Image (CompressedImage png for
+                                          a compressed_image camera), with every observation
+       `sim/target` (Float64MultiArray)   reach with `sim.target_in_obs` false: the true target
+                                          xyz, for the scripted operator only
        `control.reward.topic` (Float64)   the reward of the step just taken, once per step
        `operator/success` (Bool True)     the step reached a terminal success (the bridge plays
                                           the operator's success button)
@@ -44,14 +50,15 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.logging import get_logger
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray, String
 from std_srvs.srv import Trigger
 
 from o2o_robot.config import O2OConfig, load_config, resolve_config_path
 from o2o_robot.ros import convert, qos
+from o2o_robot.ros.camera import compressed_to_msg, image_to_msg
 from o2o_robot.ros.spin import spin_node, start_failed, start_node
-from o2o_robot.sim.envs import make_env, observation_topics  # noqa: F401 (tests)
+from o2o_robot.sim.envs import SIM_TARGET_TOPIC, make_env, observation_topics
 from o2o_robot.sim.reach import ReachEnv
 
 NODE_NAME = "o2o_sim"
@@ -85,7 +92,7 @@ class SimBridgeNode(Node):
         self.cfg = cfg = config
         self.env = make_env(cfg.sim)
         self._reach = isinstance(self.env.unwrapped, ReachEnv)
-        joint_topics, array_topic = observation_topics(cfg.robot, self.env)
+        joint_topics, array_topic = observation_topics(cfg.robot, self.env, cfg.sim)
         self.act_dim = cfg.robot.act_dim
         self.lockstep = cfg.sim.lockstep
         self.counts = dict.fromkeys(["actions", "malformed_actions", "steps", "ignored_after_end",
@@ -103,6 +110,20 @@ class SimBridgeNode(Node):
 
         self._joint_pubs = [self.create_publisher(JointState, t, qos.STREAM) for t in joint_topics]
         self._array_pub = self.create_publisher(Float64MultiArray, array_topic, qos.STREAM)
+        self._target_pub = None
+        if self._reach and not cfg.sim.target_in_obs:
+            self._target_pub = self.create_publisher(Float64MultiArray, SIM_TARGET_TOPIC,
+                                                     qos.STREAM)
+        self._cameras, self._camera_pubs = None, []
+        if cfg.robot.cameras:
+            from o2o_robot.sim.camera import SimCameras
+
+            self._cameras = SimCameras(self.env.unwrapped.model, cfg.robot.cameras,
+                                       cfg.sim.render_size)
+            self._camera_pubs = [
+                (cam.name, cam.type, self.create_publisher(
+                    Image if cam.type == "image" else CompressedImage, cam.topic, qos.STREAM))
+                for cam in cfg.robot.cameras]
         self._reward_pub = self.create_publisher(Float64, cfg.control.reward.topic, qos.STREAM)
         self._success_pub = self.create_publisher(Bool, qos.SUCCESS_TOPIC, qos.STREAM)
         done = qos.done_topic(cfg.control.reward) or qos.DEFAULT_DONE_TOPIC
@@ -158,15 +179,30 @@ class SimBridgeNode(Node):
     def _publish_observation(self) -> None:
         if self._reach:
             base = self.env.unwrapped
+            self._publish_cameras(base)
             msg = convert.joint_state_to_msg(base.joint_names, base.joint_positions(),
                                              base.joint_velocities(),
                                              stamp=self.get_clock().now().to_msg())
             for pub in self._joint_pubs:
                 pub.publish(msg)
             task = np.concatenate([base.ee_position(), base.target_position()])
+            if self._target_pub is not None:
+                self._target_pub.publish(convert.array_to_msg(task[3:]))
+                task = task[:3]
         else:
             task = self._obs
         self._array_pub.publish(convert.array_to_msg(task))
+
+    def _publish_cameras(self, base: ReachEnv) -> None:
+        """Every camera first: the images are the largest messages of an observation, and the
+        actor should not see the new state beside an old image."""
+        if self._cameras is None:
+            return
+        stamp = self.get_clock().now().to_msg()
+        for name, kind, pub in self._camera_pubs:
+            pixels = self._cameras.render(base.data, name)
+            pub.publish(image_to_msg(pixels, stamp=stamp, frame_id=name) if kind == "image"
+                        else compressed_to_msg(pixels, stamp=stamp, frame_id=name))
 
     # ------------------------------------------------------------------------- episodes
     def _reset_env(self) -> int:
@@ -200,10 +236,17 @@ class SimBridgeNode(Node):
                 **self.counts, "last_malformed": self.last_malformed}
         if self._reach:
             info["distance_m"] = self.env.unwrapped.distance()
+        if self._cameras is not None:
+            info["frames_rendered"] = self._cameras.frames_rendered
         return info
 
     def _publish_status(self) -> None:
         self._status_pub.publish(convert.status_to_msg(self.status()))
+
+    def destroy_node(self) -> None:
+        if self._cameras is not None:
+            self._cameras.close()
+        super().destroy_node()
 
 
 def main(args=None) -> int:

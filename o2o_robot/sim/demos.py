@@ -15,11 +15,12 @@ completed generation holds the same episodes as one never interrupted.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from o2o_robot.config import ConfigError, O2OConfig, SimConfig
+from o2o_robot.config import CameraSource, ConfigError, O2OConfig, SimConfig
 from o2o_robot.data.schema import OFFLINE_SIDE
 from o2o_robot.sim.envs import env_spec, make_env
 from o2o_robot.sim.experts import expert_for, has_expert
@@ -39,8 +40,8 @@ def unfinished(request: dict | None) -> bool:
 
 
 def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: float, seed: int,
-                   max_episode_steps: int | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   max_episode_steps: int | None = None, progress: bool = True,
+                   cameras: Sequence[CameraSource] = ()) -> dict[str, Any]:
     """Write `episodes` expert episodes of `sim_cfg.task` into `store` (a TransitionStore), or
     complete them when the store records the same generation unfinished (module docstring).
 
@@ -50,6 +51,10 @@ def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: floa
     truncated, unless the task ends first. The rows are committed (`store.flush()`) before this
     returns.
 
+    With `cameras` (the config's `robot.cameras`; reach only) each row also gets the frame of
+    every camera at its observation, rendered and converted as the actor would (`SimFrames`),
+    and the episode's last next frame; the store must have been created with those cameras.
+
     Returns {episodes (written now), transitions, success_rate, mean_return (of those),
     resumed_from (episodes of this generation already in the store), replaced (an unfinished
     generation of other parameters that this one replaces as the store's record, or None)}.
@@ -57,7 +62,12 @@ def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: floa
     if episodes < 0:
         raise ValueError(f"episodes: must be >= 0, got {episodes}")
     env = make_env(sim_cfg, seed=seed, max_episode_steps=max_episode_steps)
+    observer = None
     try:
+        if cameras:
+            from o2o_robot.sim.camera import SimFrames
+
+            observer = SimFrames(env.unwrapped.model, cameras, sim_cfg.render_size)
         spec = env_spec(env)
         check_store_spec(store, spec)
         asked = {"task": spec["task"] or sim_cfg.task, "seed": int(seed), "noise": float(noise),
@@ -68,13 +78,15 @@ def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: floa
         rows_done = last["rows_done"] if first else 0
         transitions, successes, returns = 0, 0, []
         for episode in range(first, episodes):
-            rows, success = _rollout(env, expert_for(env, noise, _expert_seed(seed, episode)),
-                                     seed + episode)
+            rows, frames, success = _rollout(
+                env, expert_for(env, noise, _expert_seed(seed, episode)), seed + episode,
+                observer)
             rows_done += len(rows)
             block = {k: np.array([row[k] for row in rows]) for k in rows[0]}
             block.update(source=np.zeros(len(rows), np.uint8), policy_version=np.zeros(len(rows), np.int64))
             store.append_episode(block, success=success, notes={NOTE: {
-                **asked, "episodes_done": episode + 1, "rows_done": rows_done}})
+                **asked, "episodes_done": episode + 1, "rows_done": rows_done}},
+                **_frame_block(frames))
             transitions += len(rows)
             successes += bool(success)
             returns.append(float(sum(row["reward"] for row in rows)))
@@ -83,6 +95,8 @@ def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: floa
                       f"{returns[-1]:.2f}, {'success' if success else 'failure'}", flush=True)
         store.flush()  # the demos are committed (durable) when this returns
     finally:
+        if observer is not None:
+            observer.close()
         env.close()
     return {
         "episodes": len(returns),
@@ -122,7 +136,7 @@ def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
                   f"({last['episodes_done']} of {last['episodes']} episodes there)", flush=True)
         return generate_demos(store, cfg.sim, episodes=last["episodes"], noise=last["noise"],
                               seed=last["seed"], max_episode_steps=last["max_episode_steps"],
-                              progress=False)
+                              progress=False, cameras=cfg.robot.cameras)
     counts = store.counts()
     if sum(counts[s]["transitions"] for s in OFFLINE_SIDE):
         return None
@@ -143,7 +157,8 @@ def ensure_demos(store: Any, cfg: O2OConfig, *, label: str = "o2o",
               flush=True)
     return generate_demos(store, cfg.sim, episodes=cfg.train.demo_episodes,
                           noise=cfg.teleop.expert_noise, seed=cfg.train.seed + DEMO_SEED_OFFSET,
-                          max_episode_steps=cfg.control.max_episode_steps, progress=False)
+                          max_episode_steps=cfg.control.max_episode_steps, progress=False,
+                          cameras=cfg.robot.cameras)
 
 
 def missing_demos(cfg: O2OConfig, not_generated: str, *, expert: bool = False) -> str:
@@ -180,10 +195,24 @@ def check_store_spec(store: Any, spec: dict[str, Any]) -> None:
                          f"use a store created for this task")
 
 
-def _rollout(env: Any, expert: Any, seed: int) -> tuple[list[dict[str, Any]], bool | None]:
-    """One episode as store rows (without source/policy_version) and its success label."""
+def _frame_block(frames: list[dict[str, np.ndarray]] | None) -> dict[str, Any]:
+    """append_episode's frames / next_frames of an episode whose observations had `frames`
+    (one more than rows: the last is the final next observation's); {} without cameras."""
+    if not frames:
+        return {}
+    names = list(frames[0])
+    stacked = {name: np.stack([f[name] for f in frames]) for name in names}
+    return {"frames": {n: a[:-1] for n, a in stacked.items()},
+            "next_frames": {n: a[1:] for n, a in stacked.items()}}
+
+
+def _rollout(env: Any, expert: Any, seed: int, observer: Any = None
+             ) -> tuple[list[dict[str, Any]], list[dict] | None, bool | None]:
+    """One episode as store rows (without source/policy_version), the camera frames of each
+    observation (with `observer`, a SimFrames; else None) and its success label."""
     obs, info = env.reset(seed=seed)
     rows: list[dict[str, Any]] = []
+    frames = None if observer is None else [observer.frames(env.unwrapped.data)]
     done = False
     while not done:
         action = expert.act(obs)
@@ -192,6 +221,8 @@ def _rollout(env: Any, expert: Any, seed: int) -> tuple[list[dict[str, Any]], bo
                      "reward": float(reward), "next_obs": np.asarray(next_obs, np.float32),
                      "terminated": bool(terminated), "truncated": bool(truncated),
                      "timestamp": time.time()})
+        if frames is not None:
+            frames.append(observer.frames(env.unwrapped.data))
         obs, done = next_obs, terminated or truncated
     success = info.get("is_success")
-    return rows, None if success is None else bool(success)
+    return rows, frames, None if success is None else bool(success)

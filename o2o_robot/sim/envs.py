@@ -22,10 +22,14 @@ from gymnasium.wrappers import TimeLimit
 
 from o2o_robot.config import RobotSpec, SimConfig
 from o2o_robot.control.rewards import import_callable
-from o2o_robot.sim.reach import OBS_NAMES, ReachEnv
+from o2o_robot.sim.reach import ReachEnv
 
 REACH_TASK = "reach"
 REACH_TASK_OBS = 6   # the sim bridge's task_obs of reach: ee xyz + target xyz
+REACH_PIXEL_TASK_OBS = 3   # ... with sim.target_in_obs false: ee xyz only
+# Where the sim bridge publishes the true target (Float64MultiArray xyz) when it is not in the
+# observation: for the scripted operator only (it stands in for a person who sees the target).
+SIM_TARGET_TOPIC = "sim/target"
 
 
 def make_env(sim_cfg: SimConfig, *, seed: int | None = None,
@@ -40,7 +44,8 @@ def make_env(sim_cfg: SimConfig, *, seed: int | None = None,
     if sim_cfg.task == REACH_TASK:
         reach = ReachEnv(sim_cfg.reward, control_rate_hz=sim_cfg.sim_rate_hz,
                          success_threshold=sim_cfg.success_radius_m,
-                         target_yaw_range=math.radians(sim_cfg.target_yaw_range_deg))
+                         target_yaw_range=math.radians(sim_cfg.target_yaw_range_deg),
+                         target_in_obs=sim_cfg.target_in_obs)
         env: gymnasium.Env = reach if max_episode_steps is None else \
             TimeLimit(reach, max_episode_steps=max_episode_steps)
     else:
@@ -111,18 +116,27 @@ def env_spec(env: gymnasium.Env) -> dict[str, Any]:
         "act_dim": int(np.prod(act_space.shape)),
         "action_low": [float(v) for v in np.ravel(act_space.low)],
         "action_high": [float(v) for v in np.ravel(act_space.high)],
-        "obs_names": list(OBS_NAMES) if reach else [],
+        "obs_names": list(base.obs_names) if reach else [],
         "action_names": list(base.joint_names) if reach else [],
         "dt": float(dt) if dt is not None else None,
     }
 
 
-def observation_topics(robot: RobotSpec, env) -> tuple[list[str], str]:
+def observation_topics(robot: RobotSpec, env,
+                       sim_cfg: SimConfig | None = None) -> tuple[list[str], str]:
     """(JointState topics, the Float64MultiArray topic) the sim bridge publishes for `robot` on
-    `env` (o2o_robot.ros.sim_bridge_node; here so that start-up checks need no rclpy).
+    `env` (o2o_robot.ros.sim_bridge_node; here so that start-up checks need no rclpy). With
+    `robot.cameras` the sim must render each (reach only; `sim_cfg.render_size`).
 
     Raises ValueError naming the mismatch when the config asks for what the sim cannot give."""
     base = env.unwrapped
+    if robot.cameras:
+        if not isinstance(base, ReachEnv):
+            raise ValueError(f"robot.cameras: the sim renders cameras for the 'reach' task only, "
+                             f"not {task_name(env)!r}")
+        from o2o_robot.sim.camera import check_cameras
+
+        check_cameras(base.model, robot.cameras, sim_cfg.render_size if sim_cfg else None)
     joints = [s for s in robot.observations if s.type == "joint_state"]
     arrays = [s for s in robot.observations if s.type == "float64_multi_array"]
     other = [s.topic for s in robot.observations if s.type == "pose_stamped"]
@@ -130,13 +144,16 @@ def observation_topics(robot: RobotSpec, env) -> tuple[list[str], str]:
     if robot.act_dim != act_dim:
         raise ValueError(f"robot.action: {robot.act_dim} dimensions, the sim task takes {act_dim}")
     if isinstance(base, ReachEnv):
+        size = REACH_TASK_OBS if len(base.obs_names) == 12 else REACH_PIXEL_TASK_OBS
         want = f"joint_state sources of {list(base.joint_names)} (position/velocity) and one " \
-               f"float64_multi_array of size {REACH_TASK_OBS}"
+               f"float64_multi_array of size {size}"
+        if size == REACH_PIXEL_TASK_OBS:
+            want += " (sim.target_in_obs is false: ee xyz only)"
         for src in joints:
             if not set(src.joint_names) <= set(base.joint_names) or "effort" in src.fields:
                 raise ValueError(f"robot.observations: {src.topic!r} asks for joints "
                                  f"{src.joint_names} / fields {src.fields}; reach gives {want}")
-        if other or len(arrays) != 1 or arrays[0].size != REACH_TASK_OBS:
+        if other or len(arrays) != 1 or arrays[0].size != size:
             raise ValueError(f"robot.observations: the reach sim publishes {want}")
         return [s.topic for s in joints], arrays[0].topic
     obs_dim = int(np.prod(env.observation_space.shape))
@@ -144,3 +161,16 @@ def observation_topics(robot: RobotSpec, env) -> tuple[list[str], str]:
         raise ValueError(f"robot.observations: task {env.spec.id if env.spec else '?'} publishes "
                          f"one float64_multi_array of size {obs_dim} and nothing else")
     return [], arrays[0].topic
+
+
+def operator_robot(robot: RobotSpec, sim_cfg: SimConfig) -> RobotSpec:
+    """The observation sources the scripted operator reads: the robot's, plus the true target
+    on SIM_TARGET_TOPIC when the reach task leaves it out of the observation, so the expert
+    sees its usual 12-value layout [joints, ee xyz, target xyz]."""
+    if sim_cfg.task != REACH_TASK or sim_cfg.target_in_obs:
+        return robot
+    from o2o_robot.config import ObservationSource
+
+    extra = ObservationSource(topic=SIM_TARGET_TOPIC, type="float64_multi_array", size=3)
+    return robot.model_copy(update={"observations": [*robot.observations, extra],
+                                    "cameras": []})

@@ -48,6 +48,7 @@ class ScriptedReachExpert:
         self.noise = float(noise)
         self.gain = float(gain)
         self.damping_sq = float(damping) ** 2
+        self._base = base
         self._model = base.model
         self._data = mujoco.MjData(base.model)
         self._site = base.ee_site_id
@@ -65,7 +66,10 @@ class ScriptedReachExpert:
         mujoco.mj_comPos(self._model, self._data)  # mj_jacSite needs the com-based frames
         mujoco.mj_jacSite(self._model, self._data, self._jacp, None, self._site)
         jac = self._jacp
-        error = obs[9:12] - obs[6:9]
+        # Without the target in the observation (the pixel task) the expert, standing in for a
+        # human who sees the target, reads the true one from the env.
+        target = obs[9:12] if obs.size >= 12 else self._base.target_position()
+        error = target - obs[6:9]
         qdot = jac.T @ np.linalg.solve(jac @ jac.T + self.damping_sq * np.eye(3), self.gain * error)
         overshoot = np.max(np.abs(qdot) / self._bound)
         return qdot / overshoot if overshoot > 1.0 else qdot

@@ -10,6 +10,10 @@ Float64MultiArray `task_obs`)::
     [6:9]  end-effector xyz (m, world frame; site "ee")
     [9:12] target xyz (m, world frame; mocap body "target")
 
+With `target_in_obs=False` (the pixel task, config/sim_reach_pixels.yaml) the observation
+stops at [6:9]: 9 values, the target's position is left to a camera (`o2o_robot.sim.camera`,
+model camera "front").
+
 Action: joint velocity commands (rad/s) for joint1..3 in [-2, 2], clipped. They drive MuJoCo
 velocity servos (force-limited, gravity-compensated arm; see sim/reach_arm/robot.xml), so a zero
 action holds the pose. One env step is 1 / control_rate_hz seconds of physics (20 Hz: 10 substeps
@@ -39,6 +43,7 @@ JOINT_NAMES: tuple[str, ...] = ("joint1", "joint2", "joint3")
 OBS_NAMES: tuple[str, ...] = tuple(
     f"{joint}.{field}" for joint in JOINT_NAMES for field in ("position", "velocity")
 ) + ("ee.x", "ee.y", "ee.z", "target.x", "target.y", "target.z")
+PIXEL_OBS_NAMES = OBS_NAMES[:9]     # target_in_obs=False: no target position
 HOME_QPOS = np.array([0.0, 0.4, 1.2])
 INIT_NOISE_RAD = 0.1
 SHOULDER = np.array([0.0, 0.0, 0.2])
@@ -74,6 +79,7 @@ class ReachEnv(gymnasium.Env):
         success_threshold: success distance (m).
         target_yaw_range: targets are drawn within +- this base yaw (rad); pi = all around.
         model_path: scene MJCF; None = sim/reach_arm/scene.xml.
+        target_in_obs: False leaves the target's xyz out of the observation (9 values).
     """
 
     metadata = {"render_modes": []}
@@ -81,7 +87,7 @@ class ReachEnv(gymnasium.Env):
     def __init__(self, reward: str = "sparse", *, control_rate_hz: float = 20.0,
                  terminate_on_success: bool = True, success_threshold: float = 0.05,
                  target_yaw_range: float = math.pi,
-                 model_path: str | Path | None = None) -> None:
+                 model_path: str | Path | None = None, target_in_obs: bool = True) -> None:
         if reward not in ("dense", "sparse"):
             raise ValueError(f"reward: expected 'dense' or 'sparse', got {reward!r}")
         if control_rate_hz <= 0:
@@ -90,6 +96,7 @@ class ReachEnv(gymnasium.Env):
         self.terminate_on_success = bool(terminate_on_success)
         self.success_threshold = float(success_threshold)
         self.target_yaw_range = float(target_yaw_range)
+        self.obs_names = OBS_NAMES if target_in_obs else PIXEL_OBS_NAMES
         self.model_path = Path(model_path) if model_path else reach_arm_scene_path()
         self.model = mujoco.MjModel.from_xml_path(str(self.model_path))
         self.data = mujoco.MjData(self.model)
@@ -100,7 +107,7 @@ class ReachEnv(gymnasium.Env):
         self._high = self.model.actuator_ctrlrange[:, 1].copy()
         self.action_space = gymnasium.spaces.Box(self._low.astype(np.float32),
                                                  self._high.astype(np.float32), dtype=np.float32)
-        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (len(OBS_NAMES),),
+        self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (len(self.obs_names),),
                                                       dtype=np.float32)
 
     def _check_model(self) -> None:
@@ -148,12 +155,14 @@ class ReachEnv(gymnasium.Env):
         return math.sqrt(float(diff @ diff))
 
     def observation(self) -> np.ndarray:
-        """The current 12-value observation (float32, a new array)."""
-        obs = np.empty(12, dtype=np.float32)
+        """The current observation (float32, a new array of 12 values, or 9 without the
+        target)."""
+        obs = np.empty(len(self.obs_names), dtype=np.float32)
         obs[0:6:2] = self.data.qpos
         obs[1:6:2] = self.data.qvel
         obs[6:9] = self.data.site_xpos[self.ee_site_id]
-        obs[9:12] = self.data.mocap_pos[0]
+        if obs.size == 12:
+            obs[9:12] = self.data.mocap_pos[0]
         return obs
 
     def set_state(self, qpos: Any, qvel: Any, target: Any) -> np.ndarray:

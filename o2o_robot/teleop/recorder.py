@@ -19,6 +19,11 @@ episode without success is dropped when `keep_failures` is False, and episodes b
 `max_episodes` are dropped. A row lost on the way (a full queue) makes its episode incomplete:
 the assembler sees the gap in the rows' `step` (or a new `episode` index while one is open) and
 discards that episode, counted as `torn_discarded`.
+
+With cameras (`cameras` {name: (H, W, C)}, the config's `robot.cameras`) the store keeps each
+row's `frames` and the episode's last `next_frames`; within an episode a row's next frame must
+be the next row's frame (each frame is stored once), else the store refuses the episode
+(counted in `rejected_episodes`, the reason in `last_problem`).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from o2o_robot.config import O2OConfig
+from o2o_robot.config import O2OConfig, camera_shapes
 from o2o_robot.data.schema import (FIELDS, SOURCE_CODE, EpisodeAssembler, EpisodeEnd,
                                    Transition)
 
@@ -44,14 +49,16 @@ class DemoRecorder:
     def __init__(self, store_path: str | Path, obs_dim: int, act_dim: int, *,
                  flush_every: int = 1000, spec: dict | None = None, keep_failures: bool = True,
                  max_episodes: int | None = None, queue_size: int = 10000,
-                 on_episode: Callable[[dict], None] | None = None):
+                 on_episode: Callable[[dict], None] | None = None,
+                 cameras: dict[str, tuple[int, int, int]] | None = None):
         from o2o_robot.data.store import TransitionStore
 
         if max_episodes is not None and max_episodes < 1:
             raise ValueError(f"max_episodes: must be >= 1 or None, got {max_episodes}")
         # Opened here, not in the thread: a bad or locked store fails the caller at once.
         self.store = TransitionStore.open_or_create(store_path, obs_dim, act_dim,
-                                                    flush_every=flush_every, spec=spec)
+                                                    flush_every=flush_every, spec=spec,
+                                                    cameras=cameras or None)
         if self.store.open_episode_rows:   # cut by an earlier crash: never merge it with ours
             self.store.end_episode(success=None)
         self.path = str(store_path)
@@ -73,6 +80,7 @@ class DemoRecorder:
     def for_config(cls, cfg: O2OConfig, **kwargs) -> "DemoRecorder":
         """A recorder on `cfg.store` for `cfg.robot`, keeping failures per `teleop.record_failures`."""
         kwargs.setdefault("keep_failures", cfg.teleop.record_failures)
+        kwargs.setdefault("cameras", camera_shapes(cfg))
         return cls(cfg.store.path, cfg.robot.obs_dim, cfg.robot.act_dim,
                    flush_every=cfg.store.flush_every, **kwargs)
 
@@ -173,7 +181,8 @@ class DemoRecorder:
 
         try:
             block = {f: np.stack([np.asarray(getattr(r, f)) for r in rows]) for f in FIELDS}
-        except (KeyError, ValueError) as exc:
+            frames = _frame_blocks(rows, self.store.cameras)
+        except (KeyError, ValueError, TypeError) as exc:
             problem = f"malformed row ({type(exc).__name__}: {exc})"
         else:
             try:
@@ -183,7 +192,7 @@ class DemoRecorder:
                 # Buffered whole and committed after its end: a crash mid-write leaves the
                 # episode complete or absent, never half of it.
                 self.store.append_episode(block, success=None if success is None
-                                          else bool(success))
+                                          else bool(success), **frames)
             except StoreValueError as exc:
                 problem = f"refused: {exc}"
             else:
@@ -192,6 +201,15 @@ class DemoRecorder:
         with self._mu:
             self.last_problem = problem
         return problem
+
+
+def _frame_blocks(rows: list[Transition], cameras: dict) -> dict:
+    """append_episode's `frames` / `next_frames` ({camera: [n, H, W, C]}) of `rows`; {} for
+    a store without cameras. KeyError/TypeError for a row without a configured camera."""
+    if not cameras:
+        return {}
+    return {key: {name: np.stack([getattr(r, key)[name] for r in rows]) for name in cameras}
+            for key in ("frames", "next_frames")}
 
 
 def episode_line(info: dict) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from o2o_robot.data.schema import FLOAT_FIELDS, SCHEMA_VERSION, SOURCES, row_shape
+from o2o_robot.data.schema import FLOAT_FIELDS, READABLE_SCHEMA_VERSIONS, SOURCES, row_shape
 from o2o_robot.data.schema import STORED_FIELDS as FIELDS
 from o2o_robot.data.store.episodes import EpisodeLog
-from o2o_robot.data.store.layout import META
+from o2o_robot.data.store.layout import FRAME_ENDS, FRAMES, META, array_dir
 
 
 def counts(store, log: EpisodeLog) -> dict:
@@ -28,7 +28,7 @@ def info(store, log: EpisodeLog) -> dict:
         r = rets[srcs == code]
         sources[name].update({k: (float(fn(r)) if len(r) else None) for k, fn in
                               (("return_mean", np.mean), ("return_min", np.min), ("return_max", np.max))})
-    out = {"path": str(store.path), "schema_version": SCHEMA_VERSION, "obs_dim": store.obs_dim,
+    out = {"path": str(store.path), "schema_version": store.schema_version, "obs_dim": store.obs_dim,
            "act_dim": store.act_dim, "spec": store.spec, "chunk_rows": store.chunk_rows,
            "rows": len(store), "episodes": e,
            "open_episode_rows": store.open_episode_rows, "buffered_rows": store.num_buffered,
@@ -36,7 +36,37 @@ def info(store, log: EpisodeLog) -> dict:
     if store.robots:   # rows per robot of a fleet learner's store
         per = np.bincount(store.read(["robot"])["robot"], minlength=max(store.robots) + 1)
         out["robots"] = {name: int(per[code]) for code, name in store.robots.items()}
+    if store.cameras:
+        out["cameras"] = cameras(store)
     return out
+
+
+def _disk_bytes(directory) -> int:
+    """Bytes of the chunk files in an array's directory."""
+    return sum(p.stat().st_size for p in directory.glob("c*") if p.is_file())
+
+
+def cameras(store) -> dict:
+    """Per camera: shape, frames stored (one per row), end frames (one per episode), raw and
+    on-disk bytes per frame (the chunk files of both arrays over the frames they hold; a
+    writer's last chunk may hold uncommitted frames too)."""
+    out = {}
+    for cam, shape in store.cameras.items():
+        stored = len(store) + store.num_episodes
+        disk = sum(_disk_bytes(store.path / array_dir(p + cam)) for p in (FRAMES, FRAME_ENDS))
+        out[cam] = {"shape": list(shape), "frames": len(store),
+                    "end_frames": stored - len(store), "raw_bytes_per_frame": int(np.prod(shape)),
+                    "disk_bytes_per_frame": round(disk / stored, 1) if stored else None}
+    return out
+
+
+def _layout(store, name: str) -> tuple[tuple, np.dtype]:
+    """Per-row shape and dtype of array `name`."""
+    if name in FIELDS:
+        return row_shape(name, store.obs_dim, store.act_dim), FIELDS[name][0]
+    if name in META:
+        return (), META[name]
+    return store.cameras[name.split("/", 1)[1]], np.dtype(np.uint8)   # a camera's arrays
 
 
 def validate(store, log: EpisodeLog, arrays: dict, attrs: dict, reader) -> list[str]:
@@ -47,12 +77,13 @@ def validate(store, log: EpisodeLog, arrays: dict, attrs: dict, reader) -> list[
     broken = reader.files.metadata_problem()
     if broken:
         problems.append(broken)
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        problems.append(f"schema_version {attrs.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    if attrs.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+        problems.append(f"schema_version {attrs.get('schema_version')!r} is not one of "
+                        f"{READABLE_SCHEMA_VERSIONS}")
+    lengths = store._lengths(n, e)
     for name, arr in arrays.items():
-        length = n if name in FIELDS else e
-        want = row_shape(name, store.obs_dim, store.act_dim) if name in FIELDS else ()
-        dtype = FIELDS[name][0] if name in FIELDS else META[name]
+        length = lengths[name]
+        want, dtype = _layout(store, name)
         if arr.shape[0] < length:
             problems.append(f"{name}: {arr.shape[0]} rows < {length} committed")
         if tuple(arr.shape[1:]) != want or arr.dtype != dtype:
@@ -60,7 +91,7 @@ def validate(store, log: EpisodeLog, arrays: dict, attrs: dict, reader) -> list[
     if problems:
         return problems
     for name in arrays:
-        problems += reader.check_chunks(name, n if name in FIELDS else e)
+        problems += reader.check_chunks(name, lengths[name])
     if problems:
         return problems
     meta = log.meta

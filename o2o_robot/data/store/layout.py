@@ -18,9 +18,23 @@ def ceil_to(n: int, chunk: int) -> int:
     return -(-n // chunk) * chunk
 
 
+# Camera arrays (schema v2): frames/<camera> on the row axis (data/frames/<camera>, one frame a
+# row: the row's observation) and frame_ends/<camera> on the episode axis (meta/frame_ends/
+# <camera>: the next frame of each episode's last row, entry E the open episode's so far).
+FRAMES, FRAME_ENDS = "frames/", "frame_ends/"
+# Rows per frame chunk: about this many raw bytes, so a commit rewrites ~1 MiB per camera.
+FRAME_CHUNK_BYTES = 1 << 20
+
+
+def frame_chunk_rows(shape) -> int:
+    """Frames per time chunk of a camera of `shape` (H, W, C)."""
+    return max(1, FRAME_CHUNK_BYTES // int(np.prod(shape)))
+
+
 def array_dir(name: str) -> str:
-    """Directory of array `name` in the store: data/<field> or meta/<name>."""
-    return f"data/{name}" if name in STORED_FIELDS else f"meta/{name}"
+    """Directory of array `name` in the store: data/<field>, data/frames/<camera>, meta/<name>
+    or meta/frame_ends/<camera>."""
+    return f"data/{name}" if name in STORED_FIELDS or name.startswith(FRAMES) else f"meta/{name}"
 
 
 def chunk_file(name: str, k: int, ndim: int) -> str:
@@ -29,6 +43,10 @@ def chunk_file(name: str, k: int, ndim: int) -> str:
     return f"{array_dir(name)}/c." + ".".join([str(k)] + ["0"] * (ndim - 1))
 
 
-def chunk_sizes(chunk_rows: int) -> dict[str, int]:
-    """Rows per time chunk of every array: `chunk_rows` for data/, META_CHUNK for meta/."""
-    return {**{f: chunk_rows for f in STORED_FIELDS}, **{m: META_CHUNK for m in META}}
+def chunk_sizes(chunk_rows: int, cameras: dict | None = None) -> dict[str, int]:
+    """Rows per time chunk of every array: `chunk_rows` for data/, META_CHUNK for meta/,
+    `frame_chunk_rows` for both arrays of each camera of `cameras` ({name: (H, W, C)})."""
+    sizes = {**{f: chunk_rows for f in STORED_FIELDS}, **{m: META_CHUNK for m in META}}
+    for name, shape in (cameras or {}).items():
+        sizes[FRAMES + name] = sizes[FRAME_ENDS + name] = frame_chunk_rows(shape)
+    return sizes

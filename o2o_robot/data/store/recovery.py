@@ -20,19 +20,23 @@ from o2o_robot.data.schema import STORED_FIELDS as FIELDS
 from o2o_robot.data.store.errors import (StoreCorruptError, StoreError, StoreLockedError,
                                          StoreWriteError)
 from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
-from o2o_robot.data.store.layout import LOCK, MARKER, META, chunk_sizes
+from o2o_robot.data.store.layout import FRAME_ENDS, FRAMES, LOCK, MARKER, META, chunk_sizes
 from o2o_robot.fsutil import os_error_line
 
 
 def leftovers(path: Path) -> str | None:
     """What `path` (a store directory without a marker) stores, in words; None when it stores
     nothing (no chunk file, every array empty): the leftovers of an interrupted create."""
-    chunks = sorted(p for d in ("data", "meta") for p in (path / d).glob("*/c*") if p.is_file())
+    chunks = sorted(p for d in ("data", "meta") for g in ("*/c*", "*/*/c*")
+                    for p in (path / d).glob(g) if p.is_file())
     if chunks:
         return f"{len(chunks)} chunk files ({chunks[0].relative_to(path)}, ...)"
-    for meta in sorted(path.glob("*/*/zarr.json")):
+    for meta in sorted([*path.glob("*/*/zarr.json"), *path.glob("*/*/*/zarr.json")]):
         try:
-            n = int(json.loads(meta.read_bytes())["shape"][0])
+            node = json.loads(meta.read_bytes())
+            if node.get("node_type") == "group":   # the camera groups: no length of their own
+                continue
+            n = int(node["shape"][0])
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             return f"{meta.relative_to(path)}, unreadable"
         if n:
@@ -80,7 +84,7 @@ def check_root(path: Path) -> None:
 
 
 def lay_out(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: int,
-            durable: bool) -> None:
+            durable: bool, cameras: dict | None = None) -> None:
     """Lay out a new store in `path` (the caller holds its lock): an empty directory, or the
     leftovers of an interrupted create; a directory with rows but no marker is refused."""
     from o2o_robot.data.store.zarr_io import init_layout
@@ -92,7 +96,7 @@ def lay_out(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: int,
     if leftovers(path) is not None:
         raise missing_marker_error(path)
     try:
-        init_layout(path, obs_dim, act_dim, spec, chunk_rows, durable)
+        init_layout(path, obs_dim, act_dim, spec, chunk_rows, durable, cameras)
     except OSError as e:
         raise StoreWriteError(f"store not created: {os_error_line(e)}") from None
 
@@ -100,7 +104,7 @@ def lay_out(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: int,
 def check_marker_fits(path: Path, shapes: dict[str, int], rows: int) -> None:
     """StoreCorruptError when the marker claims more rows than the data arrays hold (the
     marker is written last, so this is damage, not a crash)."""
-    short = {f: n for f, n in shapes.items() if f in FIELDS and n < rows}
+    short = {f: n for f, n in shapes.items() if (f in FIELDS or f.startswith(FRAMES)) and n < rows}
     if short:
         held = (f"the data/ arrays hold {min(short.values())}" if len(short) == len(FIELDS)
                 and len(set(short.values())) == 1
@@ -141,7 +145,9 @@ def _rebuild(path: Path, was: str) -> dict:
     files = StoreFiles(path, writable=True)
     files.open_arrays()
     shapes = files.shapes()
-    rows, episodes = _one_length(shapes, FIELDS, "data"), _one_length(shapes, META, "meta")
+    cameras = files.cameras
+    data = [*FIELDS, *(FRAMES + c for c in cameras)]
+    rows, episodes = _one_length(shapes, data, "data"), _one_length(shapes, META, "meta")
     old = _old_marker(path)
     candidate = {"rows": rows, "episodes": episodes, "notes": dict(old.get("notes") or {})}
     store = TransitionStore(path, files, writable=False, flush_every=1, marker=candidate)
@@ -154,8 +160,14 @@ def _rebuild(path: Path, was: str) -> dict:
                                 f"rows (row {rows - 1}), the padding a writer killed before it "
                                 f"closed the store leaves: which rows were committed cannot be "
                                 f"told; nothing was changed")
-    lengths = {**{f: rows for f in FIELDS}, **{m: episodes for m in META}}
-    sums = sum_all(CheckedReader(files, chunk_sizes(store.chunk_rows)), lengths)
+    lengths = {**{f: rows for f in data}, **{m: episodes for m in META}}
+    for c in cameras:   # end frames: one per episode
+        lengths[FRAME_ENDS + c] = episodes
+        if shapes[FRAME_ENDS + c] != episodes:
+            raise StoreCorruptError(f"{path}: cannot rebuild {MARKER}: meta/frame_ends/{c} holds "
+                                    f"{shapes[FRAME_ENDS + c]} entries for {episodes} episodes; "
+                                    f"nothing was changed")
+    sums = sum_all(CheckedReader(files, chunk_sizes(store.chunk_rows, cameras)), lengths)
     marker = {**candidate, "crc32": sums.to_marker()}
     if not marker["notes"]:
         del marker["notes"]
@@ -166,15 +178,16 @@ def _rebuild(path: Path, was: str) -> dict:
 def _check_old_sums(files, chunk_rows: int, old: dict, rows: int) -> list[str]:
     """Check the full data chunks against the old marker's sums, where it has them: a damaged
     chunk must not pass into the rebuilt marker as a good one."""
-    reader = CheckedReader(files, chunk_sizes(chunk_rows))
+    reader = CheckedReader(files, chunk_sizes(chunk_rows, files.cameras))
     try:
         reader.sums = ChunkSums.from_marker(reader.sizes, old.get("crc32"), files.path / MARKER)
-        full = min(int(old.get("rows", 0)), rows) // chunk_rows * chunk_rows
+        base = min(int(old.get("rows", 0)), rows)
     except (StoreCorruptError, TypeError, ValueError):
         return []   # unusable old sums: the rebuilt marker's validation is all there is
     if reader.sums is None:
         return []
-    return [p for f in FIELDS for p in reader.check_chunks(f, full)]
+    data = [*FIELDS, *(FRAMES + c for c in files.cameras)]   # whole chunks: their sums are final
+    return [p for f in data for p in reader.check_chunks(f, base // reader.sizes[f] * reader.sizes[f])]
 
 
 def _one_length(shapes: dict[str, int], names, group: str) -> int:

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from o2o_robot.data.schema import SCHEMA_VERSION, RowValidator, validate_rows
+from o2o_robot.data.schema import READABLE_SCHEMA_VERSIONS, RowValidator, validate_rows
 from o2o_robot.data.schema import STORED_FIELDS as FIELDS
 from o2o_robot.data.store import inspection
 from o2o_robot.data.store.episodes import EpisodeLog
 from o2o_robot.data.store.errors import StoreCorruptError, StoreError, StoreValueError
+from o2o_robot.data.store.frames import (FrameStage, check_block_next, check_cameras,
+                                         check_frames, next_frame_index)
 from o2o_robot.data.store.integrity import CheckedReader, ChunkSums, sum_all
-from o2o_robot.data.store.layout import MARKER, META, chunk_sizes
+from o2o_robot.data.store.layout import FRAME_ENDS, FRAMES, MARKER, META, chunk_sizes
 from o2o_robot.data.store.recovery import (check_marker_fits, check_root, lay_out, make_store_dir,
                                            missing_marker_error, take_lock)
 from o2o_robot.data.store.staging import Stage
@@ -45,10 +47,12 @@ class TransitionStore:
         self.path, self.writable, self.flush_every = path, writable, int(flush_every)
         self._files, self._lock, self._closed, self._checksums = files, lock, False, checksums
         attrs = files.attrs
-        if not attrs or attrs.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"{path}: not a TransitionStore of schema version {SCHEMA_VERSION} "
+        if not attrs or attrs.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+            raise StoreError(f"{path}: not a TransitionStore of schema version "
+                             f"{' or '.join(map(str, READABLE_SCHEMA_VERSIONS))} "
                              f"(attributes: {attrs!r})")
         self.obs_dim, self.act_dim = int(attrs["obs_dim"]), int(attrs["act_dim"])
+        self.schema_version, self.cameras = int(attrs["schema_version"]), files.cameras
         self.chunk_rows, self.spec = int(attrs["chunk_rows"]), attrs.get("spec") or {}
         marker = marker or files.read_marker()
         if marker is None:
@@ -57,7 +61,7 @@ class TransitionStore:
         self._staged_notes = dict(self._notes)
         files.open_arrays()   # after the marker: a writer grows arrays before committing rows
         check_marker_fits(path, files.shapes(), self._rows)
-        self._reader = CheckedReader(files, chunk_sizes(self.chunk_rows))
+        self._reader = CheckedReader(files, chunk_sizes(self.chunk_rows, self.cameras))
         self._reader.sums = ChunkSums.from_marker(self._reader.sizes, marker.get("crc32"),
                                                   path / MARKER)
         self._log = EpisodeLog(path, files.shapes(), self._read_meta, episodes)
@@ -75,11 +79,13 @@ class TransitionStore:
     @classmethod
     def create(cls, path, obs_dim: int, act_dim: int, *, flush_every: int = 1000,
                spec: dict | None = None, chunk_rows: int = 4096, exist_ok: bool = False,
-               durable: bool = True, checksums: bool = True) -> "TransitionStore":
+               durable: bool = True, checksums: bool = True,
+               cameras: dict | None = None) -> "TransitionStore":
         """Create an empty store at `path` and open it for writing.
 
+        `cameras` ({name: (H, W, C)}) stores one uint8 frame per row and camera (frames.py).
         An existing store is refused unless `exist_ok`, in which case it is opened for writing
-        (its dimensions must match; its stored spec and chunk_rows win). `spec` is free-form
+        (its dimensions and cameras must match; its stored spec and chunk_rows win). `spec` is free-form
         JSON (names, bounds) kept in the attributes. `chunk_rows` is the time chunk: every
         commit rewrites the last, partial chunk, so smaller chunks mean cheaper commits.
         `checksums=False` records no chunk checksums (integrity.py; only to measure their
@@ -94,6 +100,10 @@ class TransitionStore:
         if int(obs_dim) < 1 or int(act_dim) < 1 or int(chunk_rows) < 1:
             raise StoreError(f"obs_dim, act_dim, chunk_rows must be positive, got "
                              f"{obs_dim}, {act_dim}, {chunk_rows}")
+        try:
+            cameras = check_cameras(cameras)
+        except ValueError as e:
+            raise StoreError(str(e)) from None
         make_store_dir(path)
         lock = take_lock(path)
         try:
@@ -101,17 +111,19 @@ class TransitionStore:
                 if not exist_ok:
                     raise StoreError(f"{path}: a store already exists (pass exist_ok=True to append)")
             else:
-                lay_out(path, int(obs_dim), int(act_dim), spec_json, int(chunk_rows), durable)
+                lay_out(path, int(obs_dim), int(act_dim), spec_json, int(chunk_rows), durable,
+                        cameras)
             store = cls(path, StoreFiles(path, writable=True, durable=durable), writable=True,
                         flush_every=flush_every, lock=lock, checksums=checksums)
         except BaseException:
             lock.release()
             raise
-        if (store.obs_dim, store.act_dim) != (int(obs_dim), int(act_dim)):
+        if (store.obs_dim, store.act_dim, store.cameras) != (int(obs_dim), int(act_dim), cameras):
             store._closed = True   # leave the store untouched: no flush, no trim
             lock.release()
-            raise StoreError(f"{path}: store has obs_dim={store.obs_dim}, act_dim={store.act_dim}; "
-                             f"asked for obs_dim={obs_dim}, act_dim={act_dim}")
+            raise StoreError(f"{path}: store has obs_dim={store.obs_dim}, act_dim={store.act_dim}, "
+                             f"cameras={store.cameras}; asked for obs_dim={obs_dim}, "
+                             f"act_dim={act_dim}, cameras={cameras}")
         return store
 
     @classmethod
@@ -135,10 +147,12 @@ class TransitionStore:
 
     @classmethod
     def open_or_create(cls, path, obs_dim: int, act_dim: int, *, flush_every: int = 1000,
-                       spec: dict | None = None, durable: bool = True) -> "TransitionStore":
-        """Open the store at `path` for writing, creating it if needed; refuses other dims."""
+                       spec: dict | None = None, durable: bool = True,
+                       cameras: dict | None = None) -> "TransitionStore":
+        """Open the store at `path` for writing, creating it if needed; refuses other dims or
+        cameras."""
         return cls.create(path, obs_dim, act_dim, flush_every=flush_every, spec=spec,
-                          exist_ok=True, durable=durable)
+                          exist_ok=True, durable=durable, cameras=cameras)
 
     def _recover(self) -> None:
         """Writer: drop a killed writer's temp files, stage the committed tail of the last chunk
@@ -152,7 +166,10 @@ class TransitionStore:
         self._stage.load_tail(c0, self.read(start=c0))
         tail = self.read(["reward", "source"], start=log.last_end(log.committed))
         log.resume(tail["reward"], tail["source"], rows)
-        lengths = {**{f: rows for f in FIELDS}, **{m: log.committed for m in META}}
+        self._frames = FrameStage(self.cameras, self.flush_every)
+        self._frames.load(rows, log.committed, self.open_episode_rows,
+                          lambda name, a, b: self._reader.read(name, a, b, b))
+        lengths = self._lengths(rows, log.committed)
         sums = self._reader.sums
         if self._checksums and sums is None:   # written before checksums
             self._reader.sums = sum_all(self._reader, lengths)
@@ -170,33 +187,41 @@ class TransitionStore:
             raise StoreError(f"{self.path}: opened read-only; open with mode='a' to append")
 
     def append(self, *, obs, action, reward, next_obs, terminated, truncated, source,
-               policy_version=0, timestamp=None, robot=0, seq=-1) -> None:
+               policy_version=0, timestamp=None, robot=0, seq=-1, frames=None,
+               next_frames=None) -> None:
         """Buffer one row (`source`: name or code; `timestamp` defaults to now; `robot`, `seq`:
-        its origin, schema.ORIGIN_FIELDS). Refused with StoreValueError naming the field
-        (NaN/inf, wrong shape); nothing is buffered then."""
+        its origin, schema.ORIGIN_FIELDS; `frames`, `next_frames`: {camera: uint8 [H, W, C]}
+        as in `schema.Transition`, required on a store with cameras, `next_frames` optional).
+        Refused with StoreValueError naming the field (NaN/inf, wrong shape); nothing is
+        buffered then."""
         self._check_writable()
         try:
             row = self._check_row(obs, action, reward, next_obs, terminated, truncated, source,
                                   policy_version, time.time() if timestamp is None else timestamp,
                                   robot, seq)
+            frames = check_frames(frames, self.cameras)
+            if next_frames is not None:
+                next_frames = check_frames(next_frames, self.cameras, what="next_frames")
         except ValueError as e:
             raise StoreValueError(str(e)) from None
+        self._frames.put_row(frames, next_frames)
         self._log.add(row["source"], self._stage.put_row(row))
         if self.num_buffered >= self.flush_every:
             self.flush()
 
-    def append_rows(self, rows: dict[str, np.ndarray]) -> None:
-        """Buffer a block (every schema field, rows on axis 0; `source` as codes or names),
+    def append_rows(self, rows: dict[str, np.ndarray], *, frames=None, next_frames=None) -> None:
+        """Buffer a block (every schema field, rows on axis 0; `source` as codes or names;
+        `frames`, `next_frames`: {camera: uint8 [N, H, W, C]}, see `check_block_next`),
         validated as a whole: a bad block is refused naming the field and nothing is buffered."""
         self._check_writable()
-        block = self._validated(rows)
+        block = self._validated(rows, frames, next_frames)
         if len(block["obs"]):
             self._stage_block(block)
             if self.num_buffered >= self.flush_every:
                 self.flush()
 
     def append_episode(self, rows: dict[str, np.ndarray], *, success: bool | None = None,
-                       notes: dict | None = None) -> None:
+                       notes: dict | None = None, frames=None, next_frames=None) -> None:
         """Buffer a whole episode (a block as in `append_rows`) and its end, with `notes` merged
         into the store's notes; commit only after the end (when `flush_every` rows are buffered).
 
@@ -209,14 +234,14 @@ class TransitionStore:
         if open_rows:
             raise StoreError(f"append_episode: an episode is open ({open_rows} rows); "
                              "close it with end_episode() first")
-        block = self._validated(rows)
+        block = self._validated(rows, frames, next_frames)
         if not len(block["obs"]):
             raise StoreError("append_episode: the episode has no rows")
         try:
             staged = json.loads(json.dumps({**self._staged_notes, **(notes or {})}))
         except (TypeError, ValueError) as e:
             raise StoreError(f"notes: must be JSON-serialisable ({e})") from None
-        mark = self._stage.n, self._log.mark()
+        mark = self._stage.n, self._log.mark(), self._frames.mark()
         try:
             self._stage_block(block)
             self.end_episode(success=success)
@@ -224,6 +249,7 @@ class TransitionStore:
         except BaseException:   # a Ctrl-C between the rows and their end: neither is kept
             self._stage.n = mark[0]
             self._log.rewind(mark[1])
+            self._frames.rewind(mark[2])
             raise
         if self.num_buffered >= self.flush_every:
             self.flush()
@@ -252,23 +278,40 @@ class TransitionStore:
         """The notes committed with the rows (see `append_episode`); a copy."""
         return json.loads(json.dumps(self._notes))
 
-    def _validated(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _validated(self, rows: dict[str, np.ndarray], frames, next_frames) -> dict:
+        """The block checked as a whole, its frames under "frames" and its last row's next
+        frames under "last_next" (the caller pops both before staging the rows)."""
         try:
-            return validate_rows(rows, self.obs_dim, self.act_dim, origin=True)
+            block = validate_rows(rows, self.obs_dim, self.act_dim, origin=True)
+            n = len(block["obs"])
+            block["frames"] = check_frames(frames, self.cameras, (n,))
+            block["last_next"] = (check_block_next(block["frames"], next_frames, self.cameras, n)
+                                  if n and self.cameras else {})
+            return block
         except ValueError as e:
             raise StoreValueError(str(e)) from None
 
     def _stage_block(self, block: dict[str, np.ndarray]) -> None:
+        frames, last_next = block.pop("frames"), block.pop("last_next")
+        self._frames.put(frames, last_next)
         self._stage.put_block(block)
         self._log.add(block["source"][0], float(block["reward"].sum(dtype=np.float64)))
 
-    def end_episode(self, *, success: bool | None = None) -> None:
+    def end_episode(self, *, success: bool | None = None, next_frames=None) -> None:
         """Close the current episode (return = sum of its rewards, source = its first row's).
+        `next_frames` ({camera: [H, W, C]}) replaces its last row's next frame (frames.py: a
+        writer that resumes a cut episode has none but the row's own).
 
         The boundary is buffered like rows and becomes durable at the next commit.
         """
         self._check_writable()
+        try:
+            nxt = None if next_frames is None else check_frames(next_frames, self.cameras,
+                                                                 what="next_frames")
+        except ValueError as e:
+            raise StoreValueError(str(e)) from None
         self._log.end(self._stage.end, success)
+        self._frames.end_episode(nxt)
 
     def flush(self) -> None:
         """Write the buffer and commit: chunks (and their directories) first, then the marker.
@@ -280,20 +323,22 @@ class TransitionStore:
         if end == self._rows and log.n == log.committed and self._staged_notes == self._notes:
             return
         jobs = stage.chunks() if end > self._rows else []
-        jobs += log.chunks()
+        jobs += log.chunks() + self._frames.chunks()
         marker = {"rows": end, "episodes": log.n, "time": time.time()}
         if self._staged_notes:
             marker["notes"] = self._staged_notes
         sums = None
         if self._checksums:   # of exactly the rows this marker commits (integrity.py)
             sums = self._reader.sums.copy()
+            lengths = self._lengths(end, log.n)
             for name, start, block in jobs:
-                sums.record(name, start, block, end if name in FIELDS else log.n)
+                sums.record(name, start, block, lengths[name])
             marker["crc32"] = sums.to_marker()
         self._files.commit(jobs, marker)
         self._rows, log.committed, self._notes = end, log.n, self._staged_notes
         self._reader.sums = sums
         stage.committed(end)
+        self._frames.committed()
 
     def close(self) -> None:
         """Flush and commit, trim the arrays to the committed length, release the lock.
@@ -304,9 +349,7 @@ class TransitionStore:
         try:
             if self.writable:
                 self.flush()
-                lengths = {f: self._rows for f in FIELDS}
-                lengths.update({m: self._log.committed for m in META})
-                self._files.trim(lengths)
+                self._files.trim(self._lengths(self._rows, self._log.committed))
         finally:
             self._closed = True
             if self.writable:
@@ -319,6 +362,13 @@ class TransitionStore:
             self._closed = True
             if self.writable:
                 self._lock.release()
+
+    def _lengths(self, rows: int, episodes: int) -> dict[str, int]:
+        """Committed length of every array for `rows` rows and `episodes` episodes."""
+        out = {**{f: rows for f in FIELDS}, **{m: episodes for m in META}}
+        for cam in self.cameras:
+            out[FRAMES + cam], out[FRAME_ENDS + cam] = rows, episodes
+        return out
 
     def __enter__(self) -> "TransitionStore":
         return self
@@ -355,8 +405,8 @@ class TransitionStore:
                 raise missing_marker_error(self.path)
             rows, episodes, self._notes = marker["rows"], marker["episodes"], marker["notes"]
             if (rows, episodes) != (self._rows, self._log.committed):
-                shapes = files.shapes()
-                if any(shapes[f] < rows for f in FIELDS) or any(shapes[m] < episodes for m in META):
+                shapes, lengths = files.shapes(), self._lengths(rows, episodes)
+                if any(shapes[f] < n for f, n in lengths.items()):
                     files.reopen()   # the writer grew them: re-read their shapes
                 check_marker_fits(self.path, files.shapes(), rows)
                 self._reader.sums = ChunkSums.from_marker(self._reader.sizes, marker.get("crc32"),
@@ -374,6 +424,33 @@ class TransitionStore:
         start, stop, _ = slice(start, stop).indices(self._rows)
         stop = max(stop, start)
         return {f: self._reader.read(f, start, stop, self._rows) for f in fields}
+
+    def read_frames(self, camera: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Frames of committed rows [start, stop) of `camera`: uint8 [n, H, W, C]."""
+        if camera not in self.cameras:
+            raise StoreError(f"read_frames: unknown camera {camera!r}; the store has "
+                             f"{', '.join(self.cameras) or 'no cameras'}")
+        start, stop, _ = slice(start, stop).indices(self._rows)
+        return self._reader.read(FRAMES + camera, start, max(stop, start), self._rows)
+
+    def read_next_frames(self, camera: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Next frames of committed rows [start, stop) of `camera` (uint8 [n, H, W, C]): the
+        next row's frame within an episode, the episode's end frame for its last row."""
+        start, stop, _ = slice(start, stop).indices(self._rows)
+        stop = max(stop, start)
+        ext = self.read_frames(camera, start, min(stop + 1, self._rows))
+        log = self._log
+        use_end, where = next_frame_index(np.arange(start, stop),
+                                          log.meta["episode_ends"][:log.committed], self._rows)
+        out = np.empty((stop - start,) + self.cameras[camera], np.uint8)
+        inner = np.flatnonzero(~use_end)
+        out[inner] = ext[where[inner] - start]
+        if use_end.any():
+            e = where[use_end]
+            ends = self._reader.read(FRAME_ENDS + camera, int(e.min()), int(e.max()) + 1,
+                                     log.committed)
+            out[use_end] = ends[e - e.min()]
+        return out
 
     def episodes(self) -> list[dict]:
         """Completed episodes: index, start, end, length, source (name), return, success."""

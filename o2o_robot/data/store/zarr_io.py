@@ -28,7 +28,8 @@ from zarr.storage import LocalStore
 from o2o_robot.data.schema import (FIELDS, ORIGIN_DEFAULTS, SCHEMA_VERSION, STORED_FIELDS,
                                    row_shape)
 from o2o_robot.data.store.errors import StoreCorruptError, StoreWriteError
-from o2o_robot.data.store.layout import MARKER, META, META_CHUNK, array_dir, chunk_file
+from o2o_robot.data.store.layout import (FRAME_ENDS, FRAMES, MARKER, META, META_CHUNK, array_dir,
+                                         chunk_file, frame_chunk_rows)
 from o2o_robot.fsutil import os_error_line
 
 
@@ -175,9 +176,23 @@ def _create_data_array(data, field: str, rows: int, obs_dim: int, act_dim: int,
                              fill_value=ORIGIN_DEFAULTS.get(field, 0), **_COMMON)
 
 
+def _create_frame_arrays(data, meta, cameras: dict) -> None:
+    """data/frames/<camera> and meta/frame_ends/<camera>, uint8 [0, H, W, C], chunked along
+    time (frame_chunk_rows frames a chunk, one chunk across H, W, C) and compressed."""
+    if not cameras:
+        return
+    frames, ends = data.require_group(FRAMES[:-1]), meta.require_group(FRAME_ENDS[:-1])
+    for name, shape in cameras.items():
+        chunks = (frame_chunk_rows(shape),) + tuple(shape)
+        for group in (frames, ends):
+            group.create_array(name, shape=(0,) + tuple(shape), chunks=chunks, dtype=np.uint8,
+                               fill_value=0, **_COMMON)
+
+
 def init_layout(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: int,
-                durable: bool) -> None:
-    """Create the empty arrays and attributes at `path`, then the first marker (creation done)."""
+                durable: bool, cameras: dict | None = None) -> None:
+    """Create the empty arrays and attributes at `path`, then the first marker (creation done).
+    `cameras` ({name: (H, W, C)}) adds each camera's frame arrays (schema version 2)."""
     group = zarr.open_group(store=_DurableStore(path, durable=durable), mode="a")
     data, meta = group.require_group("data"), group.require_group("meta")
     for field in STORED_FIELDS:
@@ -185,16 +200,22 @@ def init_layout(path: Path, obs_dim: int, act_dim: int, spec: dict, chunk_rows: 
     for name, dtype in META.items():
         meta.create_array(name, shape=(0,), chunks=(META_CHUNK,), dtype=dtype, fill_value=0,
                           **_COMMON)
+    _create_frame_arrays(data, meta, cameras or {})
     group.attrs["o2o_store"] = {"schema_version": SCHEMA_VERSION, "obs_dim": obs_dim,
                                 "act_dim": act_dim, "chunk_rows": chunk_rows, "spec": spec,
-                                "commit_marker": MARKER}
+                                "commit_marker": MARKER,
+                                "cameras": {k: list(v) for k, v in (cameras or {}).items()}}
     sync(_commit([], group.store, {"rows": 0, "episodes": 0}))   # creation complete
 
 
-def _metadata_problem(path: Path) -> str | None:
-    """The first missing or unparsable zarr.json of the layout, as one line (None: all fine)."""
+def _metadata_problem(path: Path, cameras=()) -> str | None:
+    """The first missing or unparsable zarr.json of the layout (with the arrays of `cameras`),
+    as one line (None: all fine)."""
     origin = [n for n in ORIGIN_DEFAULTS if (path / array_dir(n)).exists()]   # newer stores
-    names = ["", "data/", "meta/"] + [f"{array_dir(n)}/" for n in (*FIELDS, *origin, *META)]
+    frames = [p + c for c in cameras for p in (FRAMES, FRAME_ENDS)]
+    groups = ["data/frames/", "meta/frame_ends/"] if cameras else []
+    names = ["", "data/", "meta/"] + groups + [f"{array_dir(n)}/" for n in
+                                               (*FIELDS, *origin, *META, *frames)]
     for name in names:
         meta = path / f"{name}zarr.json"
         try:
@@ -211,9 +232,9 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
 
 
-def _corrupt(path: Path, exc: BaseException) -> StoreCorruptError:
+def _corrupt(path: Path, exc: BaseException, cameras=()) -> StoreCorruptError:
     """The store's metadata could not be opened: name the bad file where one is bad."""
-    return StoreCorruptError(_metadata_problem(path) or
+    return StoreCorruptError(_metadata_problem(path, cameras) or
                              f"{path}: cannot open the zarr layout ({type(exc).__name__}: "
                              f"{_one_line(exc)})")
 
@@ -247,6 +268,12 @@ class StoreFiles:
         self.arrays: dict = {}
 
     @property
+    def cameras(self) -> dict[str, tuple[int, int, int]]:
+        """{camera: (H, W, C)} of the store's attributes (empty for a vector-only store)."""
+        return {k: tuple(int(d) for d in v)
+                for k, v in ((self._attrs or {}).get("cameras") or {}).items()}
+
+    @property
     def attrs(self) -> dict | None:
         """The store's attributes ("o2o_store"), or None when the group has none."""
         return self._attrs
@@ -261,8 +288,11 @@ class StoreFiles:
                            if f not in ORIGIN_DEFAULTS or f in data}
             rows = self.arrays["obs"].shape[0]
             meta = {m: self._group[f"meta/{m}"] for m in META}
+            for cam in self.cameras:
+                for prefix in (FRAMES, FRAME_ENDS):
+                    meta[prefix + cam] = self._group[array_dir(prefix + cam)]
         except Exception as e:
-            raise _corrupt(self.path, e) from None
+            raise _corrupt(self.path, e, self.cameras) from None
         for field in ORIGIN_DEFAULTS.keys() - self.arrays.keys():
             if self._zstore.read_only:
                 self.arrays[field] = _Filled(rows, STORED_FIELDS[field][0], ORIGIN_DEFAULTS[field])
@@ -315,7 +345,7 @@ class StoreFiles:
 
     def metadata_problem(self) -> str | None:
         """The first missing or unparsable zarr.json (zarr reads some only when it needs them)."""
-        return _metadata_problem(self.path)
+        return _metadata_problem(self.path, self.cameras)
 
     def shapes(self) -> dict[str, int]:
         """Length (axis 0) of every array."""
