@@ -14,6 +14,13 @@ their ratio; the checksum work itself, timed around its calls, per row and as a 
 append time; the time to read the whole store the first time (every chunk checked) against
 the same store written without checksums; and the time a writer takes to open the store (it
 validates every row first).
+
+Camera cases (schema v2, `--camera-frames F`, `--cameras-only` to print just these): one camera
+at 64 x 64 x 3 and at 128 x 128 x 3, F rows appended per row with durability on: frames/s and
+bytes per frame on disk (synthetic frames: a gradient, a moving square and +-2 noise, so the
+compressor sees some but not all structure); then the ReplayMirror holding those frames: the
+time to draw a 50/50 batch of 256 with 3-frame stacks (pixels and next_pixels), and its
+memory per 100k frames.
 """
 from __future__ import annotations
 
@@ -179,15 +186,81 @@ def big_batch(path: Path) -> tuple[float, str]:
     return float(np.median(times)), what
 
 
+def scene(i: int, shape: tuple) -> np.ndarray:
+    """Frame i of a synthetic scene: a gradient, a square moving with i, and +-2 noise."""
+    h, w, c = shape
+    img = (np.add.outer(np.arange(h), np.arange(w)) * (200 // (h + w)))[..., None].repeat(c, 2)
+    y, x = (i * 3) % (h - h // 4), (i * 5) % (w - w // 4)
+    img[y:y + h // 4, x:x + w // 4] = (60, 180, 90)[:c]
+    noise = np.random.default_rng(i).integers(-2, 3, shape)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def camera_case(path: Path, shape: tuple, n: int) -> list[tuple]:
+    """Durable per-row appends with one camera of `shape`, then the mirror of those frames."""
+    from o2o_robot.data.replay import ReplayMirror
+
+    data = block_of(n, 0, np.random.default_rng(3))
+    rows = [{f: v[i] for f, v in data.items()} for i in range(n)]
+    frames = [{"cam": scene(i, shape)} for i in range(n)]
+    store = TransitionStore.create(path, OBS_DIM, ACT_DIM, cameras={"cam": shape})
+    t0 = time.perf_counter()
+    for i, row in enumerate(rows):
+        store.append(**row, frames=frames[i])
+        if i % EP_LEN == EP_LEN - 1:
+            store.end_episode()
+    store.flush()
+    rate = n / (time.perf_counter() - t0)
+    store.close()
+    store = TransitionStore.open(path)
+    cam = store.info()["cameras"]["cam"]
+    mirror = ReplayMirror(OBS_DIM, ACT_DIM, cameras={"cam": shape}, frame_stacks={"cam": 3})
+    stored = store.read()
+    stored["source"] = np.where(np.arange(n) < n // 2, 0, 1).astype(np.uint8)
+    mirror.add_rows({**stored, "action": np.clip(stored["action"], -1, 1)},
+                    frames={"cam": store.read_frames("cam")},
+                    next_frames={"cam": store.read_next_frames("cam")})
+    rng, times = np.random.default_rng(4), []
+    for _ in range(200):
+        t = time.perf_counter()
+        mirror.sample_mixed(256, 0.5, rng)
+        times.append(time.perf_counter() - t)
+    per_frame = sum(p.nbytes for p in mirror.frames.pool.values()) / len(mirror.frames.refs)
+    per_row = (mirror.frames.stack.itemsize * mirror.frames.depth + 8 * 3)   # stack, next, refs
+    name = "x".join(map(str, shape))
+    return [(f"camera {name}: append() per row, durable", f"{rate:,.0f} frames/s", "", None),
+            (f"camera {name}: bytes/frame on disk (raw {cam['raw_bytes_per_frame']:,})",
+             f"{cam['disk_bytes_per_frame']:,.0f}", "", None),
+            (f"camera {name}: mirror 50/50 batch of 256, 3-frame stacks",
+             f"{np.median(times) * 1e3:.2f} ms", "", None),
+            (f"camera {name}: mirror memory per 100k frames",
+             f"{(per_frame + per_row) * 1e5 / 2**30:.2f} GiB", "", None)]
+
+
+def print_table(table: list[tuple]) -> None:
+    print(f"{'measure':58s} {'value':>20s}  {'budget':18s} ok")
+    for name, value, budget, ok in table:
+        print(f"{name:58s} {value:>20s}  {budget:18s} {'' if ok is None else ('yes' if ok else 'NO')}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000, help="rows appended per measurement")
     parser.add_argument("--dir", type=Path, default=None, help="directory for the temporary stores")
     parser.add_argument("--repeats", type=int, default=3,
                         help="alternating runs with and without checksums (medians)")
+    parser.add_argument("--camera-frames", type=int, default=5000,
+                        help="rows (one frame each) appended per camera case")
+    parser.add_argument("--cameras-only", action="store_true", help="only the camera cases")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="o2o_store_bench_") as tmp:
         tmp = Path(tmp)
+        cams = [row for shape in ((64, 64, 3), (128, 128, 3))
+                for row in camera_case(tmp / f"cam_{shape[0]}", shape, args.camera_frames)]
+        if args.cameras_only:
+            print(f"store camera benchmark: rows={args.camera_frames:,} dir={args.dir or tempfile.gettempdir()}")
+            print_table(cams)
+            return
         row_rate, _ = per_row(tmp / "row", args.rows, durable=True)
         block_rate, call_s, _ = blocks(tmp / "block", args.rows, 1000, durable=True)
         row_fast, _ = per_row(tmp / "row_nosync", args.rows, durable=False)
@@ -203,14 +276,12 @@ def main(argv=None) -> None:
         ("append() per row, durable=False", f"{row_fast:,.0f} rows/s", "(reference)", None),
         ("append_rows(1000 rows), durable=False", f"{block_fast:,.0f} rows/s", "(reference)", None),
         ("big batch 20x256 = 5,120 rows", f"{batch_s * 1e3:.3f} ms", "<= 1 ms", batch_s <= 1e-3),
-        *sums,
+        *sums, *cams,
     ]
     print(f"store benchmark: obs_dim={OBS_DIM} act_dim={ACT_DIM} rows={args.rows:,} "
           f"flush_every={defaults['flush_every']} chunk_rows={defaults['chunk_rows']} "
           f"dir={args.dir or tempfile.gettempdir()}")
-    print(f"{'measure':50s} {'value':>20s}  {'budget':18s} ok")
-    for name, value, budget, ok in table:
-        print(f"{name:50s} {value:>20s}  {budget:18s} {'' if ok is None else ('yes' if ok else 'NO')}")
+    print_table(table)
     print(f"big batch timed: {what}")
 
 

@@ -87,6 +87,12 @@ def cmd_data_info(args) -> int:
         ret = (f", return mean {s['return_mean']:.3f} [{s['return_min']:.3f}, "
                f"{s['return_max']:.3f}]" if s.get("return_mean") is not None else "")
         print(f"  {source:12s} {s['transitions']:8d} transitions {s['episodes']:6d} episodes{ret}")
+    for name, cam in info.get("cameras", {}).items():
+        h, w, c = cam["shape"]
+        disk = cam["disk_bytes_per_frame"]
+        print(f"  camera {name}: {h}x{w}x{c} uint8, {cam['frames']} frames + {cam['end_frames']} "
+              f"episode end frames, {cam['raw_bytes_per_frame']} bytes/frame raw"
+              + (f", {disk:.0f} bytes/frame on disk" if disk is not None else ""))
     return 0
 
 

@@ -166,3 +166,65 @@ def test_cli_exit_codes_for_a_bad_file_and_a_mismatched_store(tmp_path):
     (tmp_path / "junk.hdf5").write_bytes(b"junk")
     junk = cli(tmp_path / "junk.hdf5", "--store", tmp_path / "s.zarr")
     assert junk.returncode == 1 and "cannot read as HDF5" in junk.stderr
+
+
+def robomimic_images(path, lengths=(5, 4), next_obs=True, dones=(1, 0), seed=2):
+    """robomimic layout with an image key (uint8 [N, 12, 10, 3]) and two low-dim keys; returns
+    the full image sequence of each demo (length n + 1: the last is the final next image)."""
+    rng = np.random.default_rng(seed)
+    seqs = []
+    with h5py.File(path, "w") as f:
+        f.create_group("data")
+        for k, n in enumerate(lengths):
+            g = f.create_group(f"data/demo_{k}")
+            g["actions"] = rng.uniform(-1, 1, (n, 7))
+            g["rewards"] = np.r_[np.zeros(n - 1), float(dones[k])]
+            g["dones"] = np.r_[np.zeros(n - 1), dones[k]].astype(np.int64)
+            img = rng.integers(0, 256, (n + 1, 12, 10, 3), dtype=np.uint8)
+            seqs.append(img)
+            for key, full in (("agentview_image", img), ("robot0_eef_pos", rng.normal(size=(n + 1, 3)))):
+                g[f"obs/{key}"] = full[:-1]
+                if next_obs:
+                    g[f"next_obs/{key}"] = full[1:]
+    return seqs
+
+
+def test_robomimic_image_keys_become_cameras_stored_once(tmp_path):
+    seqs = robomimic_images(tmp_path / "r.hdf5")
+    src = Hdf5Source(tmp_path / "r.hdf5", obs_keys=["agentview_image", "robot0_eef_pos"])
+    assert src.cameras == {"agentview_image": (12, 10, 3)} and src.spec["obs_dim"] == 3
+    run_import(src, tmp_path / "s.zarr", source="demo")
+    with TransitionStore.open(tmp_path / "s.zarr") as st:
+        assert st.cameras == {"agentview_image": (12, 10, 3)} and st.validate() == []
+        frames, nxt = st.read_frames("agentview_image"), st.read_next_frames("agentview_image")
+        assert [e["length"] for e in st.episodes()] == [5, 4]
+    np.testing.assert_array_equal(frames, np.concatenate([seqs[0][:-1], seqs[1][:-1]]))
+    # every next frame, the last of each demo included (kept in the episode's end frame)
+    np.testing.assert_array_equal(nxt, np.concatenate([seqs[0][1:], seqs[1][1:]]))
+    with pytest.raises(ImportInputError, match="are all images"):
+        Hdf5Source(tmp_path / "r.hdf5", obs_keys=["agentview_image"])
+    robomimic_images(tmp_path / "r2.hdf5", seed=3)   # into a store without that camera: refused
+    TransitionStore.create(tmp_path / "v.zarr", 3, 7).close()
+    with pytest.raises(ImportInputError, match="cameras: the store has none"):
+        run_import(Hdf5Source(tmp_path / "r2.hdf5", obs_keys=["agentview_image", "robot0_eef_pos"]),
+                   tmp_path / "v.zarr")
+
+
+def test_robomimic_images_without_next_obs_and_inconsistent_next_images(tmp_path):
+    seqs = robomimic_images(tmp_path / "r.hdf5", next_obs=False)
+    src = Hdf5Source(tmp_path / "r.hdf5", obs_keys=["robot0_eef_pos", "agentview_image"])
+    run_import(src, tmp_path / "s.zarr")
+    with TransitionStore.open(tmp_path / "s.zarr") as st:
+        nxt = st.read_next_frames("agentview_image")
+        assert [e["length"] for e in st.episodes()] == [5, 3]   # demo 1's cut last row dropped
+    want0 = np.concatenate([seqs[0][1:5], seqs[0][4:5]])        # terminal: its own image
+    np.testing.assert_array_equal(nxt[:5], want0)
+    np.testing.assert_array_equal(nxt[5:], seqs[1][1:4])        # the dropped row's image
+    robomimic_images(tmp_path / "bad.hdf5")
+    with h5py.File(tmp_path / "bad.hdf5", "a") as f:   # next images that are not the next obs'
+        d = f["data/demo_0/next_obs/agentview_image"]
+        d[1] = 255 - d[1]
+    with pytest.raises(SourceFileError, match="episode 0: next_frames/agentview_image: row 1"):
+        run_import(Hdf5Source(tmp_path / "bad.hdf5", obs_keys=["agentview_image", "robot0_eef_pos"]),
+                   tmp_path / "b.zarr")
+    assert not (tmp_path / "b.zarr").exists()

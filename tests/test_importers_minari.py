@@ -219,3 +219,43 @@ def test_action_bounds_differing_from_the_store_are_refused(tmp_path):
         run_import(MinariSource("test/bounds-v0"), tmp_path / "s.zarr")
     with TransitionStore.open(tmp_path / "s.zarr") as st:
         assert len(st) == 0
+
+
+def test_export_and_import_round_trip_with_camera_images(tmp_path):
+    """A store with two cameras -> a Minari dataset with a Dict observation space holding the
+    images -> a store again: the same rows, frames and next frames."""
+    rng = np.random.default_rng(5)
+    cams = {"front": (6, 8, 3), "wrist": (4, 4, 1)}
+    with TransitionStore.create(tmp_path / "s.zarr", 3, 1, cameras=cams,
+                                spec={"action_low": [-1.0], "action_high": [1.0]}) as s:
+        for n, terminal in ((5, True), (4, False), (6, True)):
+            obs = rng.normal(size=(n + 1, 3)).astype(np.float32)
+            images = {c: rng.integers(0, 256, (n + 1,) + sh, dtype=np.uint8) for c, sh in cams.items()}
+            end = np.arange(n) == n - 1
+            s.append_episode({"obs": obs[:-1], "next_obs": obs[1:],
+                              "action": rng.uniform(-1, 1, (n, 1)).astype(np.float32),
+                              "reward": rng.normal(size=n).astype(np.float32),
+                              "terminated": end & terminal, "truncated": end & (not terminal),
+                              "source": np.zeros(n, np.uint8), "policy_version": np.zeros(n, np.int64),
+                              "timestamp": np.zeros(n)},
+                             frames={c: v[:-1] for c, v in images.items()},
+                             next_frames={c: v[1:] for c, v in images.items()})
+    out = export_minari(tmp_path / "s.zarr", "o2o/cams-v0")
+    assert out["episodes"] == 3 and out["steps"] == 15
+    ds = minari.load_dataset("o2o/cams-v0")
+    assert ds.observation_space["front"] == gym.spaces.Box(0, 255, (6, 8, 3), np.uint8)
+    assert ds.observation_space["state"] == gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)
+    first = next(iter(ds.iterate_episodes()))
+    with TransitionStore.open(tmp_path / "s.zarr") as a:
+        want = np.concatenate([a.read_frames("front", 0, 5), a.read_next_frames("front", 4, 5)])
+    np.testing.assert_array_equal(first.observations["front"], want)
+    src = MinariSource("o2o/cams-v0")
+    assert src.cameras == cams and src.spec["obs_dim"] == 3
+    run_import(src, tmp_path / "back.zarr", source="demo")
+    with TransitionStore.open(tmp_path / "s.zarr") as a, TransitionStore.open(tmp_path / "back.zarr") as b:
+        assert b.cameras == cams and b.validate() == []
+        for f in ("obs", "action", "reward", "next_obs", "terminated", "truncated"):
+            np.testing.assert_array_equal(a.read([f])[f], b.read([f])[f], err_msg=f)
+        for c in cams:
+            np.testing.assert_array_equal(a.read_frames(c), b.read_frames(c), err_msg=c)
+            np.testing.assert_array_equal(a.read_next_frames(c), b.read_next_frames(c), err_msg=c)

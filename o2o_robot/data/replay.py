@@ -14,7 +14,9 @@ Samplers draw uniformly *with replacement*, as RLPD does (ALGORITHMS.md 1.2):
 * `PrioritySampler`: OEMA's balanced replay, P(i) proportional to priority, no IS weights.
 
 A batch is a dict of arrays: obs, action, reward, next_obs, mask (= 1 - terminated; truncation
-never changes it), terminated, truncated, source, policy_version, index (the mirror slot).
+never changes it), terminated, truncated, source, policy_version, index (the mirror slot);
+with cameras also `pixels/<camera>` and `next_pixels/<camera>`, uint8 [B, H, W, C * S] (S
+stacked frames, oldest first), built by index from frames held once (frame_pool.py).
 The mirror is not thread-safe: the learner thread owns it. numpy only (no torch, zarr, rclpy).
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from o2o_robot.data.frame_pool import FramePool
 from o2o_robot.data.schema import (FIELDS, SOURCE_CODE, SOURCES, source_code,
                                    validate_rows)
 
@@ -66,10 +69,12 @@ class ReplayMirror:
     slot is reused by a newer online row once `online_capacity` online rows are held.
     Actions are held in the learner's [-1, 1] units: callers pass the store's physical actions
     through `o2o_robot.spaces.ActionScaler.to_unit` before `add_rows`.
+    `cameras` ({name: (H, W, C)}) and `frame_stacks` ({name: S}) add frames (FramePool).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, *, online_capacity: int | None = None,
-                 initial_capacity: int = 4096):
+                 initial_capacity: int = 4096, cameras: dict | None = None,
+                 frame_stacks: dict | None = None):
         if online_capacity is not None and online_capacity <= 0:
             raise ValueError(f"online_capacity: expected a positive integer or None, "
                              f"got {online_capacity!r}")
@@ -88,25 +93,59 @@ class ReplayMirror:
         self._on_start = 0                            # ring position of the oldest online row
         self._counts = np.zeros(len(SOURCES), np.int64)
         self._listeners: list[Callable[[np.ndarray], None]] = []
+        self.frames = FramePool(cameras, frame_stacks or {}, cap) if cameras else None
 
     # ------------------------------------------------------------------------------ appends
-    def add(self, **row) -> None:
+    def add(self, *, frames=None, next_frames=None, episode_start=None, **row) -> None:
         """Append one row given as keyword fields; `source` may be a name ("demo", ...).
 
-        `truncated`, `policy_version` and `timestamp` default to False, 0 and 0.0.
+        `truncated`, `policy_version` and `timestamp` default to False, 0 and 0.0. `frames`,
+        `next_frames`: {camera: [H, W, C]}; `episode_start` as in `add_rows`.
         """
         row.setdefault("truncated", False)
         row.setdefault("policy_version", 0)
         if "source" in row:
             row["source"] = source_code(row["source"])
-        self.add_rows({k: np.asarray(v)[None] for k, v in row.items()})
+        one = (lambda d: None if d is None else {k: np.asarray(v)[None] for k, v in d.items()})
+        self.add_rows({k: np.asarray(v)[None] for k, v in row.items()}, frames=one(frames),
+                      next_frames=one(next_frames),
+                      episode_start=None if episode_start is None else [episode_start])
 
-    def add_rows(self, rows: dict[str, np.ndarray]) -> None:
+    def add_rows(self, rows: dict[str, np.ndarray], *, frames=None, next_frames=None,
+                 episode_start=None) -> None:
         """Append a block of schema rows (validated; `timestamp` optional, it is not mirrored).
 
-        Online rows beyond `online_capacity` overwrite the oldest online rows (FIFO).
+        Online rows beyond `online_capacity` overwrite the oldest online rows (FIFO). With
+        cameras: `frames` ({camera: uint8 [N, H, W, C]}) is required, `next_frames` (the same
+        shape) is used for rows whose next row does not follow them here (default: the row's
+        own frame), and `episode_start` (bool [N]) says which rows begin an episode (default: the
+        first row after a terminated or truncated one), so stacks never cross one.
         """
         rows = dict(rows)
+        if self.frames is not None or frames:
+            frames, next_frames, starts = self._check_frames(rows, frames, next_frames,
+                                                             episode_start)
+            cap = self.online_capacity
+            n = len(starts)
+            if cap is not None and n > cap:   # in pieces the FIFO can hold: stacks stay exact
+                for a in range(0, n, cap):
+                    cut = (lambda d: None if d is None else {k: v[a:a + cap] for k, v in d.items()})
+                    self.add_rows(cut(rows), frames=cut(frames), next_frames=cut(next_frames),
+                                  episode_start=starts[a:a + cap])
+                return
+            self._add_rows(rows, (frames, next_frames, starts))
+            return
+        self._add_rows(rows, None)
+
+    def _check_frames(self, rows, frames, next_frames, episode_start):
+        if self.frames is None:
+            raise ValueError("frames: the mirror has no cameras")
+        n = len(np.asarray(rows.get("obs", ())))
+        ended = (np.asarray(rows.get("terminated", np.zeros(n, bool)), bool) |
+                 np.asarray(rows.get("truncated", np.zeros(n, bool)), bool))
+        return self.frames.check(n, frames, next_frames, episode_start, ended)
+
+    def _add_rows(self, rows: dict[str, np.ndarray], frames: tuple | None) -> None:
         if "timestamp" not in rows and "obs" in rows:
             rows["timestamp"] = np.zeros(len(np.asarray(rows["obs"])), np.float64)
         rows = validate_rows(rows, self.obs_dim, self.act_dim)
@@ -121,6 +160,10 @@ class ReplayMirror:
         dest, fresh = self._allocate(online)
         n_fresh = int(fresh.sum())
         self._reserve(self._n + n_fresh)
+        if frames is not None:
+            f, nf, starts = frames
+            ended = bool(rows["terminated"][-1] or rows["truncated"][-1])
+            self.frames.add(dest, ~fresh, f, starts, nf, ended)
         for f in _STORED:
             if f != "mask":
                 self._data[f][dest] = rows[f]
@@ -161,6 +204,8 @@ class ReplayMirror:
     def _reserve(self, need: int) -> None:
         for f, arr in self._data.items():
             self._data[f] = _grown(arr, need)
+        if self.frames is not None:
+            self.frames.reserve(len(self._data["obs"]))
 
     # ---------------------------------------------------------------------------- sizes
     def __len__(self) -> int:
@@ -193,6 +238,8 @@ class ReplayMirror:
     def _gather(self, idx: np.ndarray) -> Batch:
         batch = {f: np.take(self._data[f], idx, axis=0) for f in _STORED}
         batch["index"] = idx
+        if self.frames is not None:
+            batch.update(self.frames.gather(idx))
         return batch
 
     def _side_slots(self, side: str) -> np.ndarray:

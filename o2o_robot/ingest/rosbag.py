@@ -17,6 +17,9 @@ Topics (relative names resolve under `namespace`):
   `operator/success`, `operator/failure`, done topic (Bool)   optional episode ends
   `control.reward.topic` (Float64)                          required when the reward source
                                                             is "sim" or "topic"
+  every `robot.cameras[].topic` (Image / CompressedImage)   required; decoded, cropped and
+                                                            resized by the actor's FrameAssembler,
+                                                            its rows carry the frames
 
 Differences from a live session, because a bag has no reset service and no operator at the
 keyboard: after an episode ends, the next starts as soon as every observation source has
@@ -61,7 +64,8 @@ DEFAULT_DONE_TOPIC = "done"
 MSGTYPES = {"joint_state": "sensor_msgs/msg/JointState",
             "float64_multi_array": "std_msgs/msg/Float64MultiArray",
             "pose_stamped": "geometry_msgs/msg/PoseStamped",
-            "bool": "std_msgs/msg/Bool", "float64": "std_msgs/msg/Float64"}
+            "bool": "std_msgs/msg/Bool", "float64": "std_msgs/msg/Float64",
+            "image": "sensor_msgs/msg/Image", "compressed_image": "sensor_msgs/msg/CompressedImage"}
 _TYPESTORE = get_typestore(Stores.ROS2_JAZZY)
 
 
@@ -103,6 +107,12 @@ class RosbagSource:
             raise ImportInputError(str(e)) from None
         with closing(self._open()) as reader:
             self._check_topics(reader)
+        from o2o_robot import config
+
+        # robot.cameras and config.camera_shapes come with the cameras' config (issue 15, its
+        # sensors part): a config module without them configures no camera.
+        shapes = getattr(config, "camera_shapes", None)
+        self.cameras = shapes(cfg) if shapes is not None else {}
         self.spec = source_spec(robot.obs_dim, robot.act_dim, task=robot.name,
                                 low=robot.action.low, high=robot.action.high,
                                 action_names=robot.action.names, dt=1.0 / control.control_rate_hz)
@@ -122,6 +132,8 @@ class RosbagSource:
         cfg, roles = self.cfg, {}
         for src in cfg.robot.observations:
             roles[self._full(src.topic)] = ("obs:" + src.type, MSGTYPES[src.type], src.topic, True)
+        for cam in getattr(cfg.robot, "cameras", None) or ():
+            roles[self._full(cam.topic)] = ("camera:" + cam.name, MSGTYPES[cam.type], cam.topic, True)
         roles[self._full(action_topic)] = ("action", MSGTYPES["float64_multi_array"], action_topic, True)
         for role, topic in (("engaged", TELEOP_ENGAGED_TOPIC), ("success", SUCCESS_TOPIC),
                             ("failure", FAILURE_TOPIC), ("done", done_topic(cfg.control.reward))):
@@ -243,6 +255,12 @@ class _Replay:
         if role == "obs:pose_stamped":
             p, q = msg.pose.position, msg.pose.orientation
             return obs.update_pose(topic, (p.x, p.y, p.z), (q.x, q.y, q.z, q.w), stamp_s=now)
+        if role.startswith("camera:"):   # as the actor node's camera callbacks (ros/camera.py)
+            name = role[len("camera:"):]
+            if hasattr(msg, "format"):   # CompressedImage
+                return core.cameras.update_compressed(name, msg.format, msg.data, stamp_s=now)
+            return core.cameras.update_image(name, msg.encoding, msg.height, msg.width, msg.step,
+                                             msg.data, stamp_s=now)
         if role == "action":
             return core.set_teleop(None, np.asarray(msg.data, np.float64), now)
         if role == "reward":
@@ -257,6 +275,8 @@ class _Replay:
     def _reason(self, role: str, topic: str) -> str:
         if role.startswith("obs:"):
             return self.core.observations.drop_reasons.get(topic.lstrip("/"), "rejected")
+        if role.startswith("camera:"):
+            return self.core.cameras.drop_reasons.get(role[len("camera:"):], "rejected")
         return "rejected (length, NaN/inf or a reward the reward source ignores)"
 
     def _tick(self, t_ns: int) -> Iterator[SourceEpisode]:
@@ -329,6 +349,13 @@ _EPISODE_FIELDS = ROW_FIELDS + ("timestamp", "policy_version")
 
 
 def _source_episode(segment: Segment) -> SourceEpisode:
-    """One assembled store episode as the importers' SourceEpisode (run_import writes it)."""
+    """One assembled store episode as the importers' SourceEpisode (run_import writes it), with
+    the rows' camera frames when they have them."""
     rows = {f: np.stack([getattr(r, f) for r in segment.rows]) for f in _EPISODE_FIELDS}
-    return SourceEpisode(rows, segment.success)
+    frames = next_frames = None
+    if segment.rows[0].frames:   # stored once: a row's next frame is the next row's frame
+        last = segment.rows[-1]
+        frames = {c: np.stack([r.frames[c] for r in segment.rows]) for c in last.frames}
+        next_frames = {c: np.concatenate([f[1:], [(last.next_frames or last.frames)[c]]])
+                       for c, f in frames.items()}
+    return SourceEpisode(rows, segment.success, frames, next_frames)

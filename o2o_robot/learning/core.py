@@ -76,15 +76,31 @@ class CoreState:
         ["rejected_rows", "export_errors", "cut_episodes", "split_episodes"], 0))
 
 
+DEFAULT_FRAME_STACK = 3
+
+
+def frame_stacks(cfg: O2OConfig, cameras) -> dict[str, int]:
+    """Frames stacked per camera of the store: the config's `robot.cameras[].frame_stack`
+    (`config.frame_stacks`), DEFAULT_FRAME_STACK for a camera the config does not name."""
+    from o2o_robot import config
+
+    # config.frame_stacks comes with robot.cameras (issue 15, its sensors part); a config
+    # module without it configures no camera.
+    named = config.frame_stacks(cfg) if hasattr(config, "frame_stacks") else {}
+    return {name: int(named.get(name, DEFAULT_FRAME_STACK)) for name in cameras}
+
+
 def load_mirror(store, cfg: O2OConfig, scaler: ActionScaler,
                 online_ranges: list[list[int]]) -> ReplayMirror:
     """The demo-side rows of the whole store and the online rows of `online_ranges`, actions
     scaled to [-1, 1]: the mirror content rule of the module docstring. In store order, which
     is the order a live core added them in (intervention rows sit among its online rows), so
-    slot-keyed plan state (OEMA's priorities) restores onto the same rows on resume."""
+    slot-keyed plan state (OEMA's priorities) restores onto the same rows on resume. A row
+    whose predecessor is not mirrored (another run's online row) starts its frame stack."""
     mirror = ReplayMirror(store.obs_dim, store.act_dim,
                           online_capacity=cfg.sampler.online_capacity,
-                          initial_capacity=max(len(store), 4096))
+                          initial_capacity=max(len(store), 4096), cameras=store.cameras,
+                          frame_stacks=frame_stacks(cfg, store.cameras))
     rows = store.read()
     demo_side = np.isin(rows["source"], OFFLINE_SIDE_CODES)
     ours = np.zeros(len(demo_side), bool)
@@ -94,8 +110,19 @@ def load_mirror(store, cfg: O2OConfig, scaler: ActionScaler,
     if index.size:
         block = {k: v[index] for k, v in rows.items()}
         block["action"] = scaler.to_unit(block["action"])
-        mirror.add_rows(block)
+        mirror.add_rows(block, **_frames_of(store, index))
     return mirror
+
+
+def _frames_of(store, index: np.ndarray) -> dict:
+    """The mirror's frame arguments for store rows `index` (none for a vector-only store)."""
+    if not store.cameras:
+        return {}
+    firsts = np.concatenate([[0], [e["end"] for e in store.episodes()]])
+    starts = np.isin(index, firsts) | (np.diff(index, prepend=-1) != 1)
+    return {"frames": {c: store.read_frames(c)[index] for c in store.cameras},
+            "next_frames": {c: store.read_next_frames(c)[index] for c in store.cameras},
+            "episode_start": starts}
 
 
 class LearnerCore:
@@ -183,7 +210,7 @@ class LearnerCore:
         for t in segment.rows:
             row = t.row()
             try:
-                self.store.append(**row)
+                self.store.append(**row, frames=t.frames, next_frames=t.next_frames)
             except (StoreValueError, TypeError) as exc:   # a bad row is dropped, not fatal
                 self.state.counters["rejected_rows"] += 1
                 self.last_problem = f"rejected row: {exc}"
@@ -193,8 +220,10 @@ class LearnerCore:
                     self.state.counters["split_episodes"] += 1
                 continue
             self._range[1] += 1
+            frames = {"frames": t.frames, "next_frames": t.next_frames,
+                      "episode_start": not self._episode_rows} if self.store.cameras else {}
             self._episode_rows += 1
-            self.mirror.add(**{**row, "action": self.scaler.to_unit(row["action"])})
+            self.mirror.add(**{**row, "action": self.scaler.to_unit(row["action"])}, **frames)
             if t.is_env_step:
                 self.state.env_steps += 1
         if segment.end and self._episode_rows:   # not when the store refused all its rows

@@ -28,6 +28,7 @@ import numpy as np
 
 from o2o_robot.data.schema import SOURCE_CODE, validate_rows
 from o2o_robot.data.store import MARKER, TransitionStore
+from o2o_robot.data.store.frames import check_block_next, check_frames
 
 IMPORT_SOURCES = ("demo", "offline")          # what `--source` may name
 ROW_FIELDS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
@@ -47,10 +48,14 @@ class SourceFileError(Exception):
 @dataclass
 class SourceEpisode:
     """One episode: `rows` has ROW_FIELDS on axis 0 (optionally `timestamp`, seconds since the
-    epoch); `success` is the episode's label when the source knows it."""
+    epoch); `success` is the episode's label when the source knows it. A source with cameras
+    gives `frames` ({camera: uint8 [n, H, W, C]}, row i's observation) and `next_frames` (the
+    same at next_obs; within an episode the next row's frame, schema v2 stores each once)."""
 
     rows: dict[str, np.ndarray]
     success: bool | None = None
+    frames: dict[str, np.ndarray] | None = None
+    next_frames: dict[str, np.ndarray] | None = None
 
 
 class Source(Protocol):
@@ -60,6 +65,7 @@ class Source(Protocol):
     path: Path      # the file or directory read (hashed for provenance)
     spec: dict      # store spec: obs_dim, act_dim, action_low/high (when known), task, names, dt
     options: dict   # settings that change the rows (part of the provenance key)
+    cameras: dict   # {camera: (H, W, C)} of the episodes' frames; {} for vectors only
 
     def episodes(self) -> Iterator[SourceEpisode]: ...   # a fresh iteration on every call
 
@@ -101,6 +107,26 @@ def check_spec(store_dims: tuple[int, int], store_spec: dict, src_spec: dict, la
     for key in ("obs_names", "action_names"):
         if store_spec.get(key) and src_spec.get(key) and list(store_spec[key]) != list(src_spec[key]):
             raise ImportInputError(f"{key}: the store has {store_spec[key]}, {label} has {src_spec[key]}")
+
+
+def check_cameras(store_cameras: dict, src_cameras: dict, label: str) -> None:
+    """Refuse (ImportInputError) a source whose cameras differ from the store's."""
+    if dict(store_cameras) != dict(src_cameras):
+        raise ImportInputError(f"cameras: the store has {dict(store_cameras) or 'none'}, {label} "
+                               f"has {dict(src_cameras) or 'none'}")
+
+
+def episode_frames(ep: SourceEpisode, index: int, cameras: dict, n: int, label: str) -> dict:
+    """The episode's `frames` / `next_frames` arguments of `append_episode`, checked against
+    `cameras` (SourceFileError naming the episode and the camera)."""
+    if not cameras:
+        return {}
+    try:
+        frames = check_frames(ep.frames, cameras, (n,))
+        check_block_next(frames, ep.next_frames, cameras, n)
+    except ValueError as e:
+        raise SourceFileError(f"{label}: episode {index}: {e}") from None
+    return {"frames": frames, "next_frames": ep.next_frames}
 
 
 def episode_rows(ep: SourceEpisode, index: int, dims: tuple[int, int], source_code: int,
@@ -154,12 +180,14 @@ def run_import(src: Source, store_path, *, source: str = "offline", force: bool 
         raise ImportInputError(f"--source: expected one of {', '.join(IMPORT_SOURCES)}, got {source!r}")
     store_path, label = Path(store_path), str(src.path)
     dims = (int(src.spec["obs_dim"]), int(src.spec["act_dim"]))
+    cameras = dict(getattr(src, "cameras", None) or {})
     existed = (store_path / MARKER).is_file()   # else absent, or a create that was cut short
     store_spec: dict = {}
     notes: dict = {}
     if existed:
         with TransitionStore.open(store_path, "r") as reader:
             check_spec((reader.obs_dim, reader.act_dim), reader.spec, src.spec, label)
+            check_cameras(reader.cameras, cameras, label)
             store_spec, notes = reader.spec, reader.notes
     digest = content_hash(src.path, {"format": src.format, **src.options})
     base_key = NOTE_PREFIX + digest[:16]
@@ -170,13 +198,14 @@ def run_import(src: Source, store_path, *, source: str = "offline", force: bool 
     bar, lengths = _progress(progress, None, "checking"), []
     for i, ep in enumerate(src.episodes()):          # pass 1: nothing is written
         lengths.append(len(episode_rows(ep, i, dims, code, bounds, label, now)["reward"]))
+        episode_frames(ep, i, cameras, lengths[-1], label)
         bar is not None and bar.update(1)
     bar is not None and bar.close()
     if not lengths:
         raise SourceFileError(f"{label}: no complete episode found")
 
     store = TransitionStore.open_or_create(store_path, *dims, flush_every=flush_every,
-                                           spec=src.spec, durable=durable)
+                                           spec=src.spec, durable=durable, cameras=cameras)
     summary = {"source_path": label, "format": src.format, "store": str(store_path),
                "source": source, "task": store.spec.get("task"), "sha256": digest,
                "episodes_in_source": len(lengths)}
@@ -199,7 +228,8 @@ def run_import(src: Source, store_path, *, source: str = "offline", force: bool 
             block = episode_rows(ep, i, dims, code, bounds, label, now)
             done_rows += len(block["reward"])
             store.append_episode(block, success=ep.success, notes={key: {
-                **note, "episodes_done": i + 1, "rows_done": done_rows}})
+                **note, "episodes_done": i + 1, "rows_done": done_rows}},
+                **episode_frames(ep, i, cameras, len(block["reward"]), label))
             returns.append(float(block["reward"].sum(dtype=np.float64)))
             bar is not None and bar.update(1)
             if on_episode is not None:

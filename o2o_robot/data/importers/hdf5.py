@@ -13,8 +13,11 @@ own observation as next_obs (never bootstrapped from), a timeout row is dropped 
 before it becomes the truncated one (as D4RL's `qlearning_dataset` drops it).
 
 robomimic: `data/demo_<k>/{actions, rewards, dones, obs/<key>, next_obs/<key>}`; `obs_keys`
-(required: images and other keys are left out) picks and orders the low-dimensional
-observation keys. `dones` marks a terminal; a demonstration's last row is otherwise truncated.
+(required: other keys are left out) picks the observation keys. Image keys (uint8 [N, H, W, C],
+e.g. `agentview_image`) become the store's cameras, named by the key; the others, in the given
+order, form the state vector (at least one is needed). `dones` marks a terminal; a
+demonstration's last row is otherwise truncated. Without `next_obs` the next frame of a row is
+the next row's, as for the state vector.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ class Hdf5Source:
             raise ImportInputError(f"{self.path}: no such file")
         self.obs_keys = list(obs_keys or [])
         self.options = {"obs_keys": self.obs_keys}
+        self.cameras: dict[str, tuple[int, int, int]] = {}
         self.counts = {"rows_dropped": 0}
         with self._open() as f:
             if "observations" in f:
@@ -132,26 +136,36 @@ class Hdf5Source:
         if unknown:
             raise ImportInputError(f"--obs-keys: {', '.join(unknown)} not in {demos[0]}/obs "
                                    f"(has: {', '.join(available)})")
-        obs_dim = sum(int(np.prod(first["obs"][k].shape[1:])) for k in self.obs_keys)
+        obs = first["obs"]
+        self.cameras = {k: tuple(int(d) for d in obs[k].shape[1:]) for k in self.obs_keys
+                        if obs[k].ndim == 4 and obs[k].dtype == np.uint8}
+        self.state_keys = [k for k in self.obs_keys if k not in self.cameras]
+        if not self.state_keys:
+            raise ImportInputError(f"--obs-keys: {', '.join(self.obs_keys)} are all images; "
+                                   f"name at least one low-dimensional key (e.g. robot0_eef_pos)")
+        obs_dim = sum(int(np.prod(obs[k].shape[1:])) for k in self.state_keys)
         act = self._array(first, "actions", 2)
         try:
             task = json.loads(f["data"].attrs.get("env_args", "{}")).get("env_name")
         except (TypeError, ValueError):
             task = None
         self.spec = source_spec(obs_dim, act.shape[1], task=str(task or self.path.stem),
-                                obs_names=self.obs_keys)
+                                obs_names=self.state_keys)
 
     def _robomimic_episodes(self) -> Iterator[SourceEpisode]:
         flat = lambda g: np.concatenate(  # noqa: E731
-            [np.asarray(g[k][:]).reshape(len(g[k]), -1) for k in self.obs_keys], axis=1)
+            [np.asarray(g[k][:]).reshape(len(g[k]), -1) for k in self.state_keys], axis=1)
+        images = lambda g: {k: self._image(g, k) for k in self.cameras}  # noqa: E731
         with self._open() as f:
             for name in self._demos(f):
                 demo = f["data"][name]
                 try:
                     if len(demo["actions"]) == 0:
                         raise SourceFileError(f"{self.path}: data/{name}: an empty demo (0 rows)")
-                    obs = flat(demo["obs"])
-                    nxt = flat(demo["next_obs"]) if "next_obs" in demo else None
+                    obs, frames = flat(demo["obs"]), images(demo["obs"])
+                    has_next = "next_obs" in demo
+                    nxt = flat(demo["next_obs"]) if has_next else None
+                    next_frames = images(demo["next_obs"]) if has_next and self.cameras else None
                     done = np.asarray(demo["dones"][:], bool).reshape(-1)
                     rows = {"obs": obs, "action": np.asarray(demo["actions"][:]),
                             "reward": np.asarray(demo["rewards"][:]).reshape(-1),
@@ -159,24 +173,41 @@ class Hdf5Source:
                 except KeyError as e:
                     raise SourceFileError(f"{self.path}: data/{name}: missing {e}") from None
                 rows["truncated"][-1] = not done[-1]
-                ep = self._finish(rows, nxt)
+                ep = self._finish(rows, nxt, frames, next_frames)
                 if ep is not None:
                     yield ep
 
     # ----------------------------------------------------------------------------- common
-    def _finish(self, rows: dict, nxt: np.ndarray | None) -> SourceEpisode | None:
-        """Fill next_obs (module docstring); None when nothing is left of the episode."""
+    def _image(self, group, key: str) -> np.ndarray:
+        d = group[key]
+        if d.dtype != np.uint8 or tuple(d.shape[1:]) != self.cameras[key]:
+            raise SourceFileError(f"{self.path}: {d.name}: expected uint8 [N, "
+                                  f"{', '.join(map(str, self.cameras[key]))}], got {d.dtype} "
+                                  f"{list(d.shape)}")
+        return np.asarray(d[:])
+
+    def _finish(self, rows: dict, nxt: np.ndarray | None, frames: dict | None = None,
+                next_frames: dict | None = None) -> SourceEpisode | None:
+        """Fill next_obs and next frames (module docstring); None when nothing is left of the
+        episode."""
         if nxt is None:
             obs = rows["obs"]
             nxt = np.concatenate([obs[1:], obs[-1:]])   # the last entry: see below
+            if frames:
+                next_frames = {k: np.concatenate([f[1:], f[-1:]]) for k, f in frames.items()}
             if not rows["terminated"][-1]:              # no true successor of a cut row: drop it
                 rows = {k: v[:-1] for k, v in rows.items()}
                 nxt = nxt[:-1]
+                if frames:
+                    frames = {k: f[:-1] for k, f in frames.items()}
+                    next_frames = {k: f[:-1] for k, f in next_frames.items()}
                 self.counts["rows_dropped"] += 1
                 if len(rows["obs"]):
                     rows["truncated"][-1] = True
         rows["next_obs"] = nxt
-        return SourceEpisode(rows) if len(rows["obs"]) else None
+        if not len(rows["obs"]):
+            return None
+        return SourceEpisode(rows, frames=frames or None, next_frames=next_frames or None)
 
     def episodes(self) -> Iterator[SourceEpisode]:
         self.counts["rows_dropped"] = 0

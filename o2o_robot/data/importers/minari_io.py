@@ -5,11 +5,15 @@ Import (`MinariSource`): a local dataset by id (under MINARI_DATASETS_PATH, defa
 An episode's `observations` has one entry more than its steps: obs = observations[:-1],
 next_obs = observations[1:]; `terminations` / `truncations` become terminated / truncated as
 they are. Observation spaces may be a Box or a Dict/Tuple of Boxes (flattened in the space's
-key order, as `gymnasium.spaces.flatten` does); actions must be a Box.
+key order, as `gymnasium.spaces.flatten` does); actions must be a Box. In a Dict space, a uint8
+Box of shape (H, W, C) is a camera image: it becomes the store camera of that key (frames
+stored once), not part of the state vector.
 
 Export (`export_minari`): the completed episodes of the chosen sources become a Minari dataset
 (hdf5 data format) that `minari.load_dataset` opens with observation space
-Box(-inf, inf, [obs_dim]) and action space Box(action_low, action_high) from the store's spec.
+Box(-inf, inf, [obs_dim]) and action space Box(action_low, action_high) from the store's spec;
+a store with cameras gives Dict({"state": that Box, <camera>: Box(0, 255, (H, W, C), uint8)}),
+which imports back as the same cameras.
 An episode whose next_obs does not continue as the next row's obs (a row dropped on the robot,
 e.g. on a stale observation) is split there, the first part truncated, since a Minari episode
 is one unbroken observation sequence.
@@ -32,6 +36,22 @@ from o2o_robot.data.importers.common import (ImportInputError, SourceEpisode, So
                                               source_spec)
 from o2o_robot.data.schema import SOURCES, source_code
 from o2o_robot.data.store import TransitionStore
+
+
+def _cameras(space) -> dict[str, tuple[int, int, int]]:
+    """The image entries of a Dict observation space: {key: (H, W, C)}."""
+    if not isinstance(space, gym.spaces.Dict):
+        return {}
+    return {k: tuple(int(d) for d in s.shape) for k, s in space.spaces.items()
+            if isinstance(s, gym.spaces.Box) and s.dtype == np.uint8 and len(s.shape) == 3}
+
+
+def _state_space(space):
+    """`space` without its camera entries."""
+    cams = _cameras(space)
+    if not cams:
+        return space
+    return gym.spaces.Dict({k: s for k, s in space.spaces.items() if k not in cams})
 
 
 def _check_space(space, where: str) -> int:
@@ -75,7 +95,12 @@ class MinariSource:
                                   f"({type(e).__name__}: {e})") from None
         self.path = Path(self.dataset.storage.data_path)
         self.obs_space, self.act_space = self.dataset.observation_space, self.dataset.action_space
-        obs_dim = _check_space(self.obs_space, "observation_space")
+        self.cameras = _cameras(self.obs_space)
+        self.state_space = _state_space(self.obs_space)
+        obs_dim = _check_space(self.state_space, "observation_space")
+        if obs_dim == 0:
+            raise ImportInputError("observation_space: images only; the store needs a state "
+                                   "vector beside them")
         if not isinstance(self.act_space, gym.spaces.Box):
             raise ImportInputError(f"action_space: {self.act_space} is not supported (a Box)")
         spec = self.dataset.spec
@@ -88,8 +113,11 @@ class MinariSource:
     def episodes(self) -> Iterator[SourceEpisode]:
         for ep in self.dataset.iterate_episodes():
             n = len(ep.rewards)
-            obs = _flatten(self.obs_space, ep.observations, n + 1)
-            yield SourceEpisode({
+            obs = _flatten(self.state_space, ep.observations, n + 1)
+            images = {k: np.asarray(ep.observations[k]) for k in self.cameras}
+            yield SourceEpisode(frames={k: v[:-1] for k, v in images.items()} or None,
+                                next_frames={k: v[1:] for k, v in images.items()} or None,
+                                rows={
                 "obs": obs[:-1], "next_obs": obs[1:],
                 "action": np.asarray(ep.actions).reshape(n, -1),
                 "reward": np.asarray(ep.rewards).reshape(n),
@@ -138,7 +166,19 @@ def export_minari(store_path, dataset_id: str, *, sources: list[str] | None = No
     act_space = gym.spaces.Box(np.asarray(low if low else [-np.inf] * store.act_dim, np.float32),
                                np.asarray(high if high else [np.inf] * store.act_dim, np.float32))
     obs_space = gym.spaces.Box(-np.inf, np.inf, (store.obs_dim,), np.float32)
+    if store.cameras:
+        obs_space = gym.spaces.Dict({"state": obs_space, **{
+            c: gym.spaces.Box(0, 255, shape, np.uint8) for c, shape in store.cameras.items()}})
     counts = {"episodes": 0, "steps": 0, "split": 0}
+
+    def observations(p: dict, start: int, stop: int):
+        """A piece's observations: its obs and the last next_obs (and each camera's frames)."""
+        state = np.concatenate([p["obs"], p["next_obs"][-1:]])
+        if not store.cameras:
+            return state
+        return {"state": state, **{c: np.concatenate([store.read_frames(c, start, stop),
+                                                       store.read_next_frames(c, stop - 1, stop)])
+                                   for c in store.cameras}}
 
     def buffers() -> Iterator[EpisodeBuffer]:   # streamed: one store episode in memory at a time
         for e in eps:
@@ -146,13 +186,16 @@ def export_minari(store_path, dataset_id: str, *, sources: list[str] | None = No
                               e["start"], e["end"])
             pieces = list(_pieces(rows))
             counts["split"] += len(pieces) - 1
+            start = e["start"]
             for p in pieces:
+                stop = start + len(p["reward"])
                 yield EpisodeBuffer(
-                    id=counts["episodes"], observations=np.concatenate([p["obs"], p["next_obs"][-1:]]),
+                    id=counts["episodes"], observations=observations(p, start, stop),
                     actions=p["action"], rewards=p["reward"].astype(np.float64),
                     terminations=p["terminated"], truncations=p["truncated"], infos={})
                 counts["episodes"] += 1
                 counts["steps"] += len(p["reward"])
+                start = stop
 
     task = store.spec.get("task")
     env = gym.spec(task) if task and task in gym.registry else None
