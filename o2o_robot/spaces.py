@@ -55,9 +55,7 @@ class CameraSpec:
 def camera_specs(robot: Any) -> tuple[CameraSpec, ...]:
     """The cameras of a robot config (`robot.cameras`: name, height, width, channels,
     frame_stack per entry) as CameraSpecs, in config order; () for a robot without cameras."""
-    # getattr: the camera list of the robot config comes with the camera sources (issue 15);
-    # a RobotSpec from before it has no cameras.
-    sources: Iterable[Any] = getattr(robot, "cameras", None) or ()
+    sources: Iterable[Any] = robot.cameras
     specs = tuple(CameraSpec(str(c.name), int(c.height), int(c.width), int(c.channels),
                              int(c.frame_stack)) for c in sources)
     names = [c.name for c in specs]

@@ -164,12 +164,14 @@ def test_hot_swap_and_rollback_of_camera_policies(good):
     back = slot.act(obs, deterministic=True)
     assert back[1] == first[1]
     np.testing.assert_array_equal(back[0], first[0])
-    # a vector policy is refused by a robot with cameras, the camera policy keeps serving
-    vector = export_policy(pixel_agent(cameras=()).export_actor(), obs_dim=OBS, act_dim=ACT,
-                           action_low=LOW, action_high=HIGH, algorithm="rlpd", version=9)
-    refused = slot.propose(vector)
-    assert not refused.accepted and refused.reason.startswith("cameras: policy takes no cameras")
-    assert slot.act(obs, deterministic=True)[1] == first[1]
+    # a policy with a camera the robot lacks is refused, the camera policy keeps serving
+    front = export(version=9, cameras=CAMS[:1])
+    refused = make_slot(cameras=CAMS[1:]).propose(front)
+    assert not refused.accepted and refused.reason.startswith("cameras: policy takes front")
+    # one camera of the robot's two (or none: a state-only policy) is allowed
+    assert slot.propose(front).accepted and slot.current[0].camera_inputs == ("front",)
+    partial = slot.act(obs, deterministic=True)
+    assert partial[1] == 9 and np.isfinite(partial[0]).all()   # the metadata version
 
 
 def test_vector_policies_keep_contract_v1_and_take_a_dict_with_state():

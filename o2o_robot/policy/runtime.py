@@ -280,6 +280,11 @@ class OnnxPolicy:
         return self.session.run(self._out_names, feeds)[0]
 
     @property
+    def camera_inputs(self) -> tuple[str, ...]:
+        """Names of the cameras the graph takes, in graph order (() for a v1 policy)."""
+        return tuple(self.cameras)
+
+    @property
     def version(self) -> int | None:
         """The exporter's policy version from the metadata (None for graphs made elsewhere)."""
         try:
@@ -342,8 +347,9 @@ def validate_policy(policy: OnnxPolicy | bytes | str | Path, *, obs_dim: int, ac
                     cameras: Mapping[str, Sequence[int]] | Sequence[CameraSpec] | None = None
                     ) -> None:
     """Raise `PolicyRejected` unless `policy` may drive this robot: it loads, has the contract's
-    inputs/output, opset >= MIN_OPSET, the robot's dimensions and cameras (`cameras`: the robot's,
-    None = none; and, when the metadata has a spec, its bounds), finite in-bounds actions on
+    inputs/output, opset >= MIN_OPSET, the robot's dimensions, cameras the robot gives (`cameras`:
+    the robot's, None = none; the policy may take fewer) and, when the metadata has a spec, its
+    bounds, finite in-bounds actions on
     probe observations (`probes.probe_inputs`: random images for each camera) with zero and
     random noise, and a p99 single-call latency within the budget. `action_low/high` None skips
     the bounds check."""
@@ -356,7 +362,9 @@ def validate_policy(policy: OnnxPolicy | bytes | str | Path, *, obs_dim: int, ac
     if policy.act_dim != act_dim:
         raise PolicyRejected(f"act dim: policy gives {policy.act_dim}, robot takes {act_dim}")
     robot_cameras = camera_shapes(cameras)
-    if policy.cameras != robot_cameras:
+    # Every camera the policy takes, the robot must give, at that shape; a robot camera the
+    # policy does not take is ignored (a state-only policy on a camera robot is allowed).
+    if any(robot_cameras.get(name) != shape for name, shape in policy.cameras.items()):
         raise PolicyRejected(f"cameras: policy takes {_describe(policy.cameras)}, robot gives "
                              f"{_describe(robot_cameras)}")
     check_bounds = action_low is not None and action_high is not None
