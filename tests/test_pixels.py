@@ -1,7 +1,8 @@
 """Pixel RLPD (ALGORITHMS.md section 1.10) on synthetic batches: the random shift, who trains
 the encoder, the actor's copy of the critic's conv weights, the Z-member target critic with its
 encoder, the frozen pretrained encoder and the refusals (OBAC/OEMA with cameras, bad files,
-bad batches). Small images and encoders: every test runs in well under a second on one core.
+bad batches), and a one-step task only the image shows, learned with images and not with
+blank ones. Small images and encoders: about 10 s in all on one core.
 """
 from __future__ import annotations
 
@@ -258,3 +259,46 @@ def test_the_pixel_preset_is_the_official_setting():
         (50, [32, 64, 128, 256], None)
     trunk = ConvTrunk(CameraSpec("c", 64, 64, 3, 3), algo.encoder_features)
     assert trunk.out_dim == 256 * 3 * 3                   # 64 -> 31 -> 15 -> 7 -> 3, VALID
+
+
+# ------------------------------------------------------------------------------------ learning
+def side_images(targets: np.ndarray, blank: bool = False) -> np.ndarray:
+    """16 x 16 RGB: the left half lit for target +1, the right half for -1 (all black: blank)."""
+    x = np.zeros((len(targets), 16, 16, 3), np.uint8)
+    if not blank:
+        x[targets > 0, :, :8] = 255
+        x[targets < 0, :, 8:] = 255
+    return x
+
+
+def learn_side_task(blank: bool, updates: int = 150, seed: int = 1) -> np.ndarray:
+    """One-step episodes whose best action (+1 or -1) only the image shows (the state is 0):
+    reward 1 - |a - target| on uniform random actions. Returns the deterministic actions for a
+    left-lit and a right-lit image after `updates` updates of batch 64."""
+    rng = np.random.default_rng(seed)
+    n = 1024
+    target = rng.choice([-1.0, 1.0], n)
+    action = rng.uniform(-1, 1, (n, 1)).astype(np.float32)
+    reward = (1 - np.abs(action[:, 0] - target)).astype(np.float32)
+    pixels = side_images(target, blank)
+    cfg = RLPDConfig(hidden_dims=[32, 32], encoder_features=[8, 16], latent_dim=16,
+                     critic_ensemble_size=2, critic_subset_size=1, init_temperature=0.1,
+                     backup_entropy=False)
+    agent = RLPD(1, 1, cfg, batch_size=64, seed=seed,
+                 cameras=(CameraSpec("front", 16, 16, 3, 1),))
+    zeros = np.zeros((64, 1), np.float32)
+    for _ in range(updates):
+        i = rng.integers(0, n, 64)
+        agent.update({"obs": zeros, "next_obs": zeros, "action": action[i], "reward": reward[i],
+                      "mask": zeros[:, 0], "pixels/front": pixels[i],
+                      "next_pixels/front": pixels[i]})
+    probe = side_images(np.array([1.0, -1.0]))
+    return agent.act({"state": np.zeros((2, 1), np.float32), "front": probe},
+                     deterministic=True)[:, 0]
+
+
+def test_pixel_rlpd_learns_a_task_only_the_image_shows_and_not_with_blank_images():
+    left, right = learn_side_task(blank=False)
+    assert left > 0.5 and right < -0.5, (left, right)
+    left, right = learn_side_task(blank=True)    # negative control: the same, images all black
+    assert not (left > 0.5 and right < -0.5), (left, right)
