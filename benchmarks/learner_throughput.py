@@ -17,6 +17,11 @@ Reported per variant: the best window and the median window (updates/s). The off
 figure (92-95 updates/s on the 2-core reference machine) is an anchor stated in the issue, NOT
 measured here. Usage: python benchmarks/learner_throughput.py [--seconds 60] [--threads 2] [--bf16]
 
+Pixel setting (`--pixels`, benchmarks/pixel_throughput.py): pixel RLPD at 64 x 64, 3 stacked
+frames, batch 256, E=10, Z=1, UTD 1: updates/s eager fp32, compiled and bf16 autocast, each as a
+share of a conv+matmul ceiling measured in the same run. `--size`, `--frames`, `--features` and
+`--state-dim`, `--batch` change the setting (e.g. `--size 32` for the CI-sized learning check).
+
 Contention (`learner.torch_threads`, o2o_robot/learning/threads.py): `--contend K` keeps K
 other processes spinning on the CPU while it measures; `--threads auto` follows the free cores
 as the learner does. `--threads-table` runs the eager fp32 update in a fresh process per setting
@@ -183,7 +188,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-naive", action="store_true", help="skip the plain-loop baseline")
     ap.add_argument("--tune-malloc", action="store_true",
                     help="keep freed memory in the glibc heap (an experiment; see tune_malloc)")
+    ap.add_argument("--pixels", action="store_true", help="the pixel setting (module docstring)")
+    ap.add_argument("--size", type=int, default=64, help="--pixels: image side, pixels")
+    ap.add_argument("--frames", type=int, default=3, help="--pixels: stacked frames")
+    ap.add_argument("--features", default="32,64,128,256", help="--pixels: conv widths")
+    ap.add_argument("--state-dim", type=int, default=0, help="--pixels: state vector size")
+    ap.add_argument("--batch", type=int, default=256, help="--pixels: minibatch size N")
     args = ap.parse_args(argv)
+    if args.pixels:
+        from pixel_throughput import run_pixels   # benchmarks/ is on sys.path when run as a script
+        return run_pixels(args.seconds, args.window, args.size, args.frames,
+                          [int(f) for f in args.features.split(",")], args.state_dim,
+                          1 if args.threads == "auto" else int(args.threads),
+                          not args.no_compile, True, args.batch)
     if args.threads_table:
         return threads_table(args.seconds, args.window, args.contend or 1)
     from o2o_robot.learning.threads import ThreadTuner

@@ -216,6 +216,17 @@ class RLPDConfig(Model):
     target_entropy: float | None = Field(None, description="None = -|A|/2")
     backup_entropy: bool = True
     reward_shift: float = Field(0.0, description="added to every sampled reward (AntMaze: -1)")
+    latent_dim: int = Field(50, ge=1, description="cameras: size of each camera's and the state's "
+                            "Dense -> LayerNorm -> tanh projection")
+    encoder_features: list[int] = Field(
+        default_factory=lambda: [32, 64, 128, 256], min_length=1,
+        description="cameras: widths of the conv encoder trained from scratch (3x3, stride 2, "
+                    "VALID, ReLU per layer), one encoder per camera")
+    pretrained_encoder: Path | None = Field(
+        None, description="cameras: a frozen pretrained per-frame encoder used instead of the "
+                          "conv encoder: a torch.export program file (torch.export.save, batch "
+                          "dimension dynamic) mapping float [N, C, H, W] in [0, 1] to [N, F]; "
+                          "never downloaded, checked at start")
 
     @model_validator(mode="after")
     def _subset(self) -> "RLPDConfig":

@@ -53,6 +53,8 @@ BAD_FILES = [
      "control.reward.function 'no_such_module_o2o:reward': cannot import module"),
     ("no_observations", "robot:\n  observations: []\n",
      "robot.observations: must have at least 1 entry"),
+    ("missing_pretrained_encoder", "algorithm:\n  pretrained_encoder: /no/such/backbone.pt2\n",
+     "algorithm.pretrained_encoder: /no/such/backbone.pt2 does not exist"),
     ("duplicate_key", "learner:\n  warmup_steps: 500\nsampler:\n  batch_size: 128\n"
      "learner:\n  utd_ratio: 4\n",
      "key 'learner' appears twice in one mapping (lines 6 and 10)"),   # after the header

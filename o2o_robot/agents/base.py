@@ -16,13 +16,14 @@ stays cheap; `registry()` imports the algorithm modules on first use.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
     from o2o_robot.config import O2OConfig
+    from o2o_robot.spaces import CameraSpec
 
 BATCH_PLANS = ("mixed", "balanced_replay")
 STATE_KEYS = ("algorithm", "obs_dim", "act_dim", "batch_size", "nets", "optimisers", "counters",
@@ -42,9 +43,11 @@ class Agent(Protocol):
     pretrain_steps: int         # offline pre-training steps configured (0 without a phase)
     pretrain_steps_done: int    # 0 without a phase
     pretrain_finished: bool     # True without a phase
+    cameras: tuple              # CameraSpecs of the image inputs (spaces.py); () = vectors only
 
     def act(self, obs: Any, deterministic: bool = False) -> "np.ndarray":
-        """Unit action(s) in [-1, 1] for obs [obs_dim] or [B, obs_dim]."""
+        """Unit action(s) in [-1, 1] for obs [obs_dim] or [B, obs_dim]; with cameras an
+        observation dict {"state", camera name: uint8 [(B,) H, W, C*S]}."""
 
     def update(self, batch: Mapping[str, Any]) -> dict[str, float]:
         """One env-step update on a big batch of G*N rows (G minibatches); returns metrics."""
@@ -65,7 +68,8 @@ class Agent(Protocol):
         """Restore a `state_dict()`; ValueError if it is another algorithm's or other dims."""
 
     def export_actor(self) -> "torch.nn.Module":
-        """CPU module: forward(obs [B, obs_dim], noise [B, act_dim]) -> unit action."""
+        """CPU module: forward(obs [B, obs_dim], noise [B, act_dim]) -> unit action; with
+        cameras forward(state [B, obs_dim], *images (config order), noise)."""
 
 
 # ------------------------------------------------------------------------------------ state
@@ -136,13 +140,24 @@ def resolve_device(device: Any = "auto") -> str:
     return str(device)
 
 
+PIXEL_ALGORITHMS = ("rlpd",)   # the algorithms that take camera observations
+
+
 def build_agent(cfg: "O2OConfig", obs_dim: int, act_dim: int, device: Any = "cpu",
-                seed: int = 0) -> Agent:
-    """The agent named by `cfg.algorithm.name`, sized for obs_dim/act_dim, on `device`."""
+                seed: int = 0, cameras: "Sequence[CameraSpec] | None" = None) -> Agent:
+    """The agent named by `cfg.algorithm.name`, sized for obs_dim/act_dim (the state vector),
+    on `device`. `cameras` None: those of `cfg.robot` (`spaces.camera_specs`). OBAC and OEMA
+    refuse cameras (ValueError): only RLPD has the pixel variant (ALGORITHMS.md 1.10)."""
+    from o2o_robot.spaces import camera_specs
     algorithms = registry()
     name = cfg.algorithm.name
     if name not in algorithms:
         raise ValueError(f"algorithm.name: expected one of {sorted(algorithms)}, got {name!r}")
+    cameras = tuple(camera_specs(cfg.robot) if cameras is None else cameras)
+    if cameras and name not in PIXEL_ALGORITHMS:
+        raise ValueError(f"algorithm.name: {name} does not take camera observations "
+                         f"(robot.cameras has {len(cameras)}); use one of {list(PIXEL_ALGORITHMS)}")
+    extra = {"cameras": cameras} if cameras else {}
     return algorithms[name](obs_dim, act_dim, cfg.algorithm, batch_size=cfg.sampler.batch_size,
                             device=resolve_device(device), compile=cfg.learner.compile,
-                            bf16=cfg.learner.bf16, seed=seed)
+                            bf16=cfg.learner.bf16, seed=seed, **extra)

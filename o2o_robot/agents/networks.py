@@ -183,16 +183,19 @@ class EnsembleCritic(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int], ensemble_size: int,
                  layer_norm: bool | Norm = True, activation: str | Callable = "relu",
-                 ln_eps: float = LN_EPS):
+                 ln_eps: float = LN_EPS, encoder: nn.Module | None = None):
         super().__init__()
         norm = layer_norm if isinstance(layer_norm, str) else ("ln_all" if layer_norm else "none")
         self.obs_dim, self.act_dim, self.ensemble_size = obs_dim, act_dim, int(ensemble_size)
+        # `encoder` (pixels: agents/encoders.py ObsEncoder) maps the observation to obs_dim
+        # features first; it is one for all members, trained by the critic loss.
+        self.encoder = encoder if encoder is not None else nn.Identity()
         self.net = EnsembleMLP(obs_dim + act_dim, hidden_dims, 1, ensemble_size, norm, activation,
                                ln_eps)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor,
+    def forward(self, obs, action: torch.Tensor,
                 members: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(torch.cat([obs, action], dim=-1), members).squeeze(-1)
+        return self.net(torch.cat([self.encoder(obs), action], dim=-1), members).squeeze(-1)
 
 
 # ---------------------------------------------------------------------------------------- actors
@@ -204,19 +207,22 @@ class TanhGaussianActor(nn.Module):
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dims: Sequence[int],
-                 layer_norm: bool | Norm = False, ln_eps: float = LN_EPS):
+                 layer_norm: bool | Norm = False, ln_eps: float = LN_EPS,
+                 encoder: nn.Module | None = None):
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        # `encoder` (pixels): observation dict -> obs_dim features, before the trunk.
+        self.encoder = encoder if encoder is not None else nn.Identity()
         self.trunk = _mlp(obs_dim, hidden_dims, layer_norm, ln_eps)
         self.mu_head = _xavier_linear(hidden_dims[-1], act_dim)
         self.log_std_head = _xavier_linear(hidden_dims[-1], act_dim)
 
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, log_std), each [B, act_dim], log_std clipped to [-20, 2]."""
-        h = self.trunk(obs)
+        h = self.trunk(self.encoder(obs))
         return self.mu_head(h), self.log_std_head(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def sample(self, obs: torch.Tensor, generator: torch.Generator | None = None,
+    def sample(self, obs, generator: torch.Generator | None = None,
                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised (action, log pi(action|obs)); `noise` (standard normal) may be given."""
         mu, log_std = self(obs)
@@ -227,7 +233,7 @@ class TanhGaussianActor(nn.Module):
         log_normal = (-0.5 * noise.square() - log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * self.act_dim
         return torch.tanh(u), log_normal - tanh_log_det(u)
 
-    def mode(self, obs: torch.Tensor) -> torch.Tensor:
+    def mode(self, obs) -> torch.Tensor:
         """The evaluation action tanh(mu(s))."""
         return torch.tanh(self(obs)[0])
 

@@ -167,6 +167,7 @@ class OBAC:
 
     name = "obac"
     batch_plan = "mixed"
+    cameras: tuple = ()          # vectors only: build_agent refuses a camera config
     pretrain_steps = pretrain_steps_done = 0
     pretrain_finished = True
 

@@ -201,6 +201,7 @@ class OEMA:
 
     name = "oema"
     batch_plan = "balanced_replay"
+    cameras: tuple = ()          # vectors only: build_agent refuses a camera config
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: OEMAConfig, *, batch_size: int = 256,
                  device: str | torch.device = "cpu", compile: bool = False, bf16: bool = False,

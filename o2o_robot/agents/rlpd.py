@@ -21,6 +21,13 @@ m = 1 - terminated (truncation keeps m = 1). Actions in the batch are already sc
 The actor and alpha are fixed during the G critic steps, so a' and log pi(a'|s') are drawn for all
 G minibatches in one actor pass before the loop (same distribution as drawing them per step).
 `reward_shift` is applied here, in the critic loss: the sampler must not shift rewards as well.
+
+Pixels (ALGORITHMS.md 1.10, `cameras` given): obs and next_obs are dicts {"state", camera...};
+the critic's encoder (agents/encoders.py) is trained by L_Q, the target critic is its Polyak
+copy encoder included (evaluated on the Z drawn members only, as for vectors), and the actor
+has its own copy of the conv trunks, overwritten with the critic's at the start of every update
+and cut from the gradient, so L_pi trains only the actor's projections and MLP. Each update
+augments obs and next_obs with independent random shifts on the learner's device.
 """
 from __future__ import annotations
 
@@ -34,10 +41,13 @@ import torch
 from torch import nn
 
 from o2o_robot.agents.base import pack_state, resolve_device, unpack_state
+from o2o_robot.agents.encoders import (ObsEncoder, PixelPolicyExport, build_trunks, copy_trunks,
+                                       load_pretrained, observation_batch, pixel_actions)
 from o2o_robot.agents.networks import EnsembleCritic, TanhGaussianActor, TanhGaussianExport
 from o2o_robot.agents.ops import (batch_tensors, ensemble_mean, minibatch_slices, policy_actions,
                                   polyak_update, sample_subsets)
 from o2o_robot.config import RLPDConfig
+from o2o_robot.spaces import CameraSpec
 
 BATCH_KEYS = ("obs", "action", "reward", "next_obs", "mask")
 Batch = Mapping[str, torch.Tensor]
@@ -47,13 +57,28 @@ _COUNTERS = ("updates", "critic_steps", "ema_steps", "actor_steps", "temp_steps"
 class RLPDNets(nn.Module):
     """Everything RLPD learns: actor, critic ensemble, its target copy and log alpha."""
 
-    def __init__(self, obs_dim: int, act_dim: int, cfg: RLPDConfig):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: RLPDConfig,
+                 cameras: tuple[CameraSpec, ...] = (), pretrained: tuple | None = None):
         super().__init__()
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.hidden_dims)  # no LayerNorm
-        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.hidden_dims, cfg.critic_ensemble_size,
-                                     cfg.critic_layer_norm)
+        critic_enc = actor_enc = None
+        features = obs_dim
+        if cameras:   # one encoder per network, over all cameras and the state
+            critic_enc, actor_enc = (
+                ObsEncoder(obs_dim, cameras, build_trunks(cameras, cfg.encoder_features, pretrained),
+                           cfg.latent_dim, detach_trunks=actor) for actor in (False, True))
+            copy_trunks(actor_enc, critic_enc)
+            features = critic_enc.out_dim
+        self.actor = TanhGaussianActor(features, act_dim, cfg.hidden_dims,  # no LayerNorm
+                                       encoder=actor_enc)
+        self.critic = EnsembleCritic(features, act_dim, cfg.hidden_dims, cfg.critic_ensemble_size,
+                                     cfg.critic_layer_norm, encoder=critic_enc)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_temperature)))
+
+
+def _rows(value: Any, sl: slice) -> Any:
+    """Rows `sl` of a batch entry: a tensor or an observation dict of tensors."""
+    return {k: v[sl] for k, v in value.items()} if isinstance(value, dict) else value[sl]
 
 
 def target_entropy(cfg: RLPDConfig, act_dim: int) -> float:
@@ -74,7 +99,7 @@ def critic_loss(nets: RLPDNets, batch: Batch, cfg: RLPDConfig, *,
     critic = nets.critic
     if members is None:
         members = sample_subsets(1, critic.ensemble_size, cfg.critic_subset_size, generator,
-                                 batch["obs"].device)[0]
+                                 batch["reward"].device)[0]
     with torch.no_grad():
         if "next_action" in batch:
             next_action, next_log_prob = batch["next_action"], batch["next_log_prob"]
@@ -129,13 +154,20 @@ class RLPD:
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: RLPDConfig, *, batch_size: int = 256,
                  device: str | torch.device = "cpu", compile: bool = False, bf16: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, cameras: tuple[CameraSpec, ...] = ()):
         self.obs_dim, self.act_dim, self.cfg = int(obs_dim), int(act_dim), cfg
         self.batch_size, self.bf16 = int(batch_size), bool(bf16)
+        self.cameras = tuple(cameras)
         self.device = torch.device(resolve_device(device))
+        pretrained = None
+        if cfg.pretrained_encoder is not None:
+            if not self.cameras:
+                raise ValueError("algorithm.pretrained_encoder: set, but robot.cameras is empty "
+                                 "(an image encoder needs cameras)")
+            pretrained = load_pretrained(cfg.pretrained_encoder, self.cameras)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, global RNG untouched
             torch.manual_seed(seed)
-            self.nets = RLPDNets(obs_dim, act_dim, cfg).to(self.device)
+            self.nets = RLPDNets(obs_dim, act_dim, cfg, self.cameras, pretrained).to(self.device)
         self.target_entropy = target_entropy(cfg, act_dim)
         # One generator for updates, one for act(): acting never shifts the update stream.
         self.generator = torch.Generator(self.device).manual_seed(seed)
@@ -143,12 +175,16 @@ class RLPD:
         # Fused Adam (one kernel pass per tensor; CPU and CUDA): ~2.5x faster than foreach on
         # CPU here, and faster than torch.compile of the step (benchmarks/learner_throughput.py).
         opt = {"fused": True}
-        self.critic_opt = torch.optim.Adam(self.nets.critic.parameters(), cfg.critic_lr, **opt)
-        self.actor_opt = torch.optim.Adam(self.nets.actor.parameters(), cfg.actor_lr, **opt)
+        trained = lambda m: [p for p in m.parameters() if p.requires_grad]  # noqa: E731
+        # The actor's conv trunks are copies of the critic's: never stepped by the actor.
+        actor_enc = self.nets.actor.encoder
+        copied = {id(p) for p in actor_enc.trunks.parameters()} if self.cameras else set()
+        self._actor_params = [p for p in trained(self.nets.actor) if id(p) not in copied]
+        self.critic_opt = torch.optim.Adam(trained(self.nets.critic), cfg.critic_lr, **opt)
+        self.actor_opt = torch.optim.Adam(self._actor_params, cfg.actor_lr, **opt)
         self.temp_opt = torch.optim.Adam([self.nets.log_alpha], cfg.temp_lr, **opt)
         self._online = list(self.nets.critic.parameters())
         self._target = list(self.nets.target_critic.parameters())
-        self._actor_params = list(self.nets.actor.parameters())
         self.compile_error: str | None = None
         self._losses = dict(_EAGER_LOSSES)
         if compile:  # the losses (forward and backward) are compiled; fused Adam already is one kernel
@@ -182,7 +218,10 @@ class RLPD:
                 p.grad = None
             return self._loss_backward(name, *args, inputs=inputs, **kwargs)
 
-    def _to_batch(self, big_batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def _to_batch(self, big_batch: Mapping[str, Any]) -> dict[str, Any]:
+        if self.cameras:   # obs/next_obs become dicts, images randomly shifted on the device
+            return observation_batch(big_batch, BATCH_KEYS, self.cameras, self.obs_dim,
+                                     self.act_dim, self.device, self.generator)
         return batch_tensors(big_batch, BATCH_KEYS, self.obs_dim, self.act_dim, self.device)
 
     def _autocast(self):
@@ -212,10 +251,13 @@ class RLPD:
 
     def update(self, big_batch: Mapping[str, Any]) -> dict[str, float]:
         """G critic steps (fresh Z and a target EMA each), then one actor and one alpha step on
-        the last minibatch. `big_batch`: obs, action, reward, next_obs, mask with G*N rows."""
+        the last minibatch. `big_batch`: obs, action, reward, next_obs, mask with G*N rows
+        (with cameras also pixels/<name>, next_pixels/<name>: uint8 [G*N, H, W, C*S])."""
+        if self.cameras:   # the actor takes the critic's current conv weights (ALGORITHMS 1.10)
+            copy_trunks(self.nets.actor.encoder, self.nets.critic.encoder)
         batch = self._to_batch(big_batch)
-        slices = minibatch_slices(batch["obs"].shape[0], self.batch_size)
-        gen, rows = self.generator, batch["obs"].shape[0]
+        gen, rows = self.generator, batch["reward"].shape[0]
+        slices = minibatch_slices(rows, self.batch_size)
         # All randomness up front: G target subsets from one sort, and a' ~ pi(.|s') for all G
         # minibatches in one actor pass (the actor is fixed until after the critic steps).
         members = sample_subsets(len(slices), self.cfg.critic_ensemble_size,
@@ -228,9 +270,9 @@ class RLPD:
         batch.update(next_action=next_action.float(), next_log_prob=next_log_prob.float())
         stats = []
         for g, sl in enumerate(slices):
-            info = self._critic_step({k: v[sl] for k, v in batch.items()}, members[g])
+            info = self._critic_step({k: _rows(v, sl) for k, v in batch.items()}, members[g])
             stats.append(torch.stack(list(info.values())))
-        last = {k: v[slices[-1]] for k, v in batch.items()}
+        last = {k: _rows(v, slices[-1]) for k, v in batch.items()}
         tail = self._actor_and_temperature_step(last, noise[rows:])
         self.updates += 1
         self.last_minibatch_slices, self.last_actor_slice = slices, slices[-1]
@@ -246,15 +288,20 @@ class RLPD:
         return metrics
 
     # ---------------------------------------------------------------------------- acting
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Action(s) in [-1, 1] for obs [obs_dim] or [B, obs_dim]: tanh(mu) or a sample."""
+    def act(self, obs: Any, deterministic: bool = False) -> np.ndarray:
+        """Action(s) in [-1, 1] for obs [obs_dim] or [B, obs_dim] (with cameras: the observation
+        dict, one or a batch): tanh(mu) or a sample."""
         actor = self.nets.actor
-        return policy_actions(
-            actor.mode if deterministic else lambda o: actor.sample(o, self.act_generator)[0],
-            obs, self.obs_dim, self.device)
+        policy = actor.mode if deterministic else lambda o: actor.sample(o, self.act_generator)[0]
+        if self.cameras:
+            return pixel_actions(policy, obs, self.cameras, self.obs_dim, self.device)
+        return policy_actions(policy, obs, self.obs_dim, self.device)
 
     def export_actor(self) -> nn.Module:
-        """CPU copy in eval mode: forward(obs [B, obs_dim], noise [B, act_dim]) -> action."""
+        """CPU copy in eval mode: forward(obs [B, obs_dim], noise [B, act_dim]) -> action; with
+        cameras forward(state, *camera images (uint8, config order), noise)."""
+        if self.cameras:
+            return PixelPolicyExport(self.nets.actor, self.cameras)
         return TanhGaussianExport(self.nets.actor)
 
     # ------------------------------------------------------------------- protocol, no-ops
@@ -278,9 +325,18 @@ class RLPD:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed for identical next updates (`base.pack_state`'s shape)."""
         return pack_state(self, self.nets, self._optimisers(),
-                          {k: getattr(self, k) for k in _COUNTERS}, self._generators())
+                          {k: getattr(self, k) for k in _COUNTERS}, self._generators(),
+                          {"cameras": [c.as_dict() for c in self.cameras]})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        # Before the nets: a state with other cameras has other modules, and torch's error
+        # about their keys would not say why.
+        extra = state.get("extra") if isinstance(state, Mapping) else None
+        if isinstance(extra, Mapping) and state.get("algorithm") == self.name:
+            theirs, ours = extra.get("cameras", []), [c.as_dict() for c in self.cameras]
+            if theirs != ours:
+                raise ValueError(f"{self.name} state: cameras {theirs} do not match this "
+                                 f"agent's {ours}")
         counters, _ = unpack_state(self, state, self.nets, self._optimisers(), self._generators())
         for k in _COUNTERS:
             setattr(self, k, counters[k])

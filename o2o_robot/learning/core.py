@@ -285,13 +285,19 @@ class LearnerCore:
         actor = UniformWarmupActor(robot.obs_dim, robot.act_dim) if warmup else \
             self.agent.export_actor()
         probe_rng = np.random.default_rng(version)   # never the training generator
-        probe = self.mirror.sample_uniform(64, probe_rng)["obs"] if len(self.mirror) else None
+        cameras = self.agent.cameras
+        probe = None
+        if len(self.mirror):   # stored observations (with cameras: states and images)
+            rows = self.mirror.sample_uniform(64, probe_rng)
+            probe = rows["obs"] if not cameras else {
+                "state": rows["obs"], **{c.name: rows[f"pixels/{c.name}"] for c in cameras}}
         try:
             data = export_policy(actor, obs_dim=robot.obs_dim, act_dim=robot.act_dim,
                                  action_low=robot.action.low, action_high=robot.action.high,
                                  algorithm="warmup" if warmup else self.cfg.algorithm.name,
                                  version=version, config_hash=self.cfg.config_hash(),
-                                 probe_obs=probe, names=robot.action.names or None)
+                                 probe_obs=probe, names=robot.action.names or None,
+                                 cameras=cameras)
         except ExportError as exc:   # e.g. a diverged actor: the actor keeps the last good one
             self.state.counters["export_errors"] += 1
             self.last_problem = f"export of version {version} failed: {exc}"

@@ -7,7 +7,10 @@ functions, so a config it accepts gets past them.
 
 1. `control.reward.function`: imported and probed, as the actor node does at start.
 2. the control stack: the observation assembler, safety filter and episode tracker built from
-   the config, as `ControlCore` builds them (a catch-all behind the config's own validators).
+   the config, as `ControlCore` builds them (a catch-all behind the config's own validators);
+   and the learner's inputs (`check_learner_inputs`): cameras only for an algorithm that takes
+   them, an `algorithm.pretrained_encoder` file that exists (its content is checked when the
+   agent is built, with torch).
 3. the learner's spec (`learner_spec`): `sim.task` must exist; a gymnasium task brings its own.
 4. with `sim` (`o2o-robot finetune` runs the MuJoCo sim bridge): the robot section must be one
    the sim can serve, and the scripted operator (`teleop.intervene_every`) needs an expert.
@@ -53,6 +56,25 @@ def check_control(cfg: O2OConfig, label: str) -> None:
         EpisodeTracker(cfg.control.max_episode_steps)
     except ValueError as exc:
         raise ConfigError(f"{label}: {exc}") from None
+
+
+def check_learner_inputs(cfg: O2OConfig, label: str) -> None:
+    """Cameras only for an algorithm with a pixel variant; the pretrained encoder file exists."""
+    from o2o_robot.agents.base import PIXEL_ALGORITHMS   # no torch at import
+    from o2o_robot.spaces import camera_specs
+
+    try:
+        cameras = camera_specs(cfg.robot)
+    except ValueError as exc:
+        raise ConfigError(f"{label}: {exc}") from None
+    name = cfg.algorithm.name
+    if cameras and name not in PIXEL_ALGORITHMS:
+        raise ConfigError(f"{label}: algorithm.name: {name} does not take camera observations "
+                          f"(robot.cameras has {len(cameras)}); use one of {list(PIXEL_ALGORITHMS)}")
+    encoder = getattr(cfg.algorithm, "pretrained_encoder", None)   # RLPD's key only
+    if encoder is not None and not Path(encoder).expanduser().is_file():
+        raise ConfigError(f"{label}: algorithm.pretrained_encoder: {encoder} does not exist "
+                          f"(nothing is downloaded)")
 
 
 def _env(cfg: O2OConfig, label: str):
@@ -151,6 +173,7 @@ def startup_checks(cfg: O2OConfig, label: str, *, sim: bool, demos: bool = True)
     to start), else reported (`config validate`: the config is fine, the store not ready yet)."""
     check_reward_function(cfg, label)
     check_control(cfg, label)
+    check_learner_inputs(cfg, label)
     spec = learner_spec(cfg, label)
     problem = sim_problem(cfg)
     if sim and problem:

@@ -6,7 +6,11 @@ The graph takes `obs` [B, obs_dim] and `noise` [B, act_dim] (float32, dynamic B)
     action = low + (actor(obs, noise) + 1) / 2 * (high - low)
 
 so the algorithm's exploration rule (inside `actor`, which returns unit actions in [-1, 1]) and
-the scaling to the robot's bounds travel with the weights. Every export is run back through
+the scaling to the robot's bounds travel with the weights. With cameras (contract v2) the graph
+takes `state` [B, obs_dim], one uint8 input per camera named as the camera [B, H, W, C*S] (config
+order) and `noise`, and `actor(state, *images, noise)` holds the image encoder; the metadata
+spec lists the cameras. Vector-only exports keep the v1 input name `obs`, so a robot running an
+older runtime still loads them. Every export is run back through
 onnxruntime and compared with the same computation in torch (`parity_errors`) on the probe
 observations of `runtime.probe_observations`, with zero and random noise; a mismatch above 1e-5
 (in the actor's [-1, 1] units, i.e. divided by the half range, so the tolerance does not depend on
@@ -37,8 +41,12 @@ from torch import nn
 
 from o2o_robot.fsutil import atomic_write_bytes
 
+from o2o_robot.spaces import CameraSpec
+
+from .probes import count, probe_inputs, rows
 from .runtime import (INPUT_NAMES, META_ALGORITHM, META_CONFIG_HASH, META_CREATED, META_SPEC,
-                      META_VERSION, OUTPUT_NAME, OnnxPolicy, PolicyRejected, probe_observations)
+                      META_VERSION, NOISE_INPUT, OUTPUT_NAME, STATE_INPUT, OnnxPolicy,
+                      PolicyRejected)
 
 OPSET = 17
 PARITY_TOL = 1e-5
@@ -55,7 +63,8 @@ class ExportError(Exception):
 class PolicyGraph(nn.Module):
     """What the ONNX graph computes, as a torch module: actor(obs, noise) -> scale to [low, high].
 
-    `actor(obs, noise)` must return actions in [-1, 1] (e.g. tanh(mu + exp(log_std) * noise)).
+    `actor(obs, noise)` (with cameras `actor(state, *images, noise)`) must return actions in
+    [-1, 1] (e.g. tanh(mu + exp(log_std) * noise)).
     """
 
     def __init__(self, actor: nn.Module, action_low: np.ndarray, action_high: np.ndarray):
@@ -65,8 +74,8 @@ class PolicyGraph(nn.Module):
         self.register_buffer("low", f32(action_low))
         self.register_buffer("half_range", f32((np.asarray(action_high) - np.asarray(action_low)) / 2.0))
 
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.low + (self.actor(obs, noise) + 1.0) * self.half_range
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.low + (self.actor(*inputs) + 1.0) * self.half_range
 
 
 class UniformWarmupActor(nn.Module):
@@ -76,7 +85,9 @@ class UniformWarmupActor(nn.Module):
     noise is standard normal (the probability integral transform), 0 (the middle of the bounds)
     for zero noise, the deterministic action. `obs` enters multiplied by zero so that the graph
     keeps its `obs` input (the policy contract); a NaN observation still gives a NaN action, which
-    validation and the control loop's checks catch rather than acting on it.
+    validation and the control loop's checks catch rather than acting on it. With cameras
+    (forward(state, *images, noise)) each image enters multiplied by zero too, so the graph
+    keeps one input per camera.
     """
 
     def __init__(self, obs_dim: int, act_dim: int):
@@ -85,8 +96,12 @@ class UniformWarmupActor(nn.Module):
             raise ValueError(f"obs_dim/act_dim: expected positive sizes, got {obs_dim}, {act_dim}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
 
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return torch.special.erf(noise / math.sqrt(2.0)) + 0.0 * obs[:, :1]
+    def forward(self, obs: torch.Tensor, *images_and_noise: torch.Tensor) -> torch.Tensor:
+        *images, noise = images_and_noise
+        out = torch.special.erf(noise / math.sqrt(2.0)) + 0.0 * obs[:, :1]
+        for image in images:   # one pixel of each, times zero: the input stays in the graph
+            out = out + 0.0 * image[:, 0, 0, :1].float()
+        return out
 
 
 def _check_inputs(act_dim: int, low, high, names) -> tuple[np.ndarray, np.ndarray]:
@@ -100,10 +115,20 @@ def _check_inputs(act_dim: int, low, high, names) -> tuple[np.ndarray, np.ndarra
     return low, high
 
 
-def _to_onnx(graph: PolicyGraph, obs_dim: int, act_dim: int) -> tuple[bytes, str]:
+def input_names(cameras: Sequence[CameraSpec] = ()) -> list[str]:
+    """Graph input names: v1 ["obs", "noise"], with cameras ["state", *camera names, "noise"]."""
+    if not cameras:
+        return list(INPUT_NAMES)
+    return [STATE_INPUT, *(c.name for c in cameras), NOISE_INPUT]
+
+
+def _to_onnx(graph: PolicyGraph, obs_dim: int, act_dim: int,
+             cameras: Sequence[CameraSpec] = ()) -> tuple[bytes, str]:
     """(model bytes, exporter used). Batch 2 in the example: torch.export specialises sizes 0 and 1."""
-    example = (torch.zeros(2, obs_dim), torch.zeros(2, act_dim))
-    names = dict(input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME])
+    example = (torch.zeros(2, obs_dim), *(torch.zeros(2, *c.shape, dtype=torch.uint8)
+                                          for c in cameras), torch.zeros(2, act_dim))
+    inputs = input_names(cameras)
+    names = dict(input_names=inputs, output_names=[OUTPUT_NAME])
     with warnings.catch_warnings():
         # The legacy exporter warns about its own deprecation and about traced constants; the
         # parity check below is what catches a trace that does not match the module.
@@ -111,14 +136,15 @@ def _to_onnx(graph: PolicyGraph, obs_dim: int, act_dim: int) -> tuple[bytes, str
         try:
             buf = io.BytesIO()
             torch.onnx.export(graph, example, buf, dynamo=False, opset_version=OPSET,
-                              dynamic_axes={n: {0: "batch"} for n in (*INPUT_NAMES, OUTPUT_NAME)},
+                              dynamic_axes={n: {0: "batch"} for n in (*inputs, OUTPUT_NAME)},
                               do_constant_folding=True, **names)
             return buf.getvalue(), "torchscript"
         except Exception as legacy:  # noqa: BLE001 - reported below with the fallback's error
             try:
                 batch = torch.export.Dim("batch")
                 program = torch.onnx.export(graph, example, dynamo=True, opset_version=max(OPSET, 18),
-                                            dynamic_shapes=({0: batch}, {0: batch}), verbose=False,
+                                            dynamic_shapes=tuple({0: batch} for _ in inputs),
+                                            verbose=False,
                                             **names)
                 return program.model_proto.SerializeToString(), "dynamo"
             except Exception as err:
@@ -126,10 +152,14 @@ def _to_onnx(graph: PolicyGraph, obs_dim: int, act_dim: int) -> tuple[bytes, str
                                   f"dynamo exporter failed ({err})") from err
 
 
-def reference_actions(graph: PolicyGraph, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """What the ONNX graph must compute, computed by torch (float32, CPU)."""
+def reference_actions(graph: PolicyGraph, obs, noise: np.ndarray,
+                      cameras: Sequence[str] = ()) -> np.ndarray:
+    """What the ONNX graph must compute, computed by torch (float32, CPU); `obs` is the state
+    array, or with `cameras` (names, graph order) the observation dict."""
+    state = obs["state"] if isinstance(obs, dict) else obs
+    images = [torch.from_numpy(np.ascontiguousarray(obs[name])) for name in cameras]
     with torch.no_grad():
-        return graph(torch.from_numpy(np.asarray(obs, np.float32)),
+        return graph(torch.from_numpy(np.asarray(state, np.float32)), *images,
                      torch.from_numpy(np.asarray(noise, np.float32))).numpy()
 
 
@@ -141,17 +171,17 @@ def parity_errors(policy: OnnxPolicy, graph: PolicyGraph, obs: np.ndarray,
     Raises `ExportError` when the torch side itself is unusable (wrong shape, NaN/inf): then
     there is nothing to compare against. NaN in the ONNX output gives a NaN error.
     """
-    n, act_dim = len(obs), policy.act_dim
+    n, act_dim = count(obs), policy.act_dim
     half_range = graph.half_range.numpy().astype(np.float64)
     errors = {}
     for label, noise in (("deterministic", np.zeros((n, act_dim), np.float32)),
                          ("noisy", rng.standard_normal((n, act_dim)).astype(np.float32))):
-        expected = reference_actions(graph, obs, noise)
+        expected = reference_actions(graph, obs, noise, list(policy.cameras))
         if expected.shape != (n, act_dim):
             raise ExportError(f"actor: returned shape {expected.shape}, expected {(n, act_dim)}")
         if not np.isfinite(expected).all():
             raise ExportError(f"non-finite: the torch actor gives NaN/inf on {label} actions")
-        got = np.concatenate([policy(obs, noise), policy(obs[0], noise[0])[None]])
+        got = np.concatenate([policy(obs, noise), policy(rows(obs, 0), noise[0])[None]])
         errors[label] = float(np.max(np.abs(got - np.concatenate([expected, expected[:1]]))
                                      / half_range))
     return errors
@@ -159,23 +189,29 @@ def parity_errors(policy: OnnxPolicy, graph: PolicyGraph, obs: np.ndarray,
 
 def export_policy(actor: nn.Module, *, obs_dim: int, act_dim: int, action_low: Sequence[float],
                   action_high: Sequence[float], algorithm: str, version: int,
-                  config_hash: str = "", probe_obs: np.ndarray | None = None,
-                  names: Sequence[str] | None = None, info: dict | None = None) -> bytes:
+                  config_hash: str = "", probe_obs=None, names: Sequence[str] | None = None,
+                  info: dict | None = None, cameras: Sequence[CameraSpec] = ()) -> bytes:
     """Serialized, parity-checked ONNX policy for `actor(obs [B, obs_dim], noise [B, act_dim]) ->
-    action in [-1, 1]`. Raises `ExportError` (returning nothing) on a bad spec, an export failure,
-    non-finite actions or a parity error. `info`, if given, receives timings and parity errors."""
+    action in [-1, 1]` (with `cameras`: `actor(state, *images, noise)`, contract v2; `probe_obs`
+    may then be a dict of stored states and images). Raises `ExportError` (returning nothing) on
+    a bad spec, an export failure, non-finite actions or a parity error. `info`, if given,
+    receives timings and parity errors."""
     start = time.perf_counter()
     low, high = _check_inputs(act_dim, action_low, action_high, names)
+    if cameras and obs_dim < 1:   # onnxruntime cannot run the empty `state` input of such a graph
+        raise ExportError("spec: a policy with cameras needs a state vector (obs_dim >= 1)")
     # A private float32 CPU copy: the learner may keep training the original (on any device)
     # while this runs, and the trace must see one fixed set of weights.
     actor = getattr(actor, "_orig_mod", actor)  # torch.compile wrappers cannot be traced
     frozen = copy.deepcopy(actor).to("cpu", torch.float32).eval().requires_grad_(False)
     graph = PolicyGraph(frozen, low, high).eval()
     with torch.no_grad():
-        data, exporter = _to_onnx(graph, obs_dim, act_dim)
+        data, exporter = _to_onnx(graph, obs_dim, act_dim, cameras)
     model = onnx.load_from_string(data)
     spec = {"obs_dim": obs_dim, "act_dim": act_dim, "low": low.tolist(), "high": high.tolist(),
             "names": list(names or [])}
+    if cameras:
+        spec["cameras"] = [c.as_dict() for c in cameras]
     meta = {META_VERSION: str(int(version)), META_ALGORITHM: algorithm, META_SPEC: json.dumps(spec),
             META_CONFIG_HASH: config_hash,
             META_CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -185,7 +221,10 @@ def export_policy(actor: nn.Module, *, obs_dim: int, act_dim: int, action_low: S
     model.producer_name = "o2o_robot"
     data = model.SerializeToString()
     rng = np.random.default_rng(int(version))
-    obs = probe_observations(obs_dim, probe_obs, rng)
+    try:
+        obs = probe_inputs(obs_dim, {c.name: c.shape for c in cameras}, probe_obs, rng)
+    except ValueError as err:
+        raise ExportError(str(err)) from err
     try:
         policy = OnnxPolicy(data, provider="cpu")
     except PolicyRejected as err:
@@ -196,7 +235,7 @@ def export_policy(actor: nn.Module, *, obs_dim: int, act_dim: int, action_low: S
             raise ExportError(f"parity: max abs error {error:.3g} > {PARITY_TOL:g} on {label} actions")
     if info is not None:
         info.update(exporter=exporter, export_s=time.perf_counter() - start, bytes=len(data),
-                    parity_max_abs_error=errors, parity_observations=len(obs))
+                    parity_max_abs_error=errors, parity_observations=count(obs))
     return data
 
 

@@ -14,11 +14,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
 from o2o_robot.policy.runtime import (OnnxPolicy, PolicyRejected, NoPolicy, validate_policy)
+from o2o_robot.spaces import CameraSpec
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,10 @@ class PolicySlot:
     def __init__(self, obs_dim: int, act_dim: int, action_low: Sequence[float],
                  action_high: Sequence[float], *, latency_budget_s: float | None = None,
                  probe_obs: np.ndarray | None = None, seed: int = 0, provider: str = "auto",
-                 intra_op_threads: int = 1, history_len: int = 100):
+                 intra_op_threads: int = 1, history_len: int = 100,
+                 cameras: Sequence[CameraSpec] | None = None):
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.cameras = tuple(cameras or ())   # the robot's; a policy must take exactly these
         self.action_low, self.action_high = list(action_low), list(action_high)
         self.latency_budget_s, self.probe_obs = latency_budget_s, probe_obs
         self.provider, self.intra_op_threads = provider, intra_op_threads
@@ -83,10 +86,11 @@ class PolicySlot:
         current = self.current
         return None if current is None else current[1]
 
-    def act(self, obs: np.ndarray, deterministic: bool = False,
+    def act(self, obs: np.ndarray | Mapping[str, np.ndarray], deterministic: bool = False,
             out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """(action in physical units, version of the policy that produced it) for one observation
-        [obs_dim]; the tick path: no lock, noise drawn into a preallocated buffer."""
+        """(action in physical units, version of the policy that produced it) for one observation:
+        a vector [obs_dim] or a dict {"state": [obs_dim], camera: uint8 [H, W, C*S]}; the tick
+        path: no lock, noise drawn into a preallocated buffer."""
         current = self.current  # one read: the whole tick uses this policy
         if current is None:
             raise NoPolicy("no policy accepted yet")
@@ -112,7 +116,8 @@ class PolicySlot:
                 source, provider=self.provider, intra_op_threads=self.intra_op_threads)
             validate_policy(policy, obs_dim=self.obs_dim, act_dim=self.act_dim,
                             action_low=self.action_low, action_high=self.action_high,
-                            probe_obs=self.probe_obs, latency_budget_s=self.latency_budget_s)
+                            probe_obs=self.probe_obs, latency_budget_s=self.latency_budget_s,
+                            cameras=self.cameras)
         except PolicyRejected as err:
             return Candidate(None, name, err.reason, time.perf_counter() - start)
         except Exception as err:  # a validator bug must not take the serving policy down

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..config import O2OConfig, RobotSpec, load_config
-from .runtime import (PolicyRejected, measure_latency, policy_from_file, probe_observations,
+from ..spaces import camera_specs
+from .runtime import (PolicyRejected, measure_latency, policy_from_file, probe_inputs,
                       validate_policy)
 
 
@@ -30,6 +31,14 @@ def _as_array(value: Any) -> np.ndarray | None:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     return np.asarray(value, np.float64)
+
+
+def _probe(value: Any) -> Any:
+    """A checkpoint's probe observations: an array of states, or a dict (states and images)."""
+    if isinstance(value, dict):
+        return {k: (_as_array(v) if k == "state" else np.asarray(v, np.uint8))
+                for k, v in value.items()}
+    return _as_array(value)
 
 
 def _load_checkpoint(path: str | Path):
@@ -56,19 +65,25 @@ def check_policy(path: str | Path, *, checkpoint: str | Path | None = None,
         spec = _robot_spec(robot)
         obs_dim, act_dim = spec.obs_dim, spec.act_dim
         low, high = spec.action.low, spec.action.high
-        against = f"robot config ({spec.name}: obs {obs_dim}, action {act_dim}, its bounds)"
+        cameras = camera_specs(spec)
+        against = (f"robot config ({spec.name}: obs {obs_dim}, action {act_dim}, "
+                   f"{len(cameras)} camera(s), its bounds)")
     else:
-        obs_dim, act_dim = policy.obs_dim, policy.act_dim
+        obs_dim, act_dim, cameras = policy.obs_dim, policy.act_dim, policy.cameras
         low, high = policy.bounds or (None, None)
         against = ("policy metadata" if policy.bounds is not None
                    else "graph only (no spec in the metadata: bounds unchecked)")
     validate_policy(policy, obs_dim=obs_dim, act_dim=act_dim, action_low=low, action_high=high,
-                    latency_budget_s=latency_budget_s)
+                    latency_budget_s=latency_budget_s, cameras=cameras)
     latency_us = measure_latency(policy, n=2000) * 1e6
     report = {
         "path": str(path), "checked_against": against, "opset": policy.opset,
         "latency_budget_us": None if latency_budget_s is None else latency_budget_s * 1e6,
         "provider": policy.provider, "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
+        "inputs": {policy.state_input: f"float32 [B, {policy.obs_dim}]",
+                   **{name: f"uint8 [B, {', '.join(map(str, shape))}] (camera)"
+                      for name, shape in policy.cameras.items()},
+                   "noise": f"float32 [B, {policy.act_dim}]"},
         "spec": policy.spec, "metadata": dict(policy.metadata),
         "latency_us": {"p50": float(np.percentile(latency_us, 50)),
                        "p99": float(np.percentile(latency_us, 99)), "max": float(latency_us.max())},
@@ -93,7 +108,7 @@ def _parity_vs_checkpoint(policy, checkpoint: str | Path) -> dict:
     action = cfg.robot.action
     graph = PolicyGraph(agent.export_actor().to("cpu").eval(), action.low, action.high).eval()
     rng = np.random.default_rng(0)
-    obs = probe_observations(policy.obs_dim, _as_array(extra.get("probe_obs")), rng)
+    obs = probe_inputs(policy.obs_dim, policy.cameras, _probe(extra.get("probe_obs")), rng)
     versions = {"checkpoint_policy_version": extra.get("policy_version"),
                 "file_policy_version": policy.version}
     try:
@@ -120,7 +135,8 @@ def export_checkpoint(checkpoint_path: str | Path, out_path: str | Path) -> dict
         agent.export_actor(), obs_dim=robot.obs_dim, act_dim=robot.act_dim,
         action_low=robot.action.low, action_high=robot.action.high, algorithm=cfg.algorithm.name,
         version=version, config_hash=cfg.config_hash(),
-        probe_obs=_as_array(extra.get("probe_obs")), names=robot.action.names or None, info=info)
+        probe_obs=_probe(extra.get("probe_obs")), names=robot.action.names or None, info=info,
+        cameras=agent.cameras)
     path = write_policy(data, out_path)
     return {"path": str(path), "checkpoint": str(checkpoint_path), "algorithm": cfg.algorithm.name,
             "policy_version": version, "config_hash": cfg.config_hash(), **info}

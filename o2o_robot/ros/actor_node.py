@@ -71,6 +71,7 @@ from o2o_robot.policy.slot import Candidate, PolicyProposer, PolicySlot, SwapRes
 from o2o_robot.ros import convert, qos
 from o2o_robot.ros.camera import MSG_TYPES, camera_handler
 from o2o_robot.ros.params import OffTickParameterService
+from o2o_robot.spaces import camera_specs
 from o2o_robot.ros.spin import spin_node, start_failed, start_node, stopped_by_signal
 
 NODE_NAME = "o2o_actor"
@@ -140,7 +141,7 @@ class ActorNode(Node):
         period = 1.0 / control.control_rate_hz
         budget = None if latency_budget_share is None else latency_budget_share * period
         self.slot = PolicySlot(robot.obs_dim, robot.act_dim, robot.action.low, robot.action.high,
-                               latency_budget_s=budget)
+                               latency_budget_s=budget, cameras=camera_specs(robot))
         self.swaps = {"accepted": 0, "rejected": 0, "last_rejection": "",
                       "non_finite_rollbacks": 0, "last_non_finite_rollback": ""}
         start_policy = self.get_parameter("policy_path").value
@@ -370,10 +371,9 @@ class ActorNode(Node):
 
     # --------------------------------------------------------------------------- tick
     def _act(self, obs: np.ndarray | dict):
-        # A policy graph without camera inputs gets the state vector (policy/ names the
-        # cameras a graph takes as `camera_inputs` once it takes any).
+        # A policy graph without camera inputs gets the state vector.
         current = self.slot.current
-        cameras = getattr(current[0], "camera_inputs", ()) if current is not None else ()
+        cameras = current[0].camera_inputs if current is not None else ()
         return self.slot.act(policy_input(obs, cameras), deterministic=self._deterministic)
 
     def _on_tick(self) -> None:
