@@ -180,17 +180,21 @@ def interrupted(args: tuple, store: Path, sig: int, after: int) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "o2o_robot.cli", *map(str, args), "--store",
                              str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
+    seen, rest = [], ("", "")
     try:
         for line in proc.stdout:
+            seen.append(line)
             if line.startswith(f"demo {after}/"):
                 proc.send_signal(sig)
                 break
-        proc.communicate(timeout=120)
+        rest = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), proc.returncode
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), (
+        f"exit {proc.returncode}; read before the signal:\n{''.join(seen)}after it:\n{rest[0]}"
+        f"stderr:\n{rest[1]}")
     return TransitionStore.open(store).num_episodes
 
 
