@@ -13,12 +13,16 @@ _GUARDED = (signal.SIGINT, signal.SIGTERM)
 
 @pytest.fixture(autouse=True)
 def _signal_dispositions_restored():
-    """A test leaves SIGINT/SIGTERM as it found them. A test that ignored SIGINT in this
-    process made every later subprocess inherit SIG_IGN (exec keeps it), and a later test's
-    Ctrl-C to its child did nothing."""
+    """A test leaves SIGINT/SIGTERM and the main thread's signal mask as it found them: an
+    ignored or blocked SIGINT in this process is inherited by every later subprocess (exec
+    keeps both), and a later test's Ctrl-C to its child then does nothing."""
     before = {s: signal.getsignal(s) for s in _GUARDED}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
     changed = [s.name for s in _GUARDED if signal.getsignal(s) is not before[s]]
     for s in _GUARDED:
         signal.signal(s, before[s])
+    now = signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    if now != mask:
+        changed.append(f"the blocked signals ({sorted(x.name for x in now - mask)} blocked)")
     assert not changed, f"the test left {', '.join(changed)} changed in the pytest process"

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,27 +171,47 @@ def test_learning_commands_do_not_append_to_a_damaged_store(demo_store, tmp_path
 
 
 # ------------------------------------------------------- interrupted demo generation (issue 13)
-def interrupted(args: tuple, store: Path, sig: int, after: int) -> int:
+def interrupted(args: tuple, store: Path, sig: int, after: int, printed: str) -> int:
     """Run `demos generate` (`args`) into `store`, send `sig` once it has printed demo `after`,
-    and return how many episodes the store then holds."""
+    and return how many episodes the store then holds. `printed` is what the same generation
+    printed uninterrupted. The command's stdout is a one-page pipe filled beforehand so that
+    exactly its lines up to demo `after` fit: it then blocks printing the next one, so the
+    signal lands while it runs however loaded the machine is (reading its lines as they came,
+    on a loaded machine the signal came after the end)."""
+    import fcntl
     import signal
+    import struct
+    import termios
 
     from o2o_robot.data.store import TransitionStore
 
-    proc = subprocess.Popen([sys.executable, "-m", "o2o_robot.cli", *map(str, args), "--store",
-                             str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    head = printed[:printed.index(f"demo {after + 1}/")].encode()
+    read_end, write_end = os.pipe()
     try:
-        for line in proc.stdout:
-            if line.startswith(f"demo {after}/"):
-                proc.send_signal(sig)
-                break
-        proc.communicate(timeout=120)
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+        room = fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+        os.write(write_end, b"#" * (room - len(head)))
+        proc = subprocess.Popen([sys.executable, "-m", "o2o_robot.cli", *map(str, args),
+                                 "--store", str(store)], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    finally:
+        os.close(write_end)
+    out, err = b"", ""
+    try:
+        deadline = time.monotonic() + 120
+        while (struct.unpack("i", fcntl.ioctl(read_end, termios.FIONREAD, b"\0" * 4))[0] < room
+               and proc.poll() is None and time.monotonic() < deadline):
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        with os.fdopen(read_end, "rb") as f:
+            out = f.read()
+        err = proc.communicate(timeout=120)[1]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), proc.returncode
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), (
+        f"exit {proc.returncode}; printed:\n{out.decode().lstrip('#')}stderr:\n{err}")
     return TransitionStore.open(store).num_episodes
 
 
@@ -214,27 +235,25 @@ def test_an_interrupted_generation_is_completed_by_the_same_command(tmp_path, si
 
     config = tmp_path / "flush.yaml"     # commit after every episode: kill -9 keeps them
     config.write_text("store:\n  flush_every: 1\n")
-    # 40 short episodes: the generation must still be running when the signal lands, also on a
-    # loaded machine where this process reads "demo 3/" late (with 12, all were done first once,
-    # in a full-suite run at load 8).
-    args = ("demos", "generate", "--task", "reach", "--episodes", 40, "--seed", 5,
+    args = ("demos", "generate", "--task", "reach", "--episodes", 12, "--seed", 5,
             "--config", config)
     whole, cut = tmp_path / "whole.zarr", tmp_path / "cut.zarr"
-    assert cli(*args, "--store", whole).returncode == 0
-    done = interrupted(args, cut, getattr(signal, sig), after=3)
-    assert 3 <= done < 40
+    reference = cli(*args, "--store", whole)
+    assert reference.returncode == 0
+    done = interrupted(args, cut, getattr(signal, sig), after=3, printed=reference.stdout)
+    assert 3 <= done < 12
     from o2o_robot.data.store import TransitionStore
 
     record = TransitionStore.open(cut).notes["demos"]
-    assert (record["episodes"], record["episodes_done"], record["seed"]) == (40, done, 5)
+    assert (record["episodes"], record["episodes_done"], record["seed"]) == (12, done, 5)
     out = cli(*args, "--store", cut)
     assert out.returncode == 0, out.stderr
-    assert f"wrote {40 - done} demo episodes" in out.stdout
-    assert f"completing an interrupted generation ({done} of 40 were there)" in out.stdout
+    assert f"wrote {12 - done} demo episodes" in out.stdout
+    assert f"completing an interrupted generation ({done} of 12 were there)" in out.stdout
     same_store(cut, whole)
-    again = cli(*args, "--store", cut)   # a finished generation asked again: 40 more, as before
-    assert again.returncode == 0 and "wrote 40 demo episodes" in again.stdout
-    assert TransitionStore.open(cut).num_episodes == 80
+    again = cli(*args, "--store", cut)   # a finished generation asked again: 12 more, as before
+    assert again.returncode == 0 and "wrote 12 demo episodes" in again.stdout
+    assert TransitionStore.open(cut).num_episodes == 24
 
 
 def test_the_learner_completes_an_interrupted_generation_before_it_starts(tmp_path):
