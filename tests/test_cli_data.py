@@ -171,10 +171,11 @@ def test_learning_commands_do_not_append_to_a_damaged_store(demo_store, tmp_path
 
 
 # ------------------------------------------------------- interrupted demo generation (issue 13)
-def interrupted(args: tuple, store: Path, sig: int, after: int, printed: str) -> int:
+def interrupted(args: tuple, store: Path, sig: int, after: int,
+                printed: str | None = None) -> int:
     """Run `demos generate` (`args`) into `store`, send `sig` once it has printed demo `after`,
     and return how many episodes the store then holds. `printed` is what the same generation
-    printed uninterrupted. The command's stdout is a one-page pipe filled beforehand so that
+    printed uninterrupted (run here into a store beside `store` when not given). The command's stdout is a one-page pipe filled beforehand so that
     exactly its lines up to demo `after` fit: it then blocks printing the next one, so the
     signal lands while it runs however loaded the machine is (reading its lines as they came,
     on a loaded machine the signal came after the end)."""
@@ -185,6 +186,10 @@ def interrupted(args: tuple, store: Path, sig: int, after: int, printed: str) ->
 
     from o2o_robot.data.store import TransitionStore
 
+    if printed is None:
+        reference = cli(*args, "--store", store.with_name(store.name + ".reference"))
+        assert reference.returncode == 0, reference.stderr
+        printed = reference.stdout
     head = printed[:printed.index(f"demo {after + 1}/")].encode()
     read_end, write_end = os.pipe()
     try:
