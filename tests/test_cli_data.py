@@ -175,10 +175,12 @@ def interrupted(args: tuple, store: Path, sig: int, after: int,
                 printed: str | None = None) -> int:
     """Run `demos generate` (`args`) into `store`, send `sig` once it has printed demo `after`,
     and return how many episodes the store then holds. `printed` is what the same generation
-    printed uninterrupted (run here into a store beside `store` when not given). The command's stdout is a one-page pipe filled beforehand so that
-    exactly its lines up to demo `after` fit: it then blocks printing the next one, so the
-    signal lands while it runs however loaded the machine is (reading its lines as they came,
-    on a loaded machine the signal came after the end)."""
+    printed uninterrupted (run here into a store beside `store` when not given).
+
+    The command's stdout is a one-page pipe filled beforehand so that exactly its lines up to
+    demo `after` fit: it then blocks printing the next one, so the signal lands while it runs
+    however loaded the machine is (reading its lines as they came, on a loaded machine the
+    signal came after the end)."""
     import fcntl
     import signal
     import struct
