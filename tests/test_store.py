@@ -48,14 +48,15 @@ def spawn(*args: str) -> subprocess.Popen:
 
 
 def wait_line(proc: subprocess.Popen, prefix: str, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
+    deadline, other = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
         if select.select([proc.stdout], [], [], 0.1)[0]:
             line = proc.stdout.readline()
             if line.startswith(prefix):
                 return line
-            assert line, f"process exited before printing {prefix!r}"
-    raise AssertionError(f"no {prefix!r} line within {timeout} s")
+            assert line, f"process exited before printing {prefix!r}:\n{''.join(other)}"
+            other.append(line)
+    raise AssertionError(f"no {prefix!r} line within {timeout} s:\n{''.join(other)}")
 
 
 # ------------------------------------------------------------------------------ round trips
