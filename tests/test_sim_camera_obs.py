@@ -69,3 +69,20 @@ def test_blank_cameras_blanks_observations_and_demo_frames(tmp_path, blank):
         frames = store.read_frames("front")
     assert len(frames) >= 1 and frames.shape[1:] == (48, 48, 3)
     assert (frames.max() == 0) == blank
+
+
+def test_a_new_renderer_gives_a_state_the_same_frame_as_later_renders():
+    """MuJoCo's first image from a new renderer differs from its later ones of the same state;
+    SimCameras discards it, so a resumed run (a new renderer) sees what an unbroken one saw."""
+    from o2o_robot.sim.camera import SimCameras
+
+    cfg = load_config(PIXELS)
+    env = make_env(cfg.sim)
+    env.reset(seed=5)
+    cams = SimCameras(env.unwrapped.model, cfg.robot.cameras)
+    try:
+        first = cams.render(env.unwrapped.data, "front").copy()
+        np.testing.assert_array_equal(first, cams.render(env.unwrapped.data, "front"))
+    finally:
+        cams.close()
+        env.close()

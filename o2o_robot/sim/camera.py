@@ -107,6 +107,11 @@ class SimCameras:
                     if renderer is None:
                         h, w = self.sizes[name]
                         renderer = renderers[name] = mujoco.Renderer(self.model, height=h, width=w)
+                        # A new renderer's first image of a state differs from its later ones
+                        # (421 of 2,304 pixels at 48 x 48): draw one to discard, so a state
+                        # always gives the same frame (a resumed run's first frame included).
+                        renderer.update_scene(data, camera=name)
+                        renderer.render(out=self._out[name])
                     renderer.update_scene(data, camera=name)
                     renderer.render(out=self._out[name])
                 except Exception as exc:   # handed to the caller (no GL, bad name, ...)
