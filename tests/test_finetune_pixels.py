@@ -14,6 +14,7 @@ import numpy as np
 
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.policy.runtime import OnnxPolicy
+from o2o_robot.ros.finetune import LOCKSTEP_MAX_LAG
 from o2o_robot.runlog import read_metrics
 from ros_helpers import domain_id, kill_group
 
@@ -55,12 +56,14 @@ def test_finetune_on_the_pixel_config_learns_hot_swaps_camera_policies_and_evalu
     summary = json.loads(out[out.rindex("\n{") + 1:])
     assert (summary["ended"], summary["env_steps"], summary["learner_state"]) == \
         ("steps", STEPS, "stopped"), summary
-    assert summary["updates"] == STEPS - 40                     # UTD 1 after the warm-up
+    # UTD 1 after the warm-up; the actor may end a few steps ahead of the learner
+    assert STEPS - 40 - LOCKSTEP_MAX_LAG <= summary["updates"] <= STEPS - 40
     assert RUN_DIR_ENTRIES <= {p.name for p in run.iterdir()}
     assert (run / "checkpoints" / "latest.pt").exists()
     # Camera policies (contract v2) were exported and hot-swapped in while acting.
     policies = sorted((run / "policies").glob("policy_*.onnx"))
-    assert len(policies) == summary["policy_version"] >= 3
+    # (the learner may export one more at its close than the actor swapped in before the end)
+    assert len(policies) >= summary["policy_version"] >= 3
     for path in policies:
         assert OnnxPolicy(path, provider="cpu").cameras == {"front": (48, 48, 9)}
     with TransitionStore.open(run / "store.zarr") as store:
