@@ -11,8 +11,8 @@ The two arms run at once, one process each (one torch thread each). Longer curve
 benchmarks/compare_pixels.py.
 
 Opt-in (O2O_PIXEL_CHECK=1): on the 2-core reference machine, with other jobs running, it took
-9 min 43 s, which would take the suite past its 20-minute budget. At 2,000 steps (UTD 1 or 4) the two arms could not
-be told apart (both 0.0-0.25), so no shorter budget is a check that means something.
+9 min 43 s, which would take the suite past its 20-minute budget. At 2,000 steps (UTD 1 or 4)
+the two arms could not be told apart (both 0.0-0.3), so a shorter budget would check nothing.
 """
 import json
 import os
