@@ -8,6 +8,8 @@ Each (algorithm, seed) is a full `o2o-robot train` run of the algorithm's CI con
 the same scripted demonstrations (their seed derives from `train.seed`); SAC gets none. OEMA's
 TD3+BC pre-training runs inside its run and counts in its wall time.
 
+(benchmarks/compare_pixels.py runs the pixel learning check's arms through the same code.)
+
 Writes DIR/compare_algorithms.csv (algorithm, seed, env_steps, success_rate, return_mean),
 DIR/compare_summary.csv (one row per run) and DIR/compare_algorithms.png (mean and min-max band
 over seeds), and prints per algorithm: final and best success per seed, the env steps at which
@@ -32,6 +34,12 @@ ALGORITHMS = {  # name: (label, CI config)
     "oema": ("OEMA + demos", "ci_reach_oema.yaml"),
     "sac": ("SAC, no demos", "ci_reach_sac.yaml"),
 }
+VECTOR = list(ALGORITHMS)
+# The pixel learning check's arms (benchmarks/compare_pixels.py): the target only on camera.
+ALGORITHMS.update({
+    "pixels": ("pixel RLPD + demos", "ci_reach_pixels.yaml"),
+    "pixels_blank": ("same, blank images", "ci_reach_pixels_blank.yaml"),
+})
 
 
 def run_one(name: str, seed: int, steps: int | None, out: Path) -> dict:
@@ -64,7 +72,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def plot(runs: dict[str, list[dict]], threshold: float, path: Path) -> None:
+def plot(runs: dict[str, list[dict]], threshold: float, path: Path,
+         title: str = "sparse reach: same demos and seeds") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,20 +89,23 @@ def plot(runs: dict[str, list[dict]], threshold: float, path: Path) -> None:
     ax.axhline(threshold, color="gray", linestyle="--", linewidth=1)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("eval success rate")
-    ax.set_title("sparse reach: same demos and seeds")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
+def main(argv: list[str] | None = None, *, defaults: list[str] = VECTOR,
+         stem: str = "compare_algorithms", title: str = "sparse reach: same demos and seeds",
+         doc: str | None = None) -> None:
+    """The benchmark on the arms `defaults` (--algorithms), files named after `stem`."""
+    parser = argparse.ArgumentParser(description=(doc or __doc__).splitlines()[0])
+    parser.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=defaults)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="override train.total_env_steps")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "compare")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / stem)
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs: must be >= 1, got {args.jobs}")
@@ -122,10 +134,10 @@ def main(argv: list[str] | None = None) -> None:
                                  "best_success": max(rates), "wall_s": round(r["wall_s"], 1),
                                  "update_ms_median": round(r["update_ms"], 2),
                                  "utd_ratio": r["utd_ratio"], "updates": r["updates"]})
-    write_csv(args.out / "compare_algorithms.csv", curve_rows)
+    write_csv(args.out / f"{stem}.csv", curve_rows)
     write_csv(args.out / "compare_summary.csv", summary_rows)
     threshold = next(iter(runs.values()))[0]["threshold"]
-    plot(runs, threshold, args.out / "compare_algorithms.png")
+    plot(runs, threshold, args.out / f"{stem}.png", title)
 
     print(f"\nthreshold {threshold:.2f} (mean eval success over seeds)")
     print(f"{'algorithm':14s} | final success per seed | threshold reached | wall/run | ms/update (UTD)")
@@ -139,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{ALGORITHMS[name][0]:14s} | {finals:22s} | {reached:17s} | "
               f"{np.mean([r['wall_s'] for r in results]):6.0f} s | "
               f"{np.median([r['update_ms'] for r in results]):.1f} ({results[0]['utd_ratio']})")
-    print(f"wrote {args.out}/compare_algorithms.csv, compare_summary.csv, compare_algorithms.png")
+    print(f"wrote {args.out}/{stem}.csv, compare_summary.csv, {stem}.png")
 
 
 if __name__ == "__main__":

@@ -391,7 +391,7 @@ class SafetyConfig(Model):
 
 # ----------------------------------------------------------------------------------- sim, teleop
 REACH_ONLY_SIM_KEYS = ("reward", "sim_rate_hz", "success_radius_m", "target_yaw_range_deg",
-                       "target_in_obs")
+                       "target_in_obs", "blank_cameras")
 
 
 class SimConfig(Model):
@@ -422,6 +422,10 @@ class SimConfig(Model):
     render_size: list[int] | None = Field(None, min_length=2, max_length=2, description=(
         "[width, height] at which the sim renders every robot.cameras entry (the MuJoCo camera "
         "of the same name); None: each camera's own width x height, so the actor only converts"))
+    blank_cameras: bool = Field(False, description=(
+        "reach: every robot.cameras image is all zeros (demos, the bridge's topics, "
+        "evaluations), so neither the learner nor the actor sees anything; the negative "
+        "control of the pixel learning check (tests/test_learning_pixels.py)"))
     lockstep: bool = Field(False, description="step once per received action")
     seed: int = 0
 

@@ -10,6 +10,10 @@ evaluated on a separate env, on new episodes each time unless `train.eval_seeds`
 (`eval_seed`); the first evaluation that meets the solved threshold (`solved`) is solved_at. The run directory receives the store rows, checkpoints, exported
 policies, `metrics.jsonl`, TensorBoard scalars and `learning_curve.png`.
 
+A robot with `robot.cameras` (reach only) acts and is evaluated on the observation dict the
+actor would build (`sim.camera.CameraObservation`: the state plus each camera's frame stack),
+and every row goes to the store with its camera frames, as a finetune run stores them.
+
 Exact resume: the run ends at an episode boundary, checkpoints are written at boundaries and hold
 the core's state (agent, RNGs, counters, the store rows learned from) plus the harness's own
 (episode counter, acting RNG, solved_at), and every training episode resets the env with a seed
@@ -25,16 +29,22 @@ from pathlib import Path
 import numpy as np
 
 from o2o_robot.config import (ActionSpace, ConfigError, O2OConfig, ObservationSource, RobotSpec,
-                              TrainConfig)
+                              TrainConfig, camera_shapes)
 from o2o_robot.data.schema import SOURCE_CODE, Transition
 from o2o_robot.data.store import TransitionStore
 from o2o_robot.learning.threads import ThreadTuner
+from o2o_robot.sim.camera import camera_env
 from o2o_robot.runlog import Progress, RunLogger, plot_curve
 from o2o_robot.sim.demos import check_store_spec, ensure_demos
 from o2o_robot.sim.envs import env_spec, make_env
 from o2o_robot.sim.rollout import EVAL_SEED_BASE, run_episodes
 from o2o_robot.spaces import ActionScaler
 
+
+
+def state_of(obs) -> np.ndarray:
+    """The state vector of an observation (a camera robot's is a dict, `CameraObservation`)."""
+    return obs["state"] if isinstance(obs, dict) else obs
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -119,13 +129,14 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
         raise FileNotFoundError(f"{run_dir / CHECKPOINT}: no checkpoint to resume from")
     tuner = ThreadTuner(cfg.learner.torch_threads)   # a learner on its own: every free core
     limit = cfg.control.max_episode_steps
-    env = make_env(cfg.sim, max_episode_steps=limit)
-    eval_env = make_env(cfg.sim, max_episode_steps=limit)
+    env, eval_env = (camera_env(make_env(cfg.sim, max_episode_steps=limit), cfg.robot.cameras,
+                                cfg.sim) for _ in range(2))
     spec = env_spec(env)
     cfg = robot_for_env(cfg, spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     store = TransitionStore.open_or_create(cfg.store.path, spec["obs_dim"], spec["act_dim"],
-                                           flush_every=cfg.store.flush_every, spec=spec)
+                                           flush_every=cfg.store.flush_every, spec=spec,
+                                           cameras=camera_shapes(cfg) or None)
     logger = RunLogger(run_dir)
     try:
         _check_store_task(store, spec, cfg.store.path)
@@ -140,6 +151,8 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
     finally:
         store.close()
         logger.close()
+        env.close()
+        eval_env.close()
     curve = plot_curve(run_dir)
     summary.update({"run_dir": str(run_dir), "learning_curve": str(curve) if curve else None,
                     "checkpoint": str(run_dir / CHECKPOINT)})
@@ -149,6 +162,7 @@ def train(cfg: O2OConfig, *, resume: bool = False, progress: bool = True) -> dic
 def _loop(cfg, core, env, eval_env, state, logger, progress, tuner) -> dict:
     lc, tc, agent, s = cfg.learner, cfg.train, core.agent, core.state
     scaler, online = core.scaler, SOURCE_CODE["online"]
+    cameras = bool(cfg.robot.cameras)
     act_rng = np.random.default_rng(tc.seed + 1)
     if state["act_rng"] is not None:
         act_rng.bit_generator.state = state["act_rng"]
@@ -168,13 +182,16 @@ def _loop(cfg, core, env, eval_env, state, logger, progress, tuner) -> dict:
         else:
             unit = agent.act(obs)
         action = scaler.to_physical(unit)
+        frames = env.frames if cameras else None    # a camera robot's frames at obs
         next_obs, reward, terminated, truncated, info = env.step(action)
         ended = terminated or truncated
         success = bool(info.get("is_success", False))
-        core.ingest(Transition(obs, action, float(reward), next_obs, bool(terminated),
-                               bool(truncated), online, policy_version=s.updates,
-                               timestamp=time.time(), episode=state["episode"], step=ep_len,
-                               success=success if ended else None))
+        core.ingest(Transition(state_of(obs), action, float(reward), state_of(next_obs),
+                               bool(terminated), bool(truncated), online,
+                               policy_version=s.updates, timestamp=time.time(),
+                               episode=state["episode"], step=ep_len,
+                               success=success if ended else None, frames=frames,
+                               next_frames=env.frames if cameras else None))
         tuner.maybe_adjust()
         while core.step():
             if s.updates % 100 == 0:

@@ -199,9 +199,13 @@ class FinetuneActor(ActorNode):
 
 def evaluate_policy(policy_path: str, cfg_json: dict, episodes: int) -> dict:
     """Deterministic success rate and mean return of an ONNX policy on fixed-seed episodes of
-    the sim task, actions through the configured SafetyFilter (runs in the evaluation process)."""
+    the sim task, actions through the configured SafetyFilter (runs in the evaluation process).
+    A camera robot's policy gets the observation dict the actor builds (state and frame stacks,
+    `sim.camera.CameraObservation`)."""
+    from o2o_robot.control.frame_stack import policy_input
     from o2o_robot.control.safety import SafetyFilter
     from o2o_robot.policy.runtime import OnnxPolicy
+    from o2o_robot.sim.camera import camera_env
     from o2o_robot.sim.envs import make_env
     from o2o_robot.sim.rollout import EVAL_SEED_BASE, run_episodes
 
@@ -209,10 +213,11 @@ def evaluate_policy(policy_path: str, cfg_json: dict, episodes: int) -> dict:
     policy = OnnxPolicy(policy_path, provider="cpu")
     safety = SafetyFilter(cfg.robot.action.low, cfg.robot.action.high,
                           max_delta_per_tick=cfg.safety.max_delta_per_tick, hold=cfg.safety.hold)
-    env = make_env(cfg.sim)
+    env = camera_env(make_env(cfg.sim), cfg.robot.cameras, cfg.sim)
+    cameras = policy.camera_inputs
     try:
-        return run_episodes(env, lambda obs: safety.filter(policy(obs))[0], episodes,
-                            seed=EVAL_SEED_BASE, on_reset=safety.reset,
+        return run_episodes(env, lambda obs: safety.filter(policy(policy_input(obs, cameras)))[0],
+                            episodes, seed=EVAL_SEED_BASE, on_reset=safety.reset,
                             max_steps=cfg.control.max_episode_steps)
     finally:
         env.close()

@@ -119,7 +119,7 @@ class SimBridgeNode(Node):
             from o2o_robot.sim.camera import SimCameras
 
             self._cameras = SimCameras(self.env.unwrapped.model, cfg.robot.cameras,
-                                       cfg.sim.render_size)
+                                       cfg.sim.render_size, blank=cfg.sim.blank_cameras)
             self._camera_pubs = [
                 (cam.name, cam.type, self.create_publisher(
                     Image if cam.type == "image" else CompressedImage, cam.topic, qos.STREAM))

@@ -58,9 +58,10 @@ class SimCameras:
     """Renders the configured cameras of one MuJoCo model (see the module docstring)."""
 
     def __init__(self, model: mujoco.MjModel, cameras: Sequence[CameraSource],
-                 render_size: Sequence[int] | None = None):
+                 render_size: Sequence[int] | None = None, *, blank: bool = False):
+        """`blank` (`sim.blank_cameras`): every render is all zeros, no GL is touched."""
         check_cameras(model, cameras, render_size)
-        self.model = model
+        self.model, self.blank = model, blank
         self.sizes = render_sizes(cameras, render_size)
         self.names = list(self.sizes)
         self._out = {name: np.zeros((h, w, 3), dtype=np.uint8)
@@ -79,6 +80,9 @@ class SimCameras:
         with self._call:
             if not self._thread.is_alive():
                 raise RuntimeError("SimCameras is closed")
+            if self.blank:     # the negative control of the pixel learning check
+                self.frames_rendered += 1
+                return self._out[name]   # zeros, never drawn into
             self._done.clear()
             self._jobs.put((data, name))
             self._done.wait()
@@ -103,6 +107,11 @@ class SimCameras:
                     if renderer is None:
                         h, w = self.sizes[name]
                         renderer = renderers[name] = mujoco.Renderer(self.model, height=h, width=w)
+                        # A new renderer's first image of a state differs from its later ones
+                        # (421 of 2,304 pixels at 48 x 48): draw one to discard, so a state
+                        # always gives the same frame (a resumed run's first frame included).
+                        renderer.update_scene(data, camera=name)
+                        renderer.render(out=self._out[name])
                     renderer.update_scene(data, camera=name)
                     renderer.render(out=self._out[name])
                 except Exception as exc:   # handed to the caller (no GL, bad name, ...)
@@ -126,10 +135,10 @@ class SimFrames:
     demonstrations generated without ROS hold the frames a robot run would have stored."""
 
     def __init__(self, model: mujoco.MjModel, cameras: Sequence[CameraSource],
-                 render_size: Sequence[int] | None = None):
+                 render_size: Sequence[int] | None = None, *, blank: bool = False):
         from o2o_robot.control.frames import FrameAssembler
 
-        self._cams = SimCameras(model, cameras, render_size)
+        self._cams = SimCameras(model, cameras, render_size, blank=blank)
         # The raw render goes in as an rgb8 Image whatever the topic's type (the bridge's png
         # CompressedImage decodes to the same pixels).
         self._asm = FrameAssembler([c.model_copy(update={"type": "image"}) for c in cameras],
@@ -145,3 +154,52 @@ class SimFrames:
 
     def close(self) -> None:
         self._cams.close()
+
+
+def camera_env(env, cameras: Sequence[CameraSource], sim_cfg):
+    """`env` as the policy of a camera robot sees it (`CameraObservation`), or `env` itself when
+    `cameras` is empty (a vector robot)."""
+    return CameraObservation(env, cameras, sim_cfg) if cameras else env
+
+
+class CameraObservation:
+    """A reach env whose observations are the actor's: {"state": the env's vector (float32),
+    camera: uint8 [H, W, C * frame_stack]}, each frame rendered and converted as `SimFrames`
+    does and stacked by the actor's own `FrameStacks` (the stack of a row's obs: that row's
+    frame after the frames of the episode's earlier rows). `frames` holds the newest single
+    frame per camera at the current observation: what the store keeps beside a row's obs.
+    Used where no ROS graph runs: `o2o-robot train` and finetune's evaluations."""
+
+    def __init__(self, env, cameras: Sequence[CameraSource], sim_cfg):
+        from o2o_robot.control.frame_stack import FrameStacks
+
+        self.env = env
+        self._sim = SimFrames(env.unwrapped.model, cameras, sim_cfg.render_size,
+                              blank=sim_cfg.blank_cameras)
+        self._stacks = FrameStacks(cameras)
+        self.frames: dict[str, np.ndarray] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.env, name)     # spaces, unwrapped, ...: the env's own
+
+    def reset(self, **kwargs):
+        """Reset the env; the first observation's stacks repeat its one frame."""
+        obs, info = self.env.reset(**kwargs)
+        self.frames = self._sim.frames(self.env.unwrapped.data)
+        return self._observe(obs, first=True), info
+
+    def step(self, action):
+        """The frame the action was chosen on joins the history, then the env steps."""
+        self._stacks.commit(self.frames)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.frames = self._sim.frames(self.env.unwrapped.data)
+        return self._observe(obs, first=False), reward, terminated, truncated, info
+
+    def _observe(self, obs, *, first: bool) -> dict[str, np.ndarray]:
+        stacks = self._stacks.build(self.frames, first=first)   # reused buffers: copied
+        return {"state": np.asarray(obs, np.float32), **{k: v.copy() for k, v in stacks.items()}}
+
+    def close(self) -> None:
+        """Stop the renderer, then close the env."""
+        self._sim.close()
+        self.env.close()

@@ -67,7 +67,8 @@ def generate_demos(store: Any, sim_cfg: SimConfig, *, episodes: int, noise: floa
         if cameras:
             from o2o_robot.sim.camera import SimFrames
 
-            observer = SimFrames(env.unwrapped.model, cameras, sim_cfg.render_size)
+            observer = SimFrames(env.unwrapped.model, cameras, sim_cfg.render_size,
+                                 blank=sim_cfg.blank_cameras)
         spec = env_spec(env)
         check_store_spec(store, spec)
         asked = {"task": spec["task"] or sim_cfg.task, "seed": int(seed), "noise": float(noise),
