@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from o2o_robot.config import camera_shapes, load_config, resolve_config_path
 from o2o_robot.data.store import TransitionStore

@@ -231,7 +231,6 @@ def test_lockstep_pixel_rows_pair_each_frame_with_its_own_state(tmp_path):
     its last next_obs: no frame is a step early or late."""
     from rclpy.parameter import Parameter
 
-    from o2o_robot.data.store import TransitionStore
     from o2o_robot.ros.scripted_teleop_node import ScriptedTeleopNode
     from o2o_robot.teleop.recorder import DemoRecorder
 
