@@ -106,6 +106,23 @@ class RosGraph:
         rclpy.try_shutdown(context=self.context)
 
 
+class Rows:
+    """A learner that keeps what the actor hands over (the node's Learner interface)."""
+
+    def __init__(self):
+        self.items = []
+
+    def submit(self, item) -> bool:
+        self.items.append(item)
+        return True
+
+    def poll_policy(self):
+        return None
+
+    def stats(self) -> dict:
+        return {}
+
+
 class Recorder:
     """Every message on a topic as (receive time.monotonic(), converted value)."""
 

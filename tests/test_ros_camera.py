@@ -20,27 +20,11 @@ from o2o_robot.ros.camera import image_to_msg
 from o2o_robot.ros.sim_bridge_node import SimBridgeNode
 from o2o_robot.sim.camera import SimCameras
 from o2o_robot.sim.envs import make_env
-from ros_helpers import Recorder, RosGraph, call_service, domain_id, namespace, status_json, wait_for
+from ros_helpers import (Recorder, RosGraph, Rows, call_service, domain_id, namespace, status_json,
+                         wait_for)
 
 JOINTS = ["joint1", "joint2", "joint3"]
 OBS_TIMEOUT_MS = 500.0
-
-
-class Rows:
-    """A learner that keeps what the actor hands over (the node's Learner interface)."""
-
-    def __init__(self):
-        self.items = []
-
-    def submit(self, item) -> bool:
-        self.items.append(item)
-        return True
-
-    def poll_policy(self):
-        return None
-
-    def stats(self) -> dict:
-        return {}
 
 
 def png(pixels: np.ndarray) -> bytes:

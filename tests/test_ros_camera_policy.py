@@ -21,28 +21,11 @@ from o2o_robot.ros import qos
 from o2o_robot.ros.actor_node import ActorNode
 from o2o_robot.ros.camera import image_to_msg
 from o2o_robot.spaces import camera_specs
-from ros_helpers import RosGraph, domain_id, namespace, wait_for
+from ros_helpers import RosGraph, Rows, domain_id, namespace, wait_for
 
 JOINTS = ["joint1", "joint2", "joint3"]
 FRONT = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
 STACK = 2
-
-
-class Rows:
-    """A learner that keeps what the actor hands over (the node's Learner interface)."""
-
-    def __init__(self):
-        self.items = []
-
-    def submit(self, item) -> bool:
-        self.items.append(item)
-        return True
-
-    def poll_policy(self):
-        return None
-
-    def stats(self) -> dict:
-        return {}
 
 
 @pytest.fixture(scope="module")
