@@ -65,4 +65,9 @@ def scripted_teleop() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_run(sys.argv.pop(1)))
+    # `python -m o2o_robot.ros.entry MODULE`: run through the package's copy of this module, the
+    # one the nodes import, so that there is one INTERRUPTED (a signal caught by this __main__
+    # copy's guard after the node's import was lost, and the node ran on: 1 start in 3).
+    from o2o_robot.ros import entry
+
+    sys.exit(entry._run(sys.argv.pop(1)))
