@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from o2o_robot.agents.base import build_agent
-from o2o_robot.agents.encoders import (ConvTrunk, FrozenTrunk, observation_batch, random_shift)
+from o2o_robot.agents.encoders import (PAD, ConvTrunk, FrozenTrunk, _shift_copies, _shift_gather,
+                                       observation_batch, random_shift)
 from o2o_robot.agents.rlpd import BATCH_KEYS, RLPD, critic_loss, actor_loss
 from o2o_robot.config import O2OConfig, RLPDConfig
 from o2o_robot.spaces import CameraSpec
@@ -82,6 +83,20 @@ def test_random_shift_is_an_edge_padded_shift_of_at_most_4_pixels_differing_per_
     assert d.abs().max() <= 4 and d.abs().max() == 4       # the full range is drawn
     assert len({tuple(x) for x in d.tolist()}) > 20          # independent per sample
     assert torch.equal(random_shift(images, pad=0), images)  # negative control: no padding
+
+
+@pytest.mark.parametrize("shape", [(64, 32, 32, 6), (16, 20, 12, 9), (8, 9, 9, 1)])
+def test_the_cpu_copies_and_the_device_gather_give_the_same_shifted_images(shape):
+    """random_shift on the CPU copies windows out of a padded batch; on other devices it is one
+    gather: both from the same offsets, byte for byte."""
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    offsets = torch.randint(0, 2 * PAD + 1, (shape[0], 2), generator=torch.Generator().manual_seed(2))
+    copies = torch.from_numpy(_shift_copies(images.numpy(), offsets.tolist(), PAD))
+    assert torch.equal(copies, _shift_gather(images, offsets, PAD))
+    assert not torch.equal(copies, images)
+    assert torch.equal(random_shift(images, torch.Generator().manual_seed(3)),
+                       _shift_gather(images, torch.randint(0, 2 * PAD + 1, (shape[0], 2),
+                                                           generator=torch.Generator().manual_seed(3)), PAD))
 
 
 def test_obs_and_next_obs_get_their_own_shifts_and_state_stays_untouched():

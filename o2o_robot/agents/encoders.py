@@ -42,21 +42,49 @@ def random_shift(images: torch.Tensor, generator: torch.Generator | None = None,
     """DrQ random shift of uint8 (or float) images [B, H, W, D]: pad by `pad` pixels with edge
     replication, crop back to H x W at an offset drawn independently per sample.
 
-    Written as a gather: edge padding followed by a crop at offset o is the image indexed at
-    clamp(i + o - pad, 0, H - 1), so no padded copy is made and uint8 stays uint8."""
+    The offsets come from `generator` on the images' device. On the CPU the crops are numpy
+    slice copies, one per sample (a whole row of W x D values at a time); elsewhere one gather
+    (the image indexed at clamp(i + o - pad, 0, H - 1)). Both give the same images; the gather
+    costs one index computation per byte, 4-7x the copies on the CPU."""
+    dev = images.device
+    offsets = torch.randint(0, 2 * pad + 1, (images.shape[0], 2), generator=generator, device=dev)
+    if dev.type == "cpu":
+        return torch.from_numpy(_shift_copies(images.numpy(), offsets.tolist(), pad))
+    return _shift_gather(images, offsets, pad)
+
+
+def _shift_gather(images: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """`random_shift` as one gather on any device: sample b's pixel (i, j) is the image's pixel
+    (clamp(i + dy - pad), clamp(j + dx - pad)), offsets [B, 2] = (dy, dx) in 0..2 * pad."""
     b, h, w, _ = images.shape
     dev = images.device
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=dev)
     rows = (torch.arange(h, device=dev) + offsets[:, :1] - pad).clamp_(0, h - 1)    # [B, H]
     cols = (torch.arange(w, device=dev) + offsets[:, 1:] - pad).clamp_(0, w - 1)    # [B, W]
     batch = torch.arange(b, device=dev)[:, None, None]
     return images[batch, rows[:, :, None], cols[:, None, :]]
 
 
+def _shift_copies(x: np.ndarray, offsets: list[list[int]], pad: int) -> np.ndarray:
+    """`random_shift` on the CPU: edge-pad `x` [B, H, W, D] once, then copy out each sample's
+    H x W window at its (row, column) offset."""
+    b, h, w, d = x.shape
+    padded = np.empty((b, h + 2 * pad, w + 2 * pad, d), x.dtype)
+    padded[:, pad:pad + h, pad:pad + w] = x
+    padded[:, :pad, pad:pad + w] = x[:, :1]               # top and bottom rows repeated
+    padded[:, pad + h:, pad:pad + w] = x[:, -1:]
+    padded[:, :, :pad] = padded[:, :, pad:pad + 1]        # then the left and right columns
+    padded[:, :, pad + w:] = padded[:, :, pad + w - 1:pad + w]
+    out = np.empty_like(x)
+    for i, (dy, dx) in enumerate(offsets):
+        out[i] = padded[i, dy:dy + h, dx:dx + w]
+    return out
+
+
 # ------------------------------------------------------------------------------------ trunks
 def _to_float_nchw(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, H, W, D] -> float [B, D, H, W] in [0, 1]."""
-    return images.permute(0, 3, 1, 2).float().div(255.0)
+    """uint8 [B, H, W, D] -> float [B, D, H, W] in [0, 1], converted before the permute: a
+    contiguous conversion, and a channels-last view that the convolutions take as it is."""
+    return images.float().div(255.0).permute(0, 3, 1, 2)
 
 
 class ConvTrunk(nn.Module):
