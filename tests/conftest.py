@@ -1,4 +1,4 @@
-"""Shared test set-up: headless MuJoCo, local-only ROS 2 discovery, one torch thread."""
+"""Shared test set-up: headless MuJoCo, local-only ROS 2 discovery, the `learning_check` mark."""
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -9,6 +9,20 @@ import signal  # noqa: E402
 import pytest  # noqa: E402
 
 _GUARDED = (signal.SIGINT, signal.SIGTERM)
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"pytest got {signal.Signals(signum).name}")
+
+
+def pytest_configure(config):
+    # SIGTERM (scripts/test.sh stopping a lane, a CI timeout) unwinds like Ctrl-C: each test's
+    # finally/fixture clean-up still ends what it started, instead of leaving it running.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)
+    config.addinivalue_line(
+        "markers", "learning_check: a CI-sized learning check (fixed seeds, lock-step, CPU-bound "
+        "for minutes); scripts/test.sh runs them in a lane of their own beside the other tests")
 
 
 @pytest.fixture(autouse=True)

@@ -19,10 +19,13 @@ benchmarks/compare_algorithms.py runs the config's full 4k steps.
 import math
 from pathlib import Path
 
+import pytest
+
 from o2o_robot.config import load_config
 from o2o_robot.runlog import read_metrics
 from o2o_robot.learning.harness import train
 
+pytestmark = pytest.mark.learning_check   # scripts/test.sh runs these beside the rest
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "ci_reach_oema.yaml"
 
