@@ -614,6 +614,11 @@ class TrainConfig(Model):
         "set of 10 episodes and two training seeds are not scored on the same ones; fixed: "
         "every evaluation of every run replays the same episodes (seeds 1e9 + i), for "
         "comparing checkpoints or codebases episode by episode"))
+    final_eval_episodes: int = Field(0, ge=0, description=(
+        "after the budget, evaluate the final policy on this many episodes, the same ones for "
+        "every run (seeds 1e9 + i): logged as kind final_eval and given as the summary's "
+        "final_eval, a finer score than the periodic evals' few episodes. 0: none (the "
+        "summary's final_eval is the last periodic eval)"))
     success_threshold: float = Field(0.8, ge=0, le=1, description="eval success rate that counts as solved")
     success_return: float | None = Field(None, description=(
         "eval mean return that counts as solved (solved_at), instead of success_threshold: for "

@@ -14,6 +14,7 @@ from o2o_robot.data.store import TransitionStore
 from o2o_robot.runlog import read_metrics
 from o2o_robot.learning.harness import eval_seed, evaluate, train
 from o2o_robot.sim.envs import make_env
+from o2o_robot.sim.rollout import EVAL_SEED_BASE
 from o2o_robot.spaces import ActionScaler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ def test_run_directory_holds_everything(tmp_path):
     summary = train(tiny_config(run, 220), progress=False)
     assert summary["env_steps"] >= 220 and summary["updates"] == summary["env_steps"] - 60
     kinds = {r["kind"] for r in read_metrics(run)}
-    assert {"train", "eval", "episode"} <= kinds
+    assert {"train", "eval", "episode"} <= kinds and "final_eval" not in kinds   # not asked for
     evals = read_metrics(run, "eval")
     assert [r["step"] for r in evals] == [100, 200]
     assert [r["eval_seeds"] for r in evals] == ["fresh", "fresh"]
@@ -87,6 +88,22 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
         ra, rb = sa.read(fields), sb.read(fields)
         for f in fields:
             np.testing.assert_array_equal(ra[f], rb[f], err_msg=f)
+
+
+def test_the_final_evaluation_scores_the_final_policy_on_episodes_every_run_shares(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(run, 120)
+    cfg.train.final_eval_episodes = 4
+    summary = train(cfg, progress=False)
+    [record] = read_metrics(run, "final_eval")
+    assert record["step"] == summary["env_steps"] and record["eval_seed"] == EVAL_SEED_BASE
+    assert summary["final_eval"] == {k: v for k, v in record.items()
+                                     if k not in ("kind", "step", "time")}
+    assert [r["step"] for r in read_metrics(run, "eval")] == [100]   # the periodic ones stay
+    agent, _, _ = load_checkpoint(run / "checkpoints" / "latest.pt")   # the final policy
+    env = make_env(cfg.sim, max_episode_steps=cfg.control.max_episode_steps)
+    scaler = ActionScaler(cfg.robot.action.low, cfg.robot.action.high)
+    assert evaluate(agent, env, scaler, 4, EVAL_SEED_BASE) == summary["final_eval"]
 
 
 def test_a_resume_record_supersedes_what_was_logged_after_its_step(tmp_path):

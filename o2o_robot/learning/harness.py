@@ -7,8 +7,10 @@ the row to the core as a `Transition` (store + mirror), then run the updates the
 (`learner.utd_ratio` critic steps per env step after warm-up). Agents with an offline phase
 (OEMA's TD3+BC) pre-train first. Every `train.eval_every` steps the deterministic policy is
 evaluated on a separate env, on new episodes each time unless `train.eval_seeds` is fixed
-(`eval_seed`); the first evaluation that meets the solved threshold (`solved`) is solved_at. The run directory receives the store rows, checkpoints, exported
-policies, `metrics.jsonl`, TensorBoard scalars and `learning_curve.png`.
+(`eval_seed`); the first evaluation that meets the solved threshold (`solved`) is solved_at.
+After the budget, `train.final_eval_episodes` (when set) scores the final policy on that many
+episodes, the same for every run. The run directory receives the store rows, checkpoints,
+exported policies, `metrics.jsonl`, TensorBoard scalars and `learning_curve.png`.
 
 A robot with `robot.cameras` (reach only) acts and is evaluated on the observation dict the
 actor would build (`sim.camera.CameraObservation`: the state plus each camera's frame stack),
@@ -226,6 +228,11 @@ def _loop(cfg, core, env, eval_env, state, logger, progress, tuner) -> dict:
     bar.close()
     if s.env_steps != last_ckpt:
         checkpoint()
+    if tc.final_eval_episodes:
+        if progress:
+            print(f"[train] final evaluation: {tc.final_eval_episodes} episodes", flush=True)
+        last_eval = evaluate(agent, eval_env, scaler, tc.final_eval_episodes, EVAL_SEED_BASE)
+        logger.log("final_eval", s.env_steps, last_eval)
     return {"env_steps": s.env_steps, "episodes": state["episode"], "updates": s.updates,
             "final_eval": last_eval, "solved_at": state["solved_at"],
             "wall_s": round(time.perf_counter() - started, 2)}
