@@ -3,18 +3,25 @@
 scripted demos, fixed seeds and a 3,500-step budget, `o2o-robot train`: two runs on one machine
 give identical results).
 
-Pixel RLPD must reach the success threshold within the budget; the negative control
-(config/ci_reach_pixels_blank.yaml) is the same run with every camera image all zeros (the
-demos, the rows learned from, the policy's observations), and must stay clearly below it: so it
-is the image, not the state vector or a memorised average target, that the policy learns from.
-The two arms run at once, one process each (one torch thread each). Longer curves:
-benchmarks/compare_pixels.py.
+The negative control (config/ci_reach_pixels_blank.yaml) is the same run with every camera
+image all zeros (the demos, the rows learned from, the policy's observations), so the target is
+invisible to it. Each run ends with its final policy scored on the same 200 episodes
+(`train.final_eval_episodes`). Pixel RLPD must reach the success threshold (0.4) there, and
+the blank arm must stay below it and at least 0.1 below the camera arm (twice the standard
+error of that difference at 200 episodes): so it is the image, not the state vector or a
+memorised average target, that the policy learns from. The two arms run at once, one process
+each (one torch thread each). Longer curves: benchmarks/compare_pixels.py.
 
-Opt-in (O2O_PIXEL_CHECK=1): on the 2-core reference machine, with other jobs running, it took
-9 min 43 s, which would take the suite past its 20-minute budget. At 2,000 steps (UTD 1 or 4)
-the two arms could not be told apart (both 0.0-0.3), so a shorter budget would check nothing.
+Calibration after 3,500 steps: seed 0 (this test, 200 episodes) camera 0.595, blank 0.265;
+seeds 1 and 2 (100 episodes) camera 0.56 and 0.48, blank 0.16 and 0.17. Another CPU's
+arithmetic gives another trajectory, so the margins are what matters: about 0.1 on each
+side. The periodic evaluations (20 episodes each) were too coarse to judge by: a blank arm
+scored 0.40 once, a camera arm's best was 0.55. At 2,000 steps (UTD 1 or 4), and at 3,500
+steps with UTD 2 and batch 128, the camera arm stayed at 0.0-0.3, as the blank one does: a
+shorter or cheaper budget would check nothing.
+
+A `learning_check`: scripts/test.sh runs it beside the other tests.
 """
-import json
 import os
 import subprocess
 import sys
@@ -28,9 +35,8 @@ from ros_helpers import kill_group
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("ci_reach_pixels.yaml", "ci_reach_pixels_blank.yaml")
-TIMEOUT_S = 3600.0          # a hung run fails the test instead of hanging the suite
-pytestmark = pytest.mark.skipif(os.environ.get("O2O_PIXEL_CHECK") != "1",
-                                reason="about 10 min on 2 cores: set O2O_PIXEL_CHECK=1")
+TIMEOUT_S = 1800.0          # a hung run fails the test instead of hanging the suite
+pytestmark = pytest.mark.learning_check   # scripts/test.sh runs these beside the rest
 
 
 def start(config: str, run_dir: Path) -> subprocess.Popen:
@@ -42,8 +48,13 @@ def start(config: str, run_dir: Path) -> subprocess.Popen:
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
+GAP = 0.1   # the blank arm's final success must be at least this far below the camera arm's
+
+
 def test_pixel_rlpd_solves_the_camera_reach_and_not_with_blank_images(tmp_path):
-    threshold = load_config(ROOT / "config" / ARMS[0]).train.success_threshold
+    cfg = load_config(ROOT / "config" / ARMS[0])
+    threshold, episodes = cfg.train.success_threshold, cfg.train.final_eval_episodes
+    assert episodes >= 100   # the criterion below needs a fine final score
     procs = {}
     try:
         for config in ARMS:
@@ -52,17 +63,17 @@ def test_pixel_rlpd_solves_the_camera_reach_and_not_with_blank_images(tmp_path):
     finally:
         for proc in procs.values():
             kill_group(proc)
-    summaries, curves = {}, {}
+    final, curves = {}, {}
     for config, proc in procs.items():
         assert proc.returncode == 0, f"{config}: exit {proc.returncode}\n{outputs[config][-3000:]}"
-        out = outputs[config]
-        summaries[config] = json.loads(out[out.rindex("\n{") + 1:])   # the printed summary
-        curves[config] = [(r["step"], r["success_rate"])
-                          for r in read_metrics(tmp_path / Path(config).stem, "eval")]
-        print(config, summaries[config]["solved_at"], curves[config])
-    seeing, blind = ([rate for _, rate in curves[c]] for c in ARMS)
-    assert summaries[ARMS[0]]["solved_at"] is not None and max(seeing) >= threshold, \
-        f"pixel RLPD never reached {threshold}: {curves[ARMS[0]]}"
-    assert summaries[ARMS[1]]["solved_at"] is None and max(blind) < threshold, \
-        f"the blank-image control solved the task: {curves[ARMS[1]]}"
-    assert max(blind) <= max(seeing) - 0.25, (curves[ARMS[0]], curves[ARMS[1]])
+        run_dir = tmp_path / Path(config).stem
+        [record] = read_metrics(run_dir, "final_eval")      # the same episodes for both arms
+        final[config] = record["success_rate"]
+        curves[config] = [(r["step"], r["success_rate"]) for r in read_metrics(run_dir, "eval")]
+        print(config, f"final success {final[config]:.3f} on {episodes} episodes; curve",
+              curves[config])
+    seeing, blind = final[ARMS[0]], final[ARMS[1]]
+    assert seeing >= threshold, \
+        f"pixel RLPD ended at {seeing:.3f} < {threshold} (curve {curves[ARMS[0]]})"
+    assert blind < threshold and blind <= seeing - GAP, \
+        f"the blank-image control ended at {blind:.3f}, camera {seeing:.3f} (curve {curves[ARMS[1]]})"
