@@ -33,10 +33,15 @@ checks=$!
 main=$!
 set +m
 stop() {
-    for pid in "$main" "$checks"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-    for _ in $(seq 600); do   # up to 60 s for the clean-ups
-        kill -0 "$main" 2>/dev/null || kill -0 "$checks" 2>/dev/null || break
-        sleep 0.1
+    # SIGTERM every 5 s: a test running a graph in-process (finetune, the fleet) takes a SIGTERM
+    # as its session's clean stop, as it would on a robot, and pytest goes on to the next
+    # test; the next SIGTERM then ends pytest. After 60 s, SIGKILL.
+    for _ in $(seq 12); do
+        for pid in "$main" "$checks"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+        for _ in $(seq 50); do
+            kill -0 "$main" 2>/dev/null || kill -0 "$checks" 2>/dev/null || break 2
+            sleep 0.1
+        done
     done
     for pid in "$main" "$checks"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
     rm -f "$log"
