@@ -76,4 +76,5 @@ def test_pixel_rlpd_solves_the_camera_reach_and_not_with_blank_images(tmp_path):
     assert seeing >= threshold, \
         f"pixel RLPD ended at {seeing:.3f} < {threshold} (curve {curves[ARMS[0]]})"
     assert blind < threshold and blind <= seeing - GAP, \
-        f"the blank-image control ended at {blind:.3f}, camera {seeing:.3f} (curve {curves[ARMS[1]]})"
+        f"the blank-image control ended at {blind:.3f}, camera {seeing:.3f} " \
+        f"(curve {curves[ARMS[1]]})"

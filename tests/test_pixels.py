@@ -89,15 +89,16 @@ def test_random_shift_is_an_edge_padded_shift_of_at_most_4_pixels_differing_per_
 def test_the_cpu_copies_and_the_device_gather_give_the_same_shifted_images(shape):
     """random_shift on the CPU copies windows out of a padded batch; on other devices it is one
     gather: both from the same offsets, byte for byte."""
-    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    offsets = torch.randint(0, 2 * PAD + 1, (shape[0], 2), generator=torch.Generator().manual_seed(2))
+    draw = lambda high, size, seed: torch.randint(  # noqa: E731
+        0, high, size, generator=torch.Generator().manual_seed(seed))
+    images = draw(256, shape, 1).to(torch.uint8)
+    offsets = draw(2 * PAD + 1, (shape[0], 2), 2)
     copies = torch.from_numpy(_shift_copies(images.numpy(), offsets.tolist(), PAD))
     assert torch.equal(copies, _shift_gather(images, offsets, PAD))
     assert not torch.equal(copies, images)
+    # random_shift draws its offsets the same way from its generator
     assert torch.equal(random_shift(images, torch.Generator().manual_seed(3)),
-                       _shift_gather(images, torch.randint(0, 2 * PAD + 1, (shape[0], 2),
-                                                           generator=torch.Generator().manual_seed(3)), PAD))
-
+                       _shift_gather(images, draw(2 * PAD + 1, (shape[0], 2), 3), PAD))
 
 def test_obs_and_next_obs_get_their_own_shifts_and_state_stays_untouched():
     batch = make_batch(rows=32)
